@@ -1,0 +1,158 @@
+//! Body types of the proxy: both directions stream, and both count their bytes for audit.
+//!
+//! The response body also carries the request's pending audit record and emits it when the
+//! body ends or is dropped — whichever comes first — so exactly one record is written per
+//! request, including when the client disconnects mid-download.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// What the body type of a request forwarded upstream can be.
+pub enum UpstreamBody {
+    /// The caller's body, streamed through and counted.
+    Stream {
+        /// The caller's body.
+        inner: Incoming,
+        /// Bytes read so far.
+        counter: Arc<AtomicU64>,
+    },
+    /// A body already read whole (small, size-capped bodies we had to inspect).
+    Full(Option<Bytes>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Stream { inner, counter } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled
+            }
+            UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Stream { inner, .. } => inner.size_hint(),
+            UpstreamBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            UpstreamBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Called once when a response body is finished: `(bytes_out, complete)`.
+pub type OnFinish = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// The body sent back to the caller.
+pub struct ProxyBody {
+    inner: Inner,
+    sent: u64,
+    on_finish: Option<OnFinish>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// Streams the upstream's response body.
+    pub fn upstream(body: Incoming, on_finish: OnFinish) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            sent: 0,
+            on_finish: Some(on_finish),
+        }
+    }
+
+    /// A body we produced (errors, admin answers).
+    pub fn full(bytes: Bytes, on_finish: Option<OnFinish>) -> Self {
+        ProxyBody {
+            inner: Inner::Full(Some(bytes)),
+            sent: 0,
+            on_finish,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.on_finish.take() {
+            f(self.sent, complete);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(d) => Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
+}

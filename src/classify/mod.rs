@@ -1,0 +1,101 @@
+//! Classify: what does a request want?
+//!
+//! Turns the head of a request into an [`Operation`](crate::model::Operation): the API operation name plus every
+//! IAM-style [`Access`](crate::model::Access) (action on resource) it needs. The authorize
+//! stage decides on exactly these accesses, so this module is a security boundary:
+//!
+//! - **Anything not understood is refused**, never forwarded unclassified. Unknown S3
+//!   subresources and query parameters, unsupported methods and malformed URIs each have
+//!   their own [`ClassifyError`].
+//! - **Resources are what the upstream will act on.** S3 keys are percent-decoded exactly
+//!   once and kept literal (S3 does not normalise `.`, `..` or `//`); anything whose meaning
+//!   depends on the upstream (a raw `+` in an S3 path, dot segments or encoded slashes on an
+//!   HTTP route) is refused rather than guessed.
+//!
+//! | file        | classifies                                                        |
+//! |-------------|-------------------------------------------------------------------|
+//! | `s3.rs`     | S3 REST requests, path-style and virtual-hosted → S3 operations   |
+//! | `http.rs`   | requests to HTTP routes → `http:<METHOD>` on `http://route/path`  |
+//! | `decode.rs` | strict, single percent-decoding shared by both                    |
+//!
+//! DeleteObjects is the one operation whose accesses depend on the body: [`classify_s3`]
+//! answers [`ClassifyError::BodyRequired`] with a [`PendingDeleteObjects`] that the caller
+//! finishes once it has read (and size-capped) the XML body.
+
+mod decode;
+mod http;
+mod s3;
+
+pub use self::http::classify_http;
+pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
+
+/// Refusals of the classify stage.
+///
+/// Each variant maps to the S3 error code an S3 client understands (named per variant) or
+/// to a 4xx problem on HTTP routes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClassifyError {
+    /// An S3 operation, subresource or query parameter claimgate does not support
+    /// (S3 code `NotImplemented`, 501). `what` names it, e.g. "query parameter `acl` on
+    /// GetObject" or "CreateBucket".
+    #[error("not implemented by claimgate: {what}")]
+    NotImplemented {
+        /// The operation, subresource or parameter refused.
+        what: String,
+    },
+    /// The request URI cannot be classified safely: bad percent-encoding, invalid UTF-8,
+    /// NUL, dot segments or encoded slashes on an HTTP route, ... (S3 code `InvalidURI`, 400).
+    #[error("invalid request URI: {reason}")]
+    InvalidUri {
+        /// Why the URI was refused.
+        reason: String,
+    },
+    /// The bucket named by the path or Host is not a valid S3 bucket name
+    /// (S3 code `InvalidBucketName`, 400).
+    #[error("invalid bucket name `{bucket}` (3-63 of a-z 0-9 . -, alphanumeric at both ends)")]
+    InvalidBucketName {
+        /// The name as the request spelled it.
+        bucket: String,
+    },
+    /// A parameter or header has an unusable value: malformed `x-amz-copy-source`, a
+    /// duplicated query parameter, an empty `versionId`, ... (S3 code `InvalidArgument`, 400).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What was wrong and how to fix it.
+        reason: String,
+    },
+    /// The method is not one this kind of resource accepts (S3 code `MethodNotAllowed`, 405).
+    #[error("method {method} is not allowed here")]
+    MethodNotAllowed {
+        /// The request method.
+        method: String,
+    },
+    /// The accesses depend on the request body (DeleteObjects lists its keys in XML). Not a
+    /// refusal by itself: the caller reads the size-capped body and finishes the
+    /// classification with [`PendingDeleteObjects::finish`]. A caller that cannot read the
+    /// body answers it as `NotImplemented`.
+    #[error("DeleteObjects on bucket `{}` is classified from its body", .0.bucket())]
+    BodyRequired(PendingDeleteObjects),
+}
+
+impl ClassifyError {
+    /// `InvalidUri` with a reason.
+    fn invalid_uri(reason: impl Into<String>) -> Self {
+        ClassifyError::InvalidUri {
+            reason: reason.into(),
+        }
+    }
+
+    /// `InvalidArgument` with a reason.
+    fn invalid_argument(reason: impl Into<String>) -> Self {
+        ClassifyError::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+
+    /// `NotImplemented` naming what.
+    fn not_implemented(what: impl Into<String>) -> Self {
+        ClassifyError::NotImplemented { what: what.into() }
+    }
+}

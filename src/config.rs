@@ -1,0 +1,939 @@
+//! Configuration in two layers: the serde file format (`Raw*`, unknown keys refused) and the
+//! validated [`Config`] the rest of the crate sees.
+//!
+//! Validation collects every problem with its file and line instead of stopping at the
+//! first, so one `claimgate validate` run shows the whole list. Relative paths are read
+//! against the config file's directory, so a config works from any working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::Problem;
+use crate::policy::PolicySet;
+use crate::secret::{self, Secret};
+
+/// Algorithms accepted when an issuer does not list its own.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+];
+
+// ---------------------------------------------------------------------------------------
+// File format
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    issuers: Vec<Spanned<RawIssuer>>,
+    sts: Option<Spanned<RawSts>>,
+    policies: Option<RawPolicies>,
+    audit: Option<RawAudit>,
+    revocations: Option<RawRevocations>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    tls: Option<RawTls>,
+    public_host: Option<String>,
+    /// Denial messages name action, resource and roles (default); `false` makes them terse.
+    verbose_denials: Option<bool>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    shutdown_grace: Option<Spanned<String>>,
+    /// Largest body read whole for authorization (DeleteObjects XML, STS form).
+    max_inspected_body: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: Spanned<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwks_uri: Option<Spanned<String>>,
+    algorithms: Option<Spanned<Vec<String>>>,
+    leeway: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    /// How often keys are refreshed in the background (default 5m).
+    refresh: Option<Spanned<String>>,
+    /// Least time between two key fetches triggered by unknown `kid`s (default 10s).
+    min_refetch: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSts {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    sealing_keys: Vec<Spanned<String>>,
+    default_session: Option<Spanned<String>>,
+    max_session: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<String>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevocations {
+    file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    upstream: Spanned<String>,
+    region: Option<String>,
+    /// SigV4 signing service name; default `s3`.
+    service: Option<String>,
+    buckets: Option<Vec<String>>,
+    path_prefix: Option<Spanned<String>>,
+    host: Option<String>,
+    ca_file: Option<Spanned<String>>,
+    credentials: Spanned<RawCredentials>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    kind: String,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
+    token: Option<String>,
+    header: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file this came from.
+    pub path: PathBuf,
+    /// The main listener.
+    pub server: ServerConfig,
+    /// The admin listener (metrics, health); none when not configured.
+    pub admin: Option<SocketAddr>,
+    /// Trusted token issuers; a token's `iss` picks one.
+    pub issuers: Vec<IssuerConfig>,
+    /// STS settings, when `[sts]` is present.
+    pub sts: Option<StsConfig>,
+    /// Where the policies were loaded from.
+    pub policies_dir: PathBuf,
+    /// The compiled policies.
+    pub policies: Arc<PolicySet>,
+    /// Where audit records go.
+    pub audit: AuditSink,
+    /// The revocation list file, when configured.
+    pub revocations: Option<PathBuf>,
+    /// Upstream routes, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The main listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Certificate and key files; plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// Enables virtual-hosted-style buckets under this host.
+    pub public_host: Option<String>,
+    /// Whether denial messages name the action, resource and roles.
+    pub verbose_denials: bool,
+    /// Bound on draining in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Cap on bodies read whole for authorization.
+    pub max_inspected_body: usize,
+}
+
+/// PEM files for the listener's certificate chain and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One trusted OIDC issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// JWKS location; discovered from the issuer when absent.
+    pub jwks_uri: Option<String>,
+    /// Accepted signing algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerated clock difference for `exp`, `nbf`, `iat`.
+    pub leeway: Duration,
+    /// Extra CA for an IdP behind an internal CA.
+    pub ca_file: Option<PathBuf>,
+    /// Background key refresh interval.
+    pub refresh: Duration,
+    /// Least time between two fetches triggered by unknown key ids.
+    pub min_refetch: Duration,
+}
+
+/// STS settings (used once the STS endpoint is enabled).
+#[derive(Debug, Clone)]
+pub struct StsConfig {
+    /// Serve AssumeRoleWithWebIdentity.
+    pub enabled: bool,
+    /// Sealing keys, newest first.
+    pub sealing_keys: Vec<Secret>,
+    /// Session length when the caller asks for none.
+    pub default_session: Duration,
+    /// Longest session a caller may ask for.
+    pub max_session: Duration,
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Standard output, one JSON line per record.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+/// What kind of upstream a route fronts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// An S3-compatible object store.
+    S3,
+    /// An HTTP service such as a feature store.
+    Http,
+}
+
+/// One upstream route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name; HTTP policies address the route by it.
+    pub name: String,
+    /// S3 or HTTP.
+    pub kind: RouteKind,
+    /// Base URL of the upstream.
+    pub upstream: url::Url,
+    /// SigV4 region (S3 routes).
+    pub region: String,
+    /// SigV4 service name (S3 routes).
+    pub service: String,
+    /// Buckets this route serves; all when absent.
+    pub buckets: Option<Vec<String>>,
+    /// Path prefix selecting an HTTP route.
+    pub path_prefix: Option<String>,
+    /// Host selecting an HTTP route.
+    pub host: Option<String>,
+    /// Extra CA for the upstream.
+    pub ca_file: Option<PathBuf>,
+    /// How claimgate authenticates to the upstream.
+    pub credentials: Credentials,
+}
+
+/// Downstream credentials of a route.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// Long-lived AWS keys; requests are signed with SigV4.
+    Static {
+        /// Access key id.
+        access_key_id: Secret,
+        /// Secret access key.
+        secret_access_key: Secret,
+        /// Optional session token.
+        session_token: Option<Secret>,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: Secret,
+    },
+    /// A key in a header of the upstream's choosing.
+    ApiKey {
+        /// Header name.
+        header: http::HeaderName,
+        /// Header value.
+        key: Secret,
+    },
+}
+
+/// Why a config could not be loaded: every problem found, each with file and line.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems against one source file.
+struct Collector<'a> {
+    file: &'a Path,
+    source: &'a str,
+    base: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Collector<'_> {
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem::at(
+            self.file,
+            self.source,
+            spanned.span().start,
+            message,
+        ));
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, default: Duration) -> Duration {
+        let Some(v) = value else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.at(
+                    v,
+                    format!(
+                        "bad duration {:?}: {e} (write e.g. \"90s\", \"15m\", \"12h\")",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn secret(
+        &mut self,
+        reference: Option<&str>,
+        what: &str,
+        at: &Spanned<RawCredentials>,
+    ) -> Option<Secret> {
+        match reference {
+            None => {
+                self.at(at, format!("credentials need `{what}`"));
+                None
+            }
+            Some(r) => match secret::resolve(r, self.base) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.at(at, format!("{what}: {e}"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, v: &Spanned<String>) -> Option<SocketAddr> {
+        match v.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.at(
+                    v,
+                    format!(
+                        "bad listen address {:?} (write e.g. \"0.0.0.0:8443\")",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn existing_file(&mut self, v: &Spanned<String>, what: &str) -> PathBuf {
+        let p = self.path(v.get_ref());
+        if !p.is_file() {
+            self.at(
+                v,
+                format!("{what} {} does not exist or is not a file", p.display()),
+            );
+        }
+        p
+    }
+}
+
+fn placeholder_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Config {
+    /// Reads and validates a config file and the policies it names.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem::file(path, format!("cannot read config: {e}"))],
+        })?;
+        Config::from_source(path, &source)
+    }
+
+    /// Validates config text as if read from `path`.
+    pub fn from_source(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(source).map_err(|e| ConfigError {
+            problems: vec![Problem::from_toml(path, source, &e)],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let mut c = Collector {
+            file: path,
+            source,
+            base: &base,
+            problems: Vec::new(),
+        };
+
+        let server = compile_server(&mut c, &raw.server);
+        let admin = raw.admin.as_ref().and_then(|a| c.addr(&a.listen));
+        let issuers = raw
+            .issuers
+            .iter()
+            .map(|i| compile_issuer(&mut c, i))
+            .collect::<Vec<_>>();
+        check_duplicate_issuers(&mut c, &raw.issuers);
+        let sts = raw.sts.as_ref().map(|s| compile_sts(&mut c, s));
+        let routes = compile_routes(&mut c, &raw.routes);
+        if routes.is_empty() && raw.routes.is_empty() {
+            c.problems.push(Problem::file(
+                path,
+                "no [[routes]]: claimgate has nowhere to send requests",
+            ));
+        }
+        let audit = match &raw.audit {
+            None => AuditSink::Stdout,
+            Some(a) => {
+                if let Some(f) = &a.format
+                    && f.get_ref() != "json"
+                {
+                    c.at(
+                        f,
+                        format!(
+                            "unknown audit format {:?}: only \"json\" is supported",
+                            f.get_ref()
+                        ),
+                    );
+                }
+                match a.path.as_deref() {
+                    None | Some("-") => AuditSink::Stdout,
+                    Some(p) => AuditSink::File(c.path(p)),
+                }
+            }
+        };
+        let revocations = raw.revocations.as_ref().map(|r| c.path(&r.file));
+
+        let policies_dir = c.path(raw.policies.as_ref().map_or("policies", |p| p.dir.as_str()));
+        let http_routes: Vec<String> = routes
+            .iter()
+            .filter(|r| r.kind == RouteKind::Http)
+            .map(|r| r.name.clone())
+            .collect();
+        let policies = match PolicySet::load_dir(&policies_dir, &http_routes) {
+            Ok(p) => Some(p),
+            Err(mut problems) => {
+                c.problems.append(&mut problems);
+                None
+            }
+        };
+
+        match policies {
+            Some(policies) if c.problems.is_empty() => Ok(Config {
+                path: path.to_path_buf(),
+                server,
+                admin,
+                issuers,
+                sts,
+                policies_dir,
+                policies: Arc::new(policies),
+                audit,
+                revocations,
+                routes,
+            }),
+            _ => Err(ConfigError {
+                problems: c.problems,
+            }),
+        }
+    }
+
+    /// The route with this name.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConfig {
+    let s = raw.get_ref();
+    let listen = c.addr(&s.listen).unwrap_or_else(placeholder_addr);
+    let tls = s.tls.as_ref().map(|t| TlsFiles {
+        cert: c.existing_file(&t.cert, "TLS certificate"),
+        key: c.existing_file(&t.key, "TLS key"),
+    });
+    ServerConfig {
+        listen,
+        tls,
+        public_host: s.public_host.clone().map(|h| h.to_ascii_lowercase()),
+        verbose_denials: s.verbose_denials.unwrap_or(true),
+        shutdown_grace: c.duration(s.shutdown_grace.as_ref(), Duration::from_secs(30)),
+        max_inspected_body: s.max_inspected_body.unwrap_or(1 << 20),
+    }
+}
+
+fn compile_issuer(c: &mut Collector<'_>, raw: &Spanned<RawIssuer>) -> IssuerConfig {
+    let i = raw.get_ref();
+    check_idp_url(c, &i.issuer, "issuer");
+    if let Some(j) = &i.jwks_uri {
+        check_idp_url(c, j, "jwks_uri");
+    }
+    if i.audiences.is_empty() {
+        c.at(raw, format!(
+            "issuer {:?} has no `audiences`: without them any token the IdP issues for any app would be accepted",
+            i.issuer.get_ref()
+        ));
+    }
+    let algorithms = match &i.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for name in list.get_ref() {
+                match parse_algorithm(name) {
+                    Ok(a) => out.push(a),
+                    Err(msg) => c.at(list, msg),
+                }
+            }
+            if list.get_ref().is_empty() {
+                c.at(list, "`algorithms` is empty: no token could ever verify");
+            }
+            out
+        }
+    };
+    IssuerConfig {
+        issuer: i.issuer.get_ref().clone(),
+        audiences: i.audiences.clone(),
+        jwks_uri: i.jwks_uri.as_ref().map(|j| j.get_ref().clone()),
+        algorithms,
+        leeway: c.duration(i.leeway.as_ref(), Duration::from_secs(60)),
+        ca_file: i.ca_file.as_ref().map(|f| c.existing_file(f, "CA file")),
+        refresh: c.duration(i.refresh.as_ref(), Duration::from_secs(300)),
+        min_refetch: c.duration(i.min_refetch.as_ref(), Duration::from_secs(10)),
+    }
+}
+
+fn check_duplicate_issuers(c: &mut Collector<'_>, issuers: &[Spanned<RawIssuer>]) {
+    for (n, i) in issuers.iter().enumerate() {
+        let name = i.get_ref().issuer.get_ref();
+        if issuers[..n]
+            .iter()
+            .any(|o| o.get_ref().issuer.get_ref() == name)
+        {
+            c.at(
+                &i.get_ref().issuer,
+                format!("issuer {name:?} is configured twice"),
+            );
+        }
+    }
+}
+
+/// Token issuers must be reached over HTTPS, except on loopback (a local dev IdP), because
+/// keys fetched in clear could be swapped by anyone on the path.
+fn check_idp_url(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) {
+    match url::Url::parse(v.get_ref()) {
+        Ok(u) if u.scheme() == "https" => {}
+        Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+        Ok(_) => c.at(
+            v,
+            format!(
+                "{what} {:?} must be an https:// URL (http is allowed only on loopback)",
+                v.get_ref()
+            ),
+        ),
+        Err(e) => c.at(v, format!("{what} {:?} is not a URL: {e}", v.get_ref())),
+    }
+}
+
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    match name {
+        "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
+        "PS256" => Ok(Algorithm::PS256),
+        "PS384" => Ok(Algorithm::PS384),
+        "PS512" => Ok(Algorithm::PS512),
+        "ES256" => Ok(Algorithm::ES256),
+        "ES384" => Ok(Algorithm::ES384),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        "none" | "HS256" | "HS384" | "HS512" => Err(format!(
+            "algorithm {name:?} is never accepted: unsigned or shared-secret tokens cannot prove an IdP issued them"
+        )),
+        other => Err(format!(
+            "unknown algorithm {other:?} (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+        )),
+    }
+}
+
+fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
+    let s = raw.get_ref();
+    let mut keys = Vec::new();
+    for k in &s.sealing_keys {
+        match secret::resolve(k.get_ref(), c.base) {
+            Ok(key) => keys.push(key),
+            Err(e) => c.at(k, format!("sealing key: {e}")),
+        }
+    }
+    if s.enabled && s.sealing_keys.is_empty() {
+        c.at(raw, "[sts] is enabled but has no `sealing_keys`");
+    }
+    let default_session = c.duration(s.default_session.as_ref(), Duration::from_secs(3600));
+    let max_session = c.duration(s.max_session.as_ref(), Duration::from_secs(12 * 3600));
+    if default_session > max_session {
+        c.at(raw, "default_session is longer than max_session");
+    }
+    StsConfig {
+        enabled: s.enabled,
+        sealing_keys: keys,
+        default_session,
+        max_session,
+    }
+}
+
+fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    for (n, r) in raw.iter().enumerate() {
+        let name = r.get_ref().name.get_ref();
+        if raw[..n].iter().any(|o| o.get_ref().name.get_ref() == name) {
+            c.at(
+                &r.get_ref().name,
+                format!("route name {name:?} is used twice"),
+            );
+        }
+        if let Some(route) = compile_route(c, r) {
+            out.push(route);
+        }
+    }
+    let s3_routes = out.iter().filter(|r| r.kind == RouteKind::S3).count();
+    if s3_routes > 1 {
+        for r in raw
+            .iter()
+            .filter(|r| r.get_ref().kind.get_ref() == "s3")
+            .skip(1)
+        {
+            c.at(r, "only one S3 route is supported per listener for now");
+        }
+    }
+    out
+}
+
+fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<RouteConfig> {
+    let r = raw.get_ref();
+    let name = r.name.get_ref().clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    {
+        c.at(
+            &r.name,
+            format!("route name {name:?} must be letters, digits, '-' or '_'"),
+        );
+    }
+    let kind = match r.kind.get_ref().as_str() {
+        "s3" => RouteKind::S3,
+        "http" => RouteKind::Http,
+        other => {
+            c.at(
+                &r.kind,
+                format!("unknown route kind {other:?} (\"s3\" or \"http\")"),
+            );
+            return None;
+        }
+    };
+    let upstream = match url::Url::parse(r.upstream.get_ref()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        Ok(_) => {
+            c.at(
+                &r.upstream,
+                "upstream must be an http:// or https:// URL with a host",
+            );
+            return None;
+        }
+        Err(e) => {
+            c.at(
+                &r.upstream,
+                format!("upstream {:?} is not a URL: {e}", r.upstream.get_ref()),
+            );
+            return None;
+        }
+    };
+    let region = r.region.clone().unwrap_or_default();
+    if kind == RouteKind::S3 && region.is_empty() {
+        c.at(raw, format!("route {name:?}: S3 routes need `region` (it is part of the SigV4 signature and is never guessed from the host)"));
+    }
+    let path_prefix = r.path_prefix.as_ref().map(|p| {
+        let v = p.get_ref().clone();
+        if !v.starts_with('/') || !v.ends_with('/') {
+            c.at(p, format!("path_prefix {v:?} must start and end with '/'"));
+        }
+        v
+    });
+    if kind == RouteKind::Http && path_prefix.is_none() && r.host.is_none() {
+        c.at(
+            raw,
+            format!("route {name:?}: HTTP routes need `path_prefix` or `host`"),
+        );
+    }
+    let credentials = compile_credentials(c, &r.credentials, kind)?;
+    Some(RouteConfig {
+        name,
+        kind,
+        upstream,
+        region,
+        service: r.service.clone().unwrap_or_else(|| "s3".into()),
+        buckets: r.buckets.clone(),
+        path_prefix,
+        host: r.host.clone().map(|h| h.to_ascii_lowercase()),
+        ca_file: r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file")),
+        credentials,
+    })
+}
+
+fn compile_credentials(
+    c: &mut Collector<'_>,
+    raw: &Spanned<RawCredentials>,
+    kind: RouteKind,
+) -> Option<Credentials> {
+    let r = raw.get_ref();
+    match (r.kind.as_str(), kind) {
+        ("static", RouteKind::S3) => {
+            let ak = c.secret(r.access_key_id.as_deref(), "access_key_id", raw);
+            let sk = c.secret(r.secret_access_key.as_deref(), "secret_access_key", raw);
+            let st = match r.session_token.as_deref() {
+                None => None,
+                Some(t) => c.secret(Some(t), "session_token", raw),
+            };
+            Some(Credentials::Static {
+                access_key_id: ak?,
+                secret_access_key: sk?,
+                session_token: st,
+            })
+        }
+        ("bearer", RouteKind::Http) => Some(Credentials::Bearer {
+            token: c.secret(r.token.as_deref(), "token", raw)?,
+        }),
+        ("api_key", RouteKind::Http) => {
+            let header = match r
+                .header
+                .as_deref()
+                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+            {
+                Some(Ok(h)) => Some(h),
+                Some(Err(_)) => {
+                    c.at(raw, "`header` is not a valid header name");
+                    None
+                }
+                None => {
+                    c.at(raw, "api_key credentials need `header`");
+                    None
+                }
+            };
+            let key = c.secret(r.token.as_deref(), "token", raw);
+            Some(Credentials::ApiKey {
+                header: header?,
+                key: key?,
+            })
+        }
+        (k, RouteKind::S3) => {
+            c.at(
+                raw,
+                format!("credentials kind {k:?} does not fit an S3 route (use \"static\")"),
+            );
+            None
+        }
+        (k, RouteKind::Http) => {
+            c.at(raw, format!("credentials kind {k:?} does not fit an HTTP route (use \"bearer\" or \"api_key\")"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = "[[roles]]\nname = \"r\"\nmembers = [ { claim = \"sub\", equals = \"a\" } ]\nallow = [ { actions = [\"http:GET\"], resources = [\"http://features/x\"] } ]\n";
+
+    fn write(dir: &Path, config: &str, policy: &str) -> PathBuf {
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/p.toml"), policy).unwrap();
+        std::fs::write(dir.join("sk"), "secret\n").unwrap();
+        let path = dir.join("claimgate.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"[server]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.example.com"
+audiences = ["claimgate"]
+
+[[routes]]
+name = "lake"
+kind = "s3"
+upstream = "http://127.0.0.1:9000"
+region = "us-east-1"
+credentials = { kind = "static", access_key_id = "AK", secret_access_key = "file:sk" }
+
+[[routes]]
+name = "features"
+kind = "http"
+path_prefix = "/features/"
+upstream = "http://127.0.0.1:6566"
+credentials = { kind = "bearer", token = "file:sk" }
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), GOOD, ROLE)).unwrap();
+        assert_eq!(c.issuers[0].leeway, Duration::from_secs(60));
+        assert_eq!(c.issuers[0].algorithms, DEFAULT_ALGORITHMS.to_vec());
+        assert_eq!(c.audit, AuditSink::Stdout);
+        assert!(c.server.verbose_denials);
+        assert_eq!(c.policies.role_count(), 1);
+        match &c.routes[0].credentials {
+            Credentials::Static {
+                secret_access_key, ..
+            } => assert_eq!(secret_access_key.expose(), "secret"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace(
+            "audiences = [\"claimgate\"]",
+            "audiences = [\"claimgate\"]\naudience = \"typo\"",
+        );
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].line, Some(7), "{e}");
+        assert!(e.problems[0].message.contains("audience"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nshutdown_grace = \"soon\"",
+            )
+            .replace(
+                "file:sk\" }\n\n[[routes]]",
+                "file:missing\" }\n\n[[routes]]",
+            )
+            .replace("name = \"features\"", "name = \"lake\"")
+            .replace("https://idp.example.com", "http://idp.example.com")
+            .replace(
+                "audiences = [\"claimgate\"]",
+                "audiences = [\"claimgate\"]\nalgorithms = [\"HS256\"]",
+            );
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        let all = e.to_string();
+        for needle in [
+            "bad duration \"soon\"",
+            "cannot read secret file",
+            "route name \"lake\" is used twice",
+            "must be an https:// URL",
+            "\"HS256\" is never accepted",
+            // the policy names route `features`, which no longer exists
+            "features",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(e.problems.iter().all(|p| p.line.is_some()), "{all}");
+        assert!(
+            all.lines()
+                .all(|l| l.contains("claimgate.toml:") || l.contains("p.toml:")),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("kind = \"static\"", "kind = \"bearer\"");
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        assert!(!e.to_string().contains("secret\n"));
+        assert!(e.to_string().contains("does not fit an S3 route"), "{e}");
+    }
+}

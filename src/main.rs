@@ -1,0 +1,225 @@
+//! The `claimgate` command: serve, validate, check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use claimgate::clock::SystemClock;
+use claimgate::config::Config;
+use claimgate::model::{Access, AuthMethod, Identity};
+use claimgate::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "claimgate",
+    version,
+    about = "Identity-enforcing reverse proxy for ML data access"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the config and policies; print every problem as file:line: reason.
+    Validate {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Explain a decision: roles held, rules considered, the deciding rule.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A JWT file whose claims to use (the signature is not checked: this explains
+        /// policy, it does not authenticate).
+        #[arg(long, conflicts_with = "claims", required_unless_present = "claims")]
+        token: Option<PathBuf>,
+        /// Claims as a JSON object, e.g. '{"iss":"https://idp","sub":"alice","groups":["ml"]}'.
+        #[arg(long)]
+        claims: Option<String>,
+        /// IAM action, e.g. s3:GetObject.
+        action: String,
+        /// Resource, e.g. s3://datasets/imagenet/train/0001.tar.
+        resource: String,
+    },
+}
+
+/// Exit code for a config that cannot run (BSD EX_USAGE, as linkerd uses).
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLAIMGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Validate { config } => validate(config),
+        Command::Check {
+            config,
+            token,
+            claims,
+            action,
+            resource,
+        } => check(config, token, claims, action, resource),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        eprintln!("{} problem(s) in {}", e.problems.len(), path.display());
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(config, Arc::new(SystemClock)).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %server.local_addr(), admin = ?server.admin_addr(), "claimgate serving");
+        server.run(shutdown_signal()).await;
+        tracing::info!("claimgate stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+fn validate(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} issuer(s), {} route(s), {} role(s) from {})",
+                path.display(),
+                c.issuers.len(),
+                c.routes.len(),
+                c.policies.role_count(),
+                c.policies_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("{} problem(s)", e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(
+    path: PathBuf,
+    token: Option<PathBuf>,
+    claims: Option<String>,
+    action: String,
+    resource: String,
+) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let claims = match (token, claims) {
+        (Some(file), _) => std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))
+            .and_then(|t| {
+                claimgate::identity::jwt::parse_unverified(t.trim())
+                    .map(|u| u.claims)
+                    .map_err(|e| e.to_string())
+            }),
+        (None, Some(json)) => {
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
+                .map_err(|e| format!("--claims is not a JSON object: {e}"))
+        }
+        (None, None) => Err("give --token FILE or --claims JSON".into()),
+    };
+    let claims = match claims {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let get = |k: &str| {
+        claims
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let identity = Identity {
+        issuer: get("iss"),
+        subject: get("sub"),
+        method: AuthMethod::Bearer,
+        token_id: get("jti"),
+        session_role: None,
+        session_id: None,
+        claims: claims.clone(),
+    };
+    let explanation = config
+        .policies
+        .explain(&identity, &[Access::new(action, resource)]);
+    print!("{explanation}");
+    // Exit status scripts can test: 0 allowed, 2 denied.
+    if explanation.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}

@@ -1,0 +1,111 @@
+//! The values that flow between pipeline stages.
+//!
+//! Each stage of the request flow (see the crate docs) consumes the previous stage's output
+//! type; keeping them in one small module lets every stage depend on the vocabulary without
+//! depending on each other.
+
+use serde_json::{Map, Value};
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// `Authorization: Bearer <JWT>` validated against the issuer's JWKS.
+    Bearer,
+    /// SigV4 with credentials from a claimgate-issued (sealed) STS session.
+    Session,
+}
+
+impl AuthMethod {
+    /// Stable name used in audit records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Bearer => "bearer",
+            AuthMethod::Session => "sts_session",
+        }
+    }
+}
+
+/// A verified caller. Produced only by the authenticate stage.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `iss`, exactly as configured for the issuer that verified it.
+    pub issuer: String,
+    /// The token's `sub`.
+    pub subject: String,
+    /// Every claim of the token; policies address them by dotted path.
+    pub claims: Map<String, Value>,
+    /// How the identity was proven.
+    pub method: AuthMethod,
+    /// `jti` when the token has one, else a short hash of the token: lets a security
+    /// review follow one token across records without ever logging the token.
+    pub token_id: String,
+    /// For STS sessions: the one role the session assumed. Authorization then considers
+    /// only that role, as AWS does for an assumed role.
+    pub session_role: Option<String>,
+    /// For STS sessions: the session's access key id (not secret).
+    pub session_id: Option<String>,
+}
+
+impl Identity {
+    /// Looks a claim up by dotted path (`realm_access.roles`). A key that itself contains
+    /// dots (`https://example.com/groups`) is tried whole first, since IdPs emit such
+    /// namespaced claims.
+    pub fn claim(&self, path: &str) -> Option<&Value> {
+        claim_at(&self.claims, path)
+    }
+
+    /// A string claim, if the claim exists and is a string.
+    pub fn claim_str(&self, path: &str) -> Option<&str> {
+        self.claim(path).and_then(Value::as_str)
+    }
+}
+
+/// Dotted-path lookup shared by identities and bare claim sets (`claimgate check --claims`).
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let (head, rest) = path.split_once('.')?;
+    match claims.get(head)? {
+        Value::Object(inner) => claim_at(inner, rest),
+        _ => None,
+    }
+}
+
+/// One permission a request needs: an IAM-style action on a resource.
+///
+/// A request may need several (CopyObject needs `s3:PutObject` on the target and
+/// `s3:GetObject` on the source); it is allowed only if every one of them is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `s3:GetObject`, `http:POST`, …
+    pub action: String,
+    /// `s3://bucket/key` (key percent-decoded), `s3://bucket`, `http://route/path`.
+    pub resource: String,
+}
+
+impl Access {
+    /// Convenience constructor.
+    pub fn new(action: impl Into<String>, resource: impl Into<String>) -> Self {
+        Access {
+            action: action.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
+/// What a request wants, as the classify stage understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// The API operation name (`GetObject`, `ListObjectsV2`, `http`), for audit and metrics.
+    pub name: &'static str,
+    /// Every permission the request needs; never empty.
+    pub accesses: Vec<Access>,
+}
+
+impl Operation {
+    /// The primary access: the one audit records and metrics name.
+    pub fn primary(&self) -> &Access {
+        &self.accesses[0]
+    }
+}

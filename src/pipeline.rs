@@ -1,0 +1,449 @@
+//! The request flow, in one place:
+//! route → authenticate → classify → authorize → sign → forward, then one audit/metrics
+//! step that always runs, whatever the outcome.
+//!
+//! [`handle`] never fails: every stage's refusal becomes a [`Rejection`] rendered in the
+//! caller's dialect, and every request — allowed, refused or broken mid-stream — produces
+//! exactly one audit record (emitted when the response body finishes or is dropped).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
+use crate::body::{OnFinish, ProxyBody, UpstreamBody};
+use crate::classify::{self, ClassifyError, S3Target};
+use crate::clock::SharedClock;
+use crate::config::{Config, RouteKind};
+use crate::identity::{AuthError, Authenticator};
+use crate::metrics::Metrics;
+use crate::model::{Identity, Operation};
+use crate::policy::{Decision, PolicySet, ShadowOutcome};
+use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
+use crate::upstream::sign::sign_upstream;
+use crate::upstream::{Route, Router};
+
+/// How long the upstream may take to send a response head.
+const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Upstream routes.
+    pub router: Router,
+    /// Token validation.
+    pub auth: Arc<Authenticator>,
+    /// Compiled policies.
+    pub policies: Arc<PolicySet>,
+    /// Audit writer.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time source.
+    pub clock: SharedClock,
+}
+
+impl Proxy {
+    /// Assembles the proxy from a config.
+    pub fn new(
+        config: Arc<Config>,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Result<Proxy, String> {
+        let auth = Arc::new(Authenticator::new(
+            &config.issuers,
+            clock.clone(),
+            metrics.clone(),
+        )?);
+        Ok(Proxy {
+            router: Router::new(&config.routes)?,
+            policies: config.policies.clone(),
+            config,
+            auth,
+            audit,
+            metrics,
+            clock,
+        })
+    }
+}
+
+/// Per-request state that the final audit/metrics step reads.
+struct Ctx {
+    record: AuditRecord,
+    style: ErrorStyle,
+    bytes_in: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// Serves one request.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let (parts, body) = req.into_parts();
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    let mut ctx = Ctx {
+        record: AuditRecord::new(
+            request_id,
+            parts.method.as_str(),
+            parts.uri.path(),
+            remote.to_string(),
+            user_agent,
+        ),
+        style: ErrorStyle::S3,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        started,
+    };
+    match run(&proxy, parts, body, &mut ctx).await {
+        Ok(upstream) => respond_upstream(&proxy, upstream, ctx),
+        Err(rejection) => respond_rejection(&proxy, &rejection, ctx),
+    }
+}
+
+/// The stages, in order. Returns the upstream's response or the first refusal.
+async fn run(
+    proxy: &Proxy,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    ctx: &mut Ctx,
+) -> Result<Response<Incoming>, Rejection> {
+    // route
+    let host = request_host(&parts);
+    let route = proxy
+        .router
+        .select(host.as_deref(), parts.uri.path())
+        .ok_or_else(|| Rejection::NoRoute {
+            path: parts.uri.path().to_string(),
+        })?
+        .clone();
+    ctx.record.route = route.config.name.clone();
+    if route.config.kind == RouteKind::Http {
+        ctx.style = ErrorStyle::Problem;
+    }
+
+    // authenticate
+    let identity = authenticate(proxy, &parts)
+        .await
+        .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
+    ctx.record.identity = Some(audit_identity(&identity, &[]));
+
+    // classify
+    let operation = classify(proxy, &route, &parts)?;
+    record_operation(&mut ctx.record, &operation);
+    check_buckets(&route, &operation)?;
+
+    // authorize
+    let decision = proxy.policies.decide(&identity, &operation.accesses);
+    record_decision(proxy, &route, &identity, &decision, ctx);
+    let permit = decision.outcome.map_err(|denial| Rejection::Denied {
+        message: denial.message(proxy.config.server.verbose_denials),
+    })?;
+
+    // sign
+    sign_upstream(&permit, &mut parts, &route, proxy.clock.now())?;
+
+    // forward
+    let body = UpstreamBody::Stream {
+        inner: body,
+        counter: ctx.bytes_in.clone(),
+    };
+    forward(proxy, &route, Request::from_parts(parts, body)).await
+}
+
+async fn authenticate(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+) -> Result<Arc<Identity>, AuthError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        if parts
+            .uri
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Signature="))
+        {
+            return Err(AuthError::UnsupportedScheme {
+                scheme: "presigned SigV4 URL".into(),
+            });
+        }
+        return Err(AuthError::Missing);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed {
+        reason: "the Authorization header is not ASCII".into(),
+    })?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::UnsupportedScheme {
+            scheme: scheme.chars().take(32).collect(),
+        });
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed {
+            reason: "the Bearer token is empty".into(),
+        });
+    }
+    proxy.auth.authenticate_bearer(token).await
+}
+
+fn classify(
+    proxy: &Proxy,
+    route: &Route,
+    parts: &http::request::Parts,
+) -> Result<Operation, Rejection> {
+    match route.config.kind {
+        RouteKind::S3 => {
+            let target = S3Target {
+                virtual_host: proxy.config.server.public_host.as_deref(),
+            };
+            match classify::classify_s3(parts, &target) {
+                Ok(op) => Ok(op),
+                // DeleteObjects needs its body read and parsed before it can be authorized;
+                // until that lands it is refused rather than forwarded unclassified.
+                Err(ClassifyError::BodyRequired(_)) => Err(ClassifyError::NotImplemented {
+                    what: "DeleteObjects (multi-object delete)".into(),
+                }
+                .into()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        RouteKind::Http => Ok(classify::classify_http(
+            &route.config.name,
+            route.config.path_prefix.as_deref(),
+            parts,
+        )?),
+    }
+}
+
+/// An S3 route restricted to some buckets refuses the others before policy is consulted.
+fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
+    let Some(allowed) = &route.config.buckets else {
+        return Ok(());
+    };
+    for access in &op.accesses {
+        if let Some(rest) = access.resource.strip_prefix("s3://") {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            if !bucket.is_empty() && !allowed.iter().any(|b| b == bucket) {
+                return Err(Rejection::BucketNotServed {
+                    bucket: bucket.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn forward(
+    proxy: &Proxy,
+    route: &Route,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, Rejection> {
+    let name = &route.config.name;
+    match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, route.client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            proxy
+                .metrics
+                .upstream_error(name, if e.is_connect() { "connect" } else { "other" });
+            tracing::warn!(route = %name, error = %e, "upstream request failed");
+            Err(UpstreamError::Unreachable {
+                route: name.clone(),
+            }
+            .into())
+        }
+        Err(_) => {
+            proxy.metrics.upstream_error(name, "timeout");
+            Err(UpstreamError::Timeout {
+                route: name.clone(),
+            }
+            .into())
+        }
+    }
+}
+
+fn respond_upstream(proxy: &Proxy, resp: Response<Incoming>, mut ctx: Ctx) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    ctx.record.upstream_status = Some(parts.status.as_u16());
+    ctx.record.status = parts.status.as_u16();
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        parts.headers.remove(h);
+    }
+    if let Some(theirs) = parts.headers.remove("x-amz-request-id") {
+        parts
+            .headers
+            .insert("x-claimgate-upstream-request-id", theirs);
+    }
+    set_request_id(&mut parts.headers, &ctx.record.request_id);
+    let finish = on_finish(proxy, ctx);
+    Response::from_parts(parts, ProxyBody::upstream(body, finish))
+}
+
+fn respond_rejection(proxy: &Proxy, rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody> {
+    if matches!(rejection, Rejection::Internal) {
+        tracing::error!(request_id = %ctx.record.request_id, "internal error");
+    }
+    let wire = rejection.wire();
+    let resp = rejection::render(&wire, ctx.style, &ctx.record.path, &ctx.record.request_id);
+    ctx.record.status = wire.status.as_u16();
+    // `decision` stays what authorize said (allow, deny), or `error` when no decision was
+    // reached; `reason` says what ended the request.
+    ctx.record.reason = Some(rejection.reason());
+    ctx.record.detail = Some(wire.message.clone());
+    let (mut parts, bytes) = resp.into_parts();
+    set_request_id(&mut parts.headers, &ctx.record.request_id);
+    let finish = on_finish(proxy, ctx);
+    Response::from_parts(parts, ProxyBody::full(bytes, Some(finish)))
+}
+
+/// The always-run last step: once the response body is done, fill in sizes and duration,
+/// write the audit record, count the metrics.
+fn on_finish(proxy: &Proxy, ctx: Ctx) -> OnFinish {
+    let audit = proxy.audit.clone();
+    let metrics = proxy.metrics.clone();
+    Box::new(move |bytes_out, complete| {
+        let Ctx {
+            mut record,
+            bytes_in,
+            started,
+            ..
+        } = ctx;
+        let elapsed = started.elapsed();
+        record.bytes_out = bytes_out;
+        record.bytes_in = bytes_in.load(Ordering::Relaxed);
+        record.duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        record.incomplete = !complete;
+        metrics.request(
+            &record.route,
+            record.action.as_deref().unwrap_or("-"),
+            record.decision,
+            record.status,
+            elapsed.as_secs_f64(),
+        );
+        audit.write_now(record);
+    })
+}
+
+fn record_operation(record: &mut AuditRecord, op: &Operation) {
+    record.operation = Some(op.name);
+    record.action = Some(op.primary().action.clone());
+    record.resource = Some(op.primary().resource.clone());
+    record.also = op.accesses[1..]
+        .iter()
+        .map(|a| format!("{} {}", a.action, a.resource))
+        .collect();
+}
+
+fn record_decision(
+    proxy: &Proxy,
+    route: &Route,
+    identity: &Identity,
+    decision: &Decision,
+    ctx: &mut Ctx,
+) {
+    let (roles, rule) = match &decision.outcome {
+        Ok(permit) => (
+            proxy
+                .policies
+                .roles_for(identity)
+                .iter()
+                .map(|r| r.name.to_string())
+                .collect(),
+            permit.rules().first().map(|r| r.to_string()),
+        ),
+        Err(denial) => (
+            denial.roles.clone(),
+            denial.rule.as_ref().map(|r| r.to_string()),
+        ),
+    };
+    ctx.record.identity = Some(audit_identity(identity, &roles));
+    ctx.record.decision = if decision.is_allowed() {
+        "allow"
+    } else {
+        "deny"
+    };
+    ctx.record.rule = rule;
+    if let Some(shadow) = &decision.shadow {
+        proxy.metrics.shadow(&route.config.name, shadow.as_str());
+        ctx.record.shadow = Some(AuditShadow {
+            outcome: shadow.as_str(),
+            rule: match shadow {
+                ShadowOutcome::WouldAllow { rules } => rules.first().map(|r| r.to_string()),
+                ShadowOutcome::WouldDeny(d) => d.rule.as_ref().map(|r| r.to_string()),
+            },
+        });
+    }
+}
+
+fn audit_identity(identity: &Identity, roles: &[String]) -> AuditIdentity {
+    AuditIdentity {
+        iss: identity.issuer.clone(),
+        sub: identity.subject.clone(),
+        email: identity.claim_str("email").map(str::to_string),
+        client_id: identity
+            .claim_str("azp")
+            .or_else(|| identity.claim_str("client_id"))
+            .map(str::to_string),
+        roles: roles.to_vec(),
+        auth_method: identity.method.as_str(),
+        token_id: identity.token_id.clone(),
+        session: identity.session_id.clone(),
+    }
+}
+
+/// `Host` for HTTP/1.1, `:authority` for HTTP/2.
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+}
+
+fn set_request_id(headers: &mut http::HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        headers.insert("x-amz-request-id", v);
+    }
+}
+
+/// 16 uppercase hex digits, like S3's request ids.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        static FALLBACK: AtomicU64 = AtomicU64::new(1);
+        b = FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    }
+    hex::encode_upper(b)
+}
+
+/// An answer the proxy makes itself (admin endpoints).
+pub fn plain(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body.into(), None));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

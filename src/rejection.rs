@@ -1,0 +1,295 @@
+//! The edge: every refusal, whatever stage it came from, rendered the way the caller's
+//! client expects — S3's XML error shape on S3 routes, an RFC 9457 problem on HTTP routes.
+//!
+//! The mapping is one exhaustive `match` per error type with no catch-all arm, so a new
+//! variant anywhere forces a decision about its status and code here.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::classify::ClassifyError;
+use crate::identity::AuthError;
+
+/// Refusals of the forward stage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Could not connect or the connection broke before a response head.
+    #[error("upstream {route} is unreachable")]
+    Unreachable {
+        /// Route name.
+        route: String,
+    },
+    /// No response head within the route's timeout.
+    #[error("upstream {route} did not answer in time")]
+    Timeout {
+        /// Route name.
+        route: String,
+    },
+}
+
+/// Refusals of the sign stage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The caller's request cannot be re-signed as sent (e.g. a header value that is not
+    /// visible ASCII, or a body framing we cannot re-sign).
+    #[error("{reason}")]
+    Unsignable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Anything that ends a request before (or instead of) the upstream's answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Authentication failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The request could not be classified.
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    /// Policy denied it. The message is verbose or terse per config.
+    #[error("{message}")]
+    Denied {
+        /// The denial message shown to the caller.
+        message: String,
+    },
+    /// No route serves this path / host.
+    #[error("no route serves {path}")]
+    NoRoute {
+        /// The request path.
+        path: String,
+    },
+    /// The S3 route does not serve this bucket.
+    #[error("bucket {bucket} is not served by this proxy")]
+    BucketNotServed {
+        /// The bucket.
+        bucket: String,
+    },
+    /// The request could not be re-signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// The upstream failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The request body was larger than we read whole for authorization, or unreadable.
+    #[error("{reason}")]
+    BadBody {
+        /// Why.
+        reason: String,
+    },
+    /// A bug or an unexpected failure; details go to the log, never to the caller.
+    #[error("internal error")]
+    Internal,
+}
+
+/// How a rejection reads on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// S3-style error code (also used as the problem `code` on HTTP routes).
+    pub code: &'static str,
+    /// The human message.
+    pub message: String,
+}
+
+impl Rejection {
+    /// Stable short name for the audit record's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Auth(e) => e.reason(),
+            Rejection::Classify(_) => "unclassified",
+            Rejection::Denied { .. } => "policy",
+            Rejection::NoRoute { .. } => "no_route",
+            Rejection::BucketNotServed { .. } => "bucket_not_served",
+            Rejection::Sign(_) => "unsignable",
+            Rejection::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
+            Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
+            Rejection::BadBody { .. } => "bad_body",
+            Rejection::Internal => "internal",
+        }
+    }
+
+    /// Status, code and message.
+    pub fn wire(&self) -> WireError {
+        let (status, code) = match self {
+            Rejection::Auth(e) => auth_status(e),
+            Rejection::Classify(e) => classify_status(e),
+            Rejection::Denied { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
+            Rejection::NoRoute { .. } => (StatusCode::NOT_FOUND, "NoSuchRoute"),
+            Rejection::BucketNotServed { .. } => (StatusCode::NOT_FOUND, "NoSuchBucket"),
+            Rejection::Sign(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+            Rejection::Upstream(UpstreamError::Unreachable { .. }) => {
+                (StatusCode::BAD_GATEWAY, "BadGateway")
+            }
+            Rejection::Upstream(UpstreamError::Timeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout")
+            }
+            Rejection::BadBody { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
+            Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        let message = match self {
+            Rejection::Internal => {
+                "We encountered an internal error. Please try again.".to_string()
+            }
+            other => other.to_string(),
+        };
+        WireError {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
+    match e {
+        AuthError::Missing => (StatusCode::FORBIDDEN, "AccessDenied"),
+        AuthError::UnsupportedScheme { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        AuthError::Expired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
+        AuthError::Malformed { .. }
+        | AuthError::UnknownIssuer { .. }
+        | AuthError::UnknownKey { .. }
+        | AuthError::BadSignature
+        | AuthError::DisallowedAlgorithm { .. }
+        | AuthError::NotYetValid { .. }
+        | AuthError::WrongAudience { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
+        AuthError::KeysUnavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "IdentityProviderUnavailable",
+        ),
+    }
+}
+
+fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
+    match e {
+        ClassifyError::NotImplemented { .. } => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
+        ClassifyError::InvalidUri { .. } => (StatusCode::BAD_REQUEST, "InvalidURI"),
+        ClassifyError::InvalidBucketName { .. } => (StatusCode::BAD_REQUEST, "InvalidBucketName"),
+        ClassifyError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
+        ClassifyError::MethodNotAllowed { .. } => {
+            (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+        }
+        ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
+    }
+}
+
+/// Which error dialect the caller speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// S3 XML (`<Error><Code>…`).
+    S3,
+    /// `application/problem+json`.
+    Problem,
+}
+
+/// Renders a wire error. `resource` is the request path (never the query: presigned URLs
+/// carry signatures there).
+pub fn render(
+    err: &WireError,
+    style: ErrorStyle,
+    resource: &str,
+    request_id: &str,
+) -> Response<Bytes> {
+    let (content_type, body) = match style {
+        ErrorStyle::S3 => (
+            "application/xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>{}</RequestId></Error>",
+                err.code,
+                xml_escape(&err.message),
+                xml_escape(resource),
+                xml_escape(request_id)
+            ),
+        ),
+        ErrorStyle::Problem => (
+            "application/problem+json",
+            serde_json::json!({
+                "type": "about:blank",
+                "title": err.status.canonical_reason().unwrap_or("Error"),
+                "status": err.status.as_u16(),
+                "code": err.code,
+                "detail": err.message,
+                "instance": resource,
+                "request_id": request_id,
+            })
+            .to_string(),
+        ),
+    };
+    let mut resp = Response::new(Bytes::from(body));
+    *resp.status_mut() = err.status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if style == ErrorStyle::Problem && err.code == "InvalidToken" {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    resp
+}
+
+/// Escapes text for an XML element.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_errors_carry_code_message_resource_request_id() {
+        let r = Rejection::Auth(AuthError::Expired { ago: 5 });
+        let resp = render(&r.wire(), ErrorStyle::S3, "/b/<k>", "req1");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = String::from_utf8(resp.body().to_vec()).unwrap();
+        assert!(body.contains("<Code>ExpiredToken</Code>"));
+        assert!(body.contains("<Resource>/b/&lt;k&gt;</Resource>"));
+        assert!(body.contains("<RequestId>req1</RequestId>"));
+    }
+
+    #[test]
+    fn keys_unavailable_is_503_not_a_token_error() {
+        let w = Rejection::Auth(AuthError::KeysUnavailable { issuer: "i".into() }).wire();
+        assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_ne!(w.code, "InvalidToken");
+    }
+
+    #[test]
+    fn internal_errors_leak_nothing() {
+        let w = Rejection::Internal.wire();
+        assert_eq!(w.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!w.message.contains("internal error:"));
+    }
+
+    #[test]
+    fn problem_json_for_http_routes() {
+        let r = Rejection::Auth(AuthError::BadSignature);
+        let resp = render(&r.wire(), ErrorStyle::Problem, "/features/x", "id");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["code"], "InvalidToken");
+        assert_eq!(v["status"], 400);
+    }
+}

@@ -1,0 +1,253 @@
+//! Listeners: the proxy port (HTTP/1.1 and HTTP/2, TLS when configured), the admin port
+//! (metrics, health), connection limits and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::audit::AuditLog;
+use crate::clock::SharedClock;
+use crate::config::{Config, TlsFiles};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Proxy};
+
+/// Most connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 10_000;
+/// A client must finish its TLS handshake / request head within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reads a PEM certificate chain.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let certs = read_certs(&files.cert)?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates found", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate/key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Opens the audit sink, builds the proxy and binds both ports.
+    pub async fn bind(config: Arc<Config>, clock: SharedClock) -> Result<Server, String> {
+        let audit = AuditLog::open(&config.audit).map_err(|e| format!("audit log: {e}"))?;
+        Self::bind_with(config, clock, audit).await
+    }
+
+    /// Like [`Server::bind`] with a given audit writer (tests).
+    pub async fn bind_with(
+        config: Arc<Config>,
+        clock: SharedClock,
+        audit: AuditLog,
+    ) -> Result<Server, String> {
+        let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Arc::new(Proxy::new(config.clone(), audit, metrics, clock)?);
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let admin = match config.admin {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Server {
+            proxy,
+            listener,
+            admin,
+            tls,
+        })
+    }
+
+    /// The proxy's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The admin address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared proxy state.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests
+    /// for at most `server.shutdown_grace`, and flushes the audit log.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server {
+            proxy,
+            listener,
+            admin,
+            tls,
+        } = self;
+        let refreshers = proxy.auth.spawn_refresh();
+        let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
+        let graceful = GracefulShutdown::new();
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT);
+        let builder = Arc::new(builder);
+
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                () = &mut shutdown => break,
+            };
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = proxy.clone();
+            let tls = tls.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_connection(stream, remote, tls, proxy, builder, watcher).await;
+            });
+        }
+        drop(listener);
+        let grace = proxy.config.server.shutdown_grace;
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
+        }
+        for r in refreshers {
+            r.abort();
+        }
+        if let Some(a) = admin_task {
+            a.abort();
+        }
+        if !proxy.audit.flush(Duration::from_secs(10)).await {
+            tracing::error!("audit log could not be flushed");
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(proxy, req, remote).await) }
+    });
+    match tls {
+        Some(acceptor) => {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        }
+        None => {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = watcher.watch(conn.into_owned()).await;
+        }
+    }
+}
+
+async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(admin_response(&proxy, req.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(proxy: &Proxy, path: &str) -> http::Response<crate::body::ProxyBody> {
+    use http::StatusCode;
+    match path {
+        "/metrics" => pipeline::plain(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            proxy.metrics.render(),
+        ),
+        "/healthz" => pipeline::plain(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if proxy.auth.ready() => pipeline::plain(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => pipeline::plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: identity provider keys not loaded yet\n",
+        ),
+        _ => pipeline::plain(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

@@ -1,0 +1,104 @@
+//! Where requests go and how they get there: routes, re-signing, the pooled client.
+
+pub mod client;
+pub mod sign;
+
+use std::sync::Arc;
+
+use hyper_util::client::legacy::Client;
+
+use crate::body::UpstreamBody;
+use crate::config::{RouteConfig, RouteKind};
+
+/// A route with its connection pool.
+pub struct Route {
+    /// The validated route config.
+    pub config: RouteConfig,
+    /// Pooled client to the upstream.
+    pub client: Client<client::Connector, UpstreamBody>,
+    /// The upstream's path, without a trailing `/` (empty for the root).
+    pub base_path: String,
+    /// `Host` to send upstream.
+    pub authority: http::uri::Authority,
+}
+
+impl Route {
+    /// Builds the route's client.
+    pub fn new(config: RouteConfig) -> Result<Route, String> {
+        let connector = client::connector(config.ca_file.as_deref())?;
+        let base_path = config.upstream.path().trim_end_matches('/').to_string();
+        let host = config.upstream.host_str().unwrap_or_default();
+        let authority = match config.upstream.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let authority = authority
+            .parse()
+            .map_err(|e| format!("route {}: bad upstream authority: {e}", config.name))?;
+        Ok(Route {
+            client: client::client(connector),
+            base_path,
+            authority,
+            config,
+        })
+    }
+}
+
+/// Picks the route for a request: HTTP routes by host, then by path prefix (longest
+/// first); everything else goes to the S3 route, if there is one.
+pub struct Router {
+    http: Vec<Arc<Route>>,
+    s3: Option<Arc<Route>>,
+}
+
+impl Router {
+    /// Builds every route.
+    pub fn new(routes: &[RouteConfig]) -> Result<Router, String> {
+        let mut http = Vec::new();
+        let mut s3 = None;
+        for r in routes {
+            let route = Arc::new(Route::new(r.clone())?);
+            match r.kind {
+                RouteKind::S3 => s3 = Some(route),
+                RouteKind::Http => http.push(route),
+            }
+        }
+        // Host routes first, then longer prefixes before shorter ones.
+        http.sort_by_key(|r| {
+            (
+                r.config.host.is_none(),
+                std::cmp::Reverse(r.config.path_prefix.as_ref().map_or(0, String::len)),
+            )
+        });
+        Ok(Router { http, s3 })
+    }
+
+    /// The route serving `host` + `path`.
+    pub fn select(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.map(|h| {
+            h.rsplit_once(':').map_or(h, |(name, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    h
+                }
+            })
+        });
+        self.http
+            .iter()
+            .find(|r| {
+                let host_ok = match (&r.config.host, host) {
+                    (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                };
+                let prefix_ok = r
+                    .config
+                    .path_prefix
+                    .as_deref()
+                    .is_none_or(|p| path.starts_with(p));
+                host_ok && prefix_ok
+            })
+            .or(self.s3.as_ref())
+    }
+}

@@ -1,0 +1,362 @@
+//! Re-signing: strip every credential the caller sent, then authenticate as the route.
+//!
+//! For S3 routes the request is signed with SigV4 by aws-sigv4 using S3's rules (single
+//! URI encoding, no path normalization) and the route's configured region and service —
+//! never guessed from the host. The signed header set is deliberately small (`host`,
+//! `content-md5`, `content-type` and every `x-amz-*`): S3 requires those, and headers a
+//! hop might rewrite stay unsigned.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials as AwsCredentials;
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode, sign,
+};
+use aws_sigv4::sign::v4;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+
+use crate::config::Credentials;
+use crate::policy::Permit;
+use crate::rejection::SignError;
+use crate::upstream::Route;
+
+/// Query parameters of presigned URLs (SigV4 and SigV2): the caller's credentials, which
+/// must never reach the upstream.
+const PRESIGN_PARAMS: [&str; 10] = [
+    "x-amz-algorithm",
+    "x-amz-credential",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-signature",
+    "x-amz-security-token",
+    "awsaccesskeyid",
+    "signature",
+    "expires",
+];
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) or to the caller's own
+/// authentication, removed before forwarding.
+const STRIPPED_HEADERS: [&str; 13] = [
+    "authorization",
+    "x-amz-security-token",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// Prepares `parts` to go to the route's upstream: URI rewritten, caller credentials
+/// stripped, route credentials added. Requires the [`Permit`] of the authorize stage, so
+/// an unauthorized request cannot be signed.
+pub fn sign_upstream(
+    _permit: &Permit,
+    parts: &mut Parts,
+    route: &Route,
+    now: SystemTime,
+) -> Result<(), SignError> {
+    let caller_payload = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    strip_caller_credentials(&mut parts.headers);
+    let path_and_query = upstream_path_and_query(parts, route)?;
+    let uri = http::Uri::builder()
+        .scheme(route.config.upstream.scheme())
+        .authority(route.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| unsignable(format!("cannot build upstream URI: {e}")))?;
+    parts.uri = uri;
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(route.authority.as_str())
+            .map_err(|_| unsignable("bad upstream host".into()))?,
+    );
+    // hyper sets the version it negotiates with the upstream.
+    parts.version = http::Version::HTTP_11;
+
+    match &route.config.credentials {
+        Credentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let body = payload_for(caller_payload.as_deref())?;
+            let creds = AwsCredentials::new(
+                access_key_id.expose(),
+                secret_access_key.expose(),
+                session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "claimgate-route",
+            );
+            sign_v4(
+                parts,
+                &creds,
+                &route.config.region,
+                &route.config.service,
+                body,
+                now,
+                s3_settings(),
+                s3_signed_header,
+            )
+        }
+        Credentials::Bearer { token } => {
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| unsignable("route token is not a valid header value".into()))?;
+            parts
+                .headers
+                .insert(header::AUTHORIZATION, sensitive(value));
+            Ok(())
+        }
+        Credentials::ApiKey { header, key } => {
+            let value = HeaderValue::from_str(key.expose())
+                .map_err(|_| unsignable("route key is not a valid header value".into()))?;
+            parts.headers.insert(header.clone(), sensitive(value));
+            Ok(())
+        }
+    }
+}
+
+fn sensitive(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
+}
+
+fn unsignable(reason: String) -> SignError {
+    SignError::Unsignable { reason }
+}
+
+/// Removes hop-by-hop headers (including any named in `Connection`) and the caller's
+/// credentials.
+pub fn strip_caller_credentials(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in STRIPPED_HEADERS {
+        headers.remove(h);
+    }
+}
+
+/// What the upstream signature says about the body. The caller's digest is kept when it
+/// is one S3 can check (a hex SHA-256) or a streaming mode we pass through unchanged;
+/// anything else becomes `UNSIGNED-PAYLOAD`. Signed aws-chunked bodies carry per-chunk
+/// signatures chained to the caller's key, which the upstream could never verify.
+fn payload_for(caller: Option<&str>) -> Result<SignableBody<'static>, SignError> {
+    Ok(match caller {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            SignableBody::Precomputed(h.to_ascii_lowercase())
+        }
+        Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER") => SignableBody::StreamingUnsignedPayloadTrailer,
+        Some(s) if s.starts_with("STREAMING-") => {
+            return Err(unsignable(format!(
+                "x-amz-content-sha256 {s} (signed aws-chunked upload) cannot be re-signed; send UNSIGNED-PAYLOAD, a SHA-256 or STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+            )));
+        }
+        _ => SignableBody::UnsignedPayload,
+    })
+}
+
+/// The upstream path: the route's base path, then the caller's path exactly as sent
+/// (S3 routes) or with the route prefix removed (HTTP routes); presign parameters dropped.
+fn upstream_path_and_query(
+    parts: &Parts,
+    route: &Route,
+) -> Result<http::uri::PathAndQuery, SignError> {
+    let path = parts.uri.path();
+    let rest = match route.config.path_prefix.as_deref() {
+        Some(prefix) if route.config.kind == crate::config::RouteKind::Http => path
+            .strip_prefix(prefix)
+            .map(|r| format!("/{r}"))
+            .unwrap_or_else(|| path.to_string()),
+        _ => canonical_s3_path(path),
+    };
+    let mut out = format!("{}{}", route.base_path, rest);
+    if let Some(q) = parts.uri.query() {
+        let kept = filter_query(q);
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept);
+        }
+    }
+    out.parse()
+        .map_err(|e| unsignable(format!("bad upstream path: {e}")))
+}
+
+/// Drops presign parameters, keeping every other parameter byte for byte.
+pub fn filter_query(q: &str) -> String {
+    q.split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            !PRESIGN_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// S3's signing rules: the path is signed as sent (already encoded once, see
+/// [`canonical_s3_path`]), never normalized, and the payload hash travels in
+/// `x-amz-content-sha256`.
+pub fn s3_settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings
+}
+
+/// Headers claimgate signs on S3 requests.
+pub fn s3_signed_header(name: &str) -> bool {
+    name == "host" || name == "content-md5" || name == "content-type" || name.starts_with("x-amz-")
+}
+
+/// Re-encodes an S3 path the way SigV4 canonicalizes it: each segment percent-decoded, then
+/// encoded with only the unreserved characters left bare. The upstream computes its
+/// canonical URI this way from the key, so forwarding this form (same key, same meaning)
+/// makes our signature match whatever spelling the caller used (`%41` for `A`, a bare `!`).
+pub fn canonical_s3_path(path: &str) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    path.split('/')
+        .map(|seg| {
+            let raw = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
+            percent_encoding::percent_encode(&raw, UNRESERVED).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Signs `parts` in place with SigV4: adds `authorization`, `x-amz-date` and, per
+/// `settings`, `x-amz-content-sha256` and `x-amz-security-token`. Signs the headers
+/// `include` selects.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_v4(
+    parts: &mut Parts,
+    creds: &AwsCredentials,
+    region: &str,
+    service: &str,
+    body: SignableBody<'_>,
+    now: SystemTime,
+    settings: SigningSettings,
+    include: fn(&str) -> bool,
+) -> Result<(), SignError> {
+    let identity = creds.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(now)
+        .settings(settings)
+        .build()
+        .map_err(|e| unsignable(format!("signing parameters: {e}")))?
+        .into();
+
+    let mut signed: Vec<(&str, &str)> = Vec::with_capacity(8);
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if include(n) {
+            let v = value
+                .to_str()
+                .map_err(|_| unsignable(format!("header {n} is not visible ASCII")))?;
+            signed.push((n, v));
+        }
+    }
+    let uri = parts.uri.to_string();
+    let request = SignableRequest::new(parts.method.as_str(), &uri, signed.into_iter(), body)
+        .map_err(|e| unsignable(format!("cannot sign request: {e}")))?;
+    let (instructions, _signature) = sign(request, &params)
+        .map_err(|e| unsignable(format!("cannot sign request: {e}")))?
+        .into_parts();
+    let (headers, _params) = instructions.into_parts();
+    for h in headers {
+        let value = HeaderValue::from_str(h.value())
+            .map_err(|_| unsignable("signer produced a bad header".into()))?;
+        let name = HeaderName::from_static(h.name());
+        let value = if h.sensitive() {
+            sensitive(value)
+        } else {
+            value
+        };
+        parts.headers.insert(name, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presign_params_are_dropped_others_kept_verbatim() {
+        let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&prefix=a%2Fb&X-Amz-Signature=abc&x-id=GetObject&X-Amz-Security-Token=t";
+        assert_eq!(filter_query(q), "prefix=a%2Fb&x-id=GetObject");
+        assert_eq!(filter_query("AWSAccessKeyId=a&Signature=s&Expires=1"), "");
+    }
+
+    #[test]
+    fn s3_paths_are_re_encoded_canonically() {
+        assert_eq!(canonical_s3_path("/b/a%41!b/c d"), "/b/aA%21b/c%20d");
+        assert_eq!(canonical_s3_path("/b//x/./y/../z"), "/b//x/./y/../z");
+        assert_eq!(canonical_s3_path("/b/%E1%88%B4"), "/b/%E1%88%B4");
+    }
+
+    #[test]
+    fn payload_rules() {
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert!(matches!(
+            payload_for(Some(hex)),
+            Ok(SignableBody::Precomputed(_))
+        ));
+        assert!(matches!(
+            payload_for(Some("UNSIGNED-PAYLOAD")),
+            Ok(SignableBody::UnsignedPayload)
+        ));
+        assert!(matches!(
+            payload_for(Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER")),
+            Ok(SignableBody::StreamingUnsignedPayloadTrailer)
+        ));
+        assert!(payload_for(Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")).is_err());
+        assert!(matches!(
+            payload_for(Some("junk")),
+            Ok(SignableBody::UnsignedPayload)
+        ));
+        assert!(matches!(
+            payload_for(None),
+            Ok(SignableBody::UnsignedPayload)
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        h.insert("x-amz-security-token", "t".parse().unwrap());
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("x-amz-meta-a", "kept".parse().unwrap());
+        strip_caller_credentials(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-amz-meta-a"));
+    }
+}

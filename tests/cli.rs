@@ -1,0 +1,134 @@
+//! The `claimgate` binary as users run it.
+
+use std::process::Command;
+
+fn claimgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_claimgate"))
+}
+
+const POLICY: &str = r#"
+[[roles]]
+name = "trainer"
+members = [ { claim = "groups", contains = "ml-engineers" } ]
+allow = [ { actions = ["s3:GetObject"], resources = ["s3://datasets/*"] } ]
+deny = [ { actions = ["s3:*"], resources = ["s3://datasets/pii/*"] } ]
+"#;
+
+fn setup(config: &str, policy: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ml.toml"), policy).unwrap();
+    std::fs::write(dir.path().join("claimgate.toml"), config).unwrap();
+    dir
+}
+
+const CONFIG: &str = r#"[server]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+issuer = "https://idp.example.com"
+audiences = ["claimgate"]
+
+[[routes]]
+name = "lake"
+kind = "s3"
+upstream = "http://127.0.0.1:9000"
+region = "us-east-1"
+credentials = { kind = "static", access_key_id = "AK", secret_access_key = "SK" }
+"#;
+
+#[test]
+fn validate_accepts_a_good_config() {
+    let dir = setup(CONFIG, POLICY);
+    let out = claimgate()
+        .args(["validate", "--config"])
+        .arg(dir.path().join("claimgate.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 role(s)"));
+}
+
+#[test]
+fn validate_lists_every_problem_with_file_and_line_and_serve_refuses_to_start() {
+    let bad = CONFIG.replace(
+        "region = \"us-east-1\"",
+        "region = \"us-east-1\"\nregoin = \"typo\"",
+    );
+    let dir = setup(
+        &bad,
+        &POLICY.replace("s3:GetObject\"]", "s3:GetObject\"], resource = [\"x\"]"),
+    );
+    let cfg = dir.path().join("claimgate.toml");
+    let out = claimgate()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("claimgate.toml:13:"), "{err}");
+    assert!(err.contains("regoin"), "{err}");
+
+    let good_config_bad_policy = setup(CONFIG, &POLICY.replace("contains", "containz"));
+    let out = claimgate()
+        .args(["validate", "--config"])
+        .arg(good_config_bad_policy.path().join("claimgate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ml.toml:4:"), "{err}");
+
+    let out = claimgate()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a bad config must stop serve before it binds"
+    );
+}
+
+#[test]
+fn check_explains_the_decision() {
+    let dir = setup(CONFIG, POLICY);
+    let cfg = dir.path().join("claimgate.toml");
+    let claims = r#"{"iss":"https://idp.example.com","sub":"alice","groups":["ml-engineers"]}"#;
+    let out = claimgate()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .args([
+            "--claims",
+            claims,
+            "s3:GetObject",
+            "s3://datasets/imagenet/1.tar",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("trainer"), "{text}");
+    assert!(text.contains("allow[0]"), "{text}");
+
+    let out = claimgate()
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .args([
+            "--claims",
+            claims,
+            "s3:GetObject",
+            "s3://datasets/pii/users.csv",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("deny[0]"), "{text}");
+}

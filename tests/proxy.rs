@@ -1,0 +1,366 @@
+//! The enforcing proxy end to end: bearer token → policy → SigV4 re-sign → real S3 server.
+
+mod support;
+
+use bytes::Bytes;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn allowed_requests_round_trip_through_a_sigv4_verifying_upstream() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets", "checkpoints"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let c = &p.client;
+
+    let put = c
+        .request(
+            "PUT",
+            &p.url("/datasets/imagenet/0001.tar"),
+            Some(&t),
+            Bytes::from_static(b"hello tensors"),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(
+        std::fs::read(s3.path("datasets", "imagenet/0001.tar")).unwrap(),
+        b"hello tensors"
+    );
+
+    let get = c.get(&p.url("/datasets/imagenet/0001.tar"), Some(&t)).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(&get.body[..], b"hello tensors");
+    assert!(get.headers.contains_key("x-amz-request-id"));
+
+    let head = c
+        .request(
+            "HEAD",
+            &p.url("/datasets/imagenet/0001.tar"),
+            Some(&t),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-length"], "13");
+
+    let list = c
+        .get(&p.url("/datasets?list-type=2&prefix=imagenet/"), Some(&t))
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(list.text().contains("<Key>imagenet/0001.tar</Key>"));
+    let list_v1 = c.get(&p.url("/datasets?prefix=imagenet/"), Some(&t)).await;
+    assert_eq!(list_v1.status, 200, "{}", list_v1.text());
+    assert!(list_v1.text().contains("imagenet/0001.tar"));
+
+    let head_bucket = c
+        .request("HEAD", &p.url("/datasets"), Some(&t), Bytes::new())
+        .await;
+    assert_eq!(head_bucket.status, 200);
+    let buckets = c.get(&p.url("/"), Some(&t)).await;
+    assert_eq!(buckets.status, 200, "{}", buckets.text());
+    assert!(buckets.text().contains("<Name>datasets</Name>"));
+
+    // ${sub} scopes checkpoints to the caller's own prefix.
+    let own = c
+        .request(
+            "PUT",
+            &p.url("/checkpoints/alice/step-1.pt"),
+            Some(&t),
+            Bytes::from_static(b"w"),
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text());
+
+    let del = c
+        .request(
+            "DELETE",
+            &p.url("/datasets/imagenet/0001.tar"),
+            Some(&t),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    assert!(!s3.path("datasets", "imagenet/0001.tar").exists());
+
+    let audit = p.audit(10).await;
+    let ops: Vec<&str> = audit
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "PutObject",
+            "GetObject",
+            "HeadObject",
+            "ListObjectsV2",
+            "ListObjects",
+            "HeadBucket",
+            "ListBuckets",
+            "PutObject",
+            "DeleteObject"
+        ]
+    );
+    for r in &audit {
+        assert_eq!(r["decision"], "allow");
+        assert_eq!(r["identity"]["sub"], "alice");
+        assert_eq!(r["identity"]["email"], "alice@example.com");
+        assert_eq!(r["identity"]["roles"], json!(["trainer"]));
+        assert_eq!(r["identity"]["auth_method"], "bearer");
+        assert!(
+            r["identity"]["token_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("jti-alice-")
+        );
+    }
+    assert_eq!(audit[0]["bytes_in"], 13);
+    assert_eq!(audit[1]["bytes_out"], 13);
+    assert_eq!(audit[0]["action"], "s3:PutObject");
+    assert_eq!(audit[0]["resource"], "s3://datasets/imagenet/0001.tar");
+    assert_eq!(audit[0]["upstream_status"], 200);
+    assert!(audit[0]["rule"].as_str().unwrap().contains("trainer"));
+}
+
+#[tokio::test]
+async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets", "checkpoints"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let alice = idp.token("alice", &["ml-engineers"]);
+    let bob = idp.token("bob", &["analysts"]);
+    let c = &p.client;
+    let before = s3.requests();
+
+    // deny beats allow
+    let pii = c.get(&p.url("/datasets/pii/users.csv"), Some(&alice)).await;
+    assert_eq!(pii.status, 403);
+    assert_eq!(pii.s3_code(), "AccessDenied");
+    assert!(pii.text().contains("deny[0]"), "{}", pii.text());
+    // default deny names action, resource and roles
+    let write = c
+        .request(
+            "PUT",
+            &p.url("/datasets/curated/x"),
+            Some(&bob),
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(write.status, 403);
+    assert!(
+        write
+            .text()
+            .contains("s3:PutObject on s3://datasets/curated/x"),
+        "{}",
+        write.text()
+    );
+    assert!(write.text().contains("[analyst]"), "{}", write.text());
+    // another user's checkpoint prefix
+    let other = c
+        .request(
+            "PUT",
+            &p.url("/checkpoints/bob/x.pt"),
+            Some(&alice),
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(other.status, 403);
+    // no token at all
+    let anon = c.get(&p.url("/datasets/curated/x"), None).await;
+    assert_eq!(anon.status, 403);
+    assert_eq!(anon.s3_code(), "AccessDenied");
+    // an unsupported subresource is refused, never forwarded unclassified
+    let acl = c.get(&p.url("/datasets/curated/x?acl"), Some(&alice)).await;
+    assert_eq!(acl.status, 501);
+    assert_eq!(acl.s3_code(), "NotImplemented");
+
+    assert_eq!(
+        s3.requests(),
+        before,
+        "a refused request reached the upstream"
+    );
+    let audit = p.audit(5).await;
+    assert_eq!(audit.len(), 5);
+    assert_eq!(audit[0]["decision"], "deny");
+    assert_eq!(audit[0]["reason"], "policy");
+    assert!(audit[0]["rule"].as_str().unwrap().contains("deny[0]"));
+    assert_eq!(audit[1]["identity"]["roles"], json!(["analyst"]));
+    assert!(audit[1]["rule"].is_null());
+    assert_eq!(audit[3]["reason"], "missing");
+    assert_eq!(audit[4]["reason"], "unclassified");
+    for r in &audit {
+        assert!(r["upstream_status"].is_null());
+    }
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(&m, "claimgate_requests_total", &[("decision", "deny")]),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "claimgate_auth_failures_total",
+            &[("reason", "missing")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn terse_denials_say_only_access_denied() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .server_lines("verbose_denials = false")
+        .start()
+        .await;
+    let bob = idp.token("bob", &["analysts"]);
+    let r = p
+        .client
+        .request(
+            "PUT",
+            &p.url("/datasets/curated/x"),
+            Some(&bob),
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("<Message>Access Denied</Message>"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("analyst"));
+}
+
+#[tokio::test]
+async fn a_100_mib_object_streams_both_ways() {
+    use http_body_util::BodyExt;
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    const MIB: usize = 1 << 20;
+    let chunk = Bytes::from((0..MIB).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = (0..100)
+        .map(|_| Ok(http_body::Frame::data(chunk.clone())))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let req = http::Request::put(p.url("/datasets/big.bin"))
+        .header("authorization", format!("Bearer {t}"))
+        .header("content-length", (100 * MIB).to_string())
+        .body(body)
+        .unwrap();
+    let put = p.client.send(req).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(
+        std::fs::metadata(s3.path("datasets", "big.bin"))
+            .unwrap()
+            .len(),
+        (100 * MIB) as u64
+    );
+
+    let get = p.client.get(&p.url("/datasets/big.bin"), Some(&t)).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.body.len(), 100 * MIB);
+    assert!(get.body.chunks(MIB).all(|c| c == &chunk[..]));
+    let audit = p.audit(2).await;
+    assert_eq!(audit[0]["bytes_in"], 100 * MIB);
+    assert_eq!(audit[1]["bytes_out"], 100 * MIB);
+}
+
+#[tokio::test]
+async fn tls_listener_serves_http1_and_http2() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).tls().start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let put = p
+        .client
+        .request(
+            "PUT",
+            &p.url("/datasets/tls.txt"),
+            Some(&t),
+            Bytes::from_static(b"secure"),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let req = http::Request::get(p.url("/datasets/tls.txt"))
+        .version(http::Version::HTTP_2)
+        .header("authorization", format!("Bearer {t}"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let get = p.client.send(req).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(&get.body[..], b"secure");
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_audit_log_or_error_bodies() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let r = p.client.get(&p.url("/datasets/pii/x"), Some(&t)).await;
+    assert!(!r.text().contains(&t));
+    let presigned = "/datasets/a?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAX";
+    let r = p.client.get(&p.url(presigned), None).await;
+    assert!(!r.text().contains("deadbeefcafe"));
+    p.client.get(&p.url("/datasets/curated/ok"), Some(&t)).await;
+    p.audit(3).await;
+    let raw = p.audit_raw();
+    let sig = t.rsplit('.').next().unwrap();
+    for secret in [t.as_str(), sig, S3_SECRET_KEY, "deadbeefcafe"] {
+        assert!(!raw.contains(secret), "audit log contains a secret");
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_flushes_the_audit_log() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    for i in 0..20 {
+        p.client
+            .get(&p.url(&format!("/datasets/k{i}")), Some(&t))
+            .await;
+    }
+    let audit = p.audit.clone();
+    let addr = p.addr;
+    p.shutdown().await;
+    let lines = String::from_utf8(audit.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(lines.lines().count(), 20);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_bad_gateway_with_a_metric() {
+    let idp = TestIdp::start().await;
+    let mut s3 = TestS3::start(&["datasets"]).await;
+    // a port nothing listens on
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s3.url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let r = p.client.get(&p.url("/datasets/x"), Some(&t)).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.s3_code(), "BadGateway");
+    let audit = p.audit(1).await;
+    assert_eq!(audit[0]["reason"], "upstream_unreachable");
+    assert_eq!(audit[0]["decision"], "allow");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "claimgate_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
+        1.0
+    );
+}

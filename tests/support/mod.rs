@@ -1,0 +1,652 @@
+//! Test harness: a real OIDC issuer, a real S3 server that verifies SigV4, and the proxy,
+//! all on 127.0.0.1 port 0, talking over real sockets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use claimgate::audit::AuditLog;
+use claimgate::clock::SystemClock;
+use claimgate::config::Config;
+use claimgate::server::Server;
+
+pub const AUDIENCE: &str = "claimgate";
+pub const S3_ACCESS_KEY: &str = "AKIDCLAIMGATEUPSTREAM";
+pub const S3_SECRET_KEY: &str = "upstream-secret-key-for-tests-only";
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ------------------------------------------------------------------------------------
+// Keys
+// ------------------------------------------------------------------------------------
+
+/// A signing key and its public JWK.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+}
+
+fn pem_rsa() -> String {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .unwrap()
+        .serialize_pem()
+}
+
+/// RSA key generation is slow; tests share a small pool of PEMs.
+fn rsa_pem(n: usize) -> String {
+    static POOL: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| Mutex::new(Vec::new()));
+    let mut pool = pool.lock().unwrap();
+    while pool.len() <= n {
+        pool.push(pem_rsa());
+    }
+    pool[n].clone()
+}
+
+impl SigningKey {
+    pub fn rsa(kid: &str, n: usize) -> Self {
+        let encoding = EncodingKey::from_rsa_pem(rsa_pem(n).as_bytes()).unwrap();
+        Self::finish(kid, Algorithm::RS256, encoding)
+    }
+
+    pub fn ec(kid: &str) -> Self {
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        Self::finish(kid, Algorithm::ES256, encoding)
+    }
+
+    fn finish(kid: &str, alg: Algorithm, encoding: EncodingKey) -> Self {
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg).unwrap();
+        jwk.common.key_id = Some(kid.to_string());
+        SigningKey {
+            kid: kid.to_string(),
+            alg,
+            encoding,
+            jwk: serde_json::to_value(jwk).unwrap(),
+        }
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// A real OIDC issuer: discovery + JWKS over HTTP
+// ------------------------------------------------------------------------------------
+
+struct IdpState {
+    issuer: String,
+    published: Mutex<Vec<SigningKey>>,
+    down: AtomicBool,
+    jwks_fetches: AtomicUsize,
+}
+
+pub struct TestIdp {
+    pub issuer: String,
+    state: Arc<IdpState>,
+}
+
+impl TestIdp {
+    /// An issuer publishing one RSA (`rsa-1`) and one EC (`ec-1`) key.
+    pub async fn start() -> TestIdp {
+        Self::start_with(vec![SigningKey::rsa("rsa-1", 0), SigningKey::ec("ec-1")]).await
+    }
+
+    pub async fn start_with(keys: Vec<SigningKey>) -> TestIdp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(IdpState {
+            issuer: issuer.clone(),
+            published: Mutex::new(keys),
+            down: AtomicBool::new(false),
+            jwks_fetches: AtomicUsize::new(0),
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(idp_answer(&st, req.uri().path())) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestIdp { issuer, state }
+    }
+
+    /// The key tokens are signed with by default.
+    pub fn key(&self, kid: &str) -> SigningKey {
+        self.state
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|k| k.kid == kid)
+            .cloned()
+            .unwrap_or_else(|| panic!("no key {kid}"))
+    }
+
+    pub fn claims(&self, sub: &str, groups: &[&str]) -> Value {
+        let now = now();
+        json!({
+            "iss": self.issuer,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "email": format!("{sub}@example.com"),
+            "groups": groups,
+            "iat": now,
+            "exp": now + 600,
+            "jti": format!("jti-{sub}-{}", claimgate::pipeline::new_request_id()),
+        })
+    }
+
+    /// A valid RS256 token for `sub` in `groups`.
+    pub fn token(&self, sub: &str, groups: &[&str]) -> String {
+        self.key("rsa-1").sign(&self.claims(sub, groups))
+    }
+
+    pub fn publish(&self, keys: Vec<SigningKey>) {
+        *self.state.published.lock().unwrap() = keys;
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+}
+
+fn idp_answer(st: &IdpState, path: &str) -> http::Response<Full<Bytes>> {
+    if st.down.load(Ordering::SeqCst) {
+        return http::Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from_static(b"down")))
+            .unwrap();
+    }
+    let body = match path {
+        "/.well-known/openid-configuration" => json!({
+            "issuer": st.issuer,
+            "jwks_uri": format!("{}/jwks", st.issuer),
+        }),
+        "/jwks" => {
+            st.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            let keys: Vec<Value> = st
+                .published
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|k| k.jwk.clone())
+                .collect();
+            json!({ "keys": keys })
+        }
+        _ => {
+            return http::Response::builder()
+                .status(404)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+        }
+    };
+    http::Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+// ------------------------------------------------------------------------------------
+// A real S3 server (s3s-fs) that verifies SigV4 with the route's credentials
+// ------------------------------------------------------------------------------------
+
+pub struct TestS3 {
+    pub url: String,
+    pub root: tempfile::TempDir,
+    requests: Arc<AtomicUsize>,
+}
+
+impl TestS3 {
+    pub async fn start(buckets: &[&str]) -> TestS3 {
+        let root = tempfile::tempdir().unwrap();
+        for b in buckets {
+            std::fs::create_dir_all(root.path().join(b)).unwrap();
+        }
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            S3_ACCESS_KEY,
+            S3_SECRET_KEY,
+        ));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let service = service.clone();
+                        async move { hyper::service::Service::call(&service, req).await }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestS3 {
+            url,
+            root,
+            requests,
+        }
+    }
+
+    /// Requests that reached the upstream so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.path().join(bucket).join(key)
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The proxy
+// ------------------------------------------------------------------------------------
+
+pub const POLICY: &str = r#"
+[[roles]]
+name = "trainer"
+description = "ML engineers' training jobs"
+members = [ { claim = "groups", contains = "ml-engineers" } ]
+allow = [
+  { actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], resources = ["s3://datasets/*"] },
+  { actions = ["s3:ListBucket"], resources = ["s3://datasets", "s3://datasets/*"] },
+  { actions = ["s3:PutObject", "s3:GetObject"], resources = ["s3://checkpoints/${sub}/*"] },
+  { actions = ["s3:ListAllMyBuckets"], resources = ["s3://"] },
+]
+deny = [
+  { actions = ["s3:*"], resources = ["s3://datasets/pii/*"] },
+]
+
+[[roles]]
+name = "analyst"
+members = [ { claim = "groups", contains = "analysts" } ]
+allow = [
+  { actions = ["s3:GetObject", "s3:ListBucket"], resources = ["s3://datasets/curated/*"] },
+]
+"#;
+
+#[derive(Clone, Default)]
+pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct ProxyBuilder {
+    issuers: Vec<String>,
+    upstream: String,
+    policy: String,
+    extra_issuer: String,
+    extra_server: String,
+    extra: String,
+    tls: bool,
+}
+
+pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
+    ProxyBuilder {
+        issuers: vec![idp.issuer.clone()],
+        upstream: s3.url.clone(),
+        policy: POLICY.to_string(),
+        extra_issuer: String::new(),
+        extra_server: String::new(),
+        extra: String::new(),
+        tls: false,
+    }
+}
+
+pub struct TestProxy {
+    pub url: String,
+    pub admin: String,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub audit: SharedBuf,
+    proxy: Arc<claimgate::pipeline::Proxy>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    pub client: Client,
+    pub ca_pem: Option<String>,
+}
+
+impl ProxyBuilder {
+    pub fn policy(mut self, p: &str) -> Self {
+        self.policy = p.to_string();
+        self
+    }
+    /// Extra lines inside each `[[issuers]]` table.
+    pub fn issuer_lines(mut self, lines: &str) -> Self {
+        self.extra_issuer = lines.to_string();
+        self
+    }
+    /// Extra lines inside `[server]`.
+    pub fn server_lines(mut self, lines: &str) -> Self {
+        self.extra_server = lines.to_string();
+        self
+    }
+    /// Extra top-level tables appended at the end.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra = toml.to_string();
+        self
+    }
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.issuers.push(issuer.to_string());
+        self
+    }
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    pub fn config_text(&self, tls_lines: &str) -> String {
+        let mut s = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{tls_lines}{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+            self.extra_server
+        );
+        for i in &self.issuers {
+            s.push_str(&format!(
+                "[[issuers]]\nissuer = \"{i}\"\naudiences = [\"{AUDIENCE}\"]\n{}\n\n",
+                self.extra_issuer
+            ));
+        }
+        s.push_str(&format!(
+            "[policies]\ndir = \"policies\"\n\n[[routes]]\nname = \"lake\"\nkind = \"s3\"\nupstream = \"{}\"\nregion = \"us-east-1\"\ncredentials = {{ kind = \"static\", access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"file:upstream.secret\" }}\n\n{}",
+            self.upstream, self.extra
+        ));
+        s
+    }
+
+    pub async fn start(self) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/test.toml"), &self.policy).unwrap();
+        std::fs::write(
+            dir.path().join("upstream.secret"),
+            format!("{S3_SECRET_KEY}\n"),
+        )
+        .unwrap();
+        let (tls_lines, ca_pem) = if self.tls {
+            let (cert, key) = self_signed();
+            std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
+            std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+            (
+                "tls = { cert = \"tls.crt\", key = \"tls.key\" }\n".to_string(),
+                Some(cert),
+            )
+        } else {
+            (String::new(), None)
+        };
+        let text = self.config_text(&tls_lines);
+        let path = dir.path().join("claimgate.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{text}")));
+        let audit = SharedBuf::default();
+        let server = Server::bind_with(
+            config,
+            Arc::new(SystemClock),
+            AuditLog::with_writer(Box::new(audit.clone())),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        let admin = format!("http://{}", server.admin_addr().unwrap());
+        let proxy = server.proxy().clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        let scheme = if self.tls { "https" } else { "http" };
+        let url = format!("{scheme}://localhost:{}", addr.port());
+        let client = Client::new(ca_pem.as_deref());
+        let p = TestProxy {
+            url,
+            admin,
+            addr,
+            dir,
+            audit,
+            proxy,
+            shutdown: Some(tx),
+            done: Some(done),
+            client,
+            ca_pem,
+        };
+        p.wait_ready().await;
+        p
+    }
+}
+
+pub fn self_signed() -> (String, String) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+impl TestProxy {
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.proxy.auth.ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Some tests start with the IdP down on purpose.
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every audit record written so far, after waiting until at least `n` exist.
+    pub async fn audit(&self, n: usize) -> Vec<Value> {
+        for _ in 0..500 {
+            self.proxy.audit.flush(Duration::from_secs(5)).await;
+            let lines = self.audit_now();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.audit_now()
+    }
+
+    fn audit_now(&self) -> Vec<Value> {
+        let buf = self.audit.0.lock().unwrap();
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+            .collect()
+    }
+
+    pub fn audit_raw(&self) -> String {
+        String::from_utf8_lossy(&self.audit.0.lock().unwrap()).to_string()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(&format!("{}/metrics", self.admin), None)
+            .await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+
+    /// Stops the server as SIGTERM would and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+}
+
+/// Sum of a metric's samples whose label set contains every `labels` pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ------------------------------------------------------------------------------------
+// A small HTTP client over hyper (HTTP/1.1 and HTTP/2, TLS with a test CA)
+// ------------------------------------------------------------------------------------
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Body,
+    >,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+    /// The `<Code>` of an S3 XML error.
+    pub fn s3_code(&self) -> String {
+        let t = self.text();
+        t.split("<Code>")
+            .nth(1)
+            .and_then(|r| r.split("</Code>").next())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Client {
+    pub fn new(ca_pem: Option<&str>) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = ca_pem {
+            use rustls_pki_types::pem::PemObject;
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(conn),
+        }
+    }
+
+    pub async fn send(&self, req: http::Request<Body>) -> Resp {
+        let resp = self.inner.request(req).await.expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn request(&self, method: &str, url: &str, token: Option<&str>, body: Bytes) -> Resp {
+        let mut b = http::Request::builder().method(method).uri(url);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(full(body)).unwrap()).await
+    }
+
+    pub async fn get(&self, url: &str, token: Option<&str>) -> Resp {
+        self.request("GET", url, token, Bytes::new()).await
+    }
+}
