@@ -5,6 +5,8 @@
 //! Fixed inputs: one RS256 key, one captured token, one GetObject request, the example
 //! policy. Run: `cargo bench --bench hot_path`.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,5 +1,7 @@
 //! The `claimgate` binary as users run it.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 use std::process::Command;
 
 fn claimgate() -> Command {

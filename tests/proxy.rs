@@ -1,5 +1,7 @@
 //! The enforcing proxy end to end: bearer token → policy → SigV4 re-sign → real S3 server.
 
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
 mod support;
 
 use bytes::Bytes;

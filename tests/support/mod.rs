@@ -1,6 +1,6 @@
 //! Test harness: a real OIDC issuer, a real S3 server that verifies SigV4, and the proxy,
 //! all on 127.0.0.1 port 0, talking over real sockets.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::io::Write;
