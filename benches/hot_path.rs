@@ -141,12 +141,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             get_request,
             |mut parts| {
-                let permit = f
-                    .config
-                    .policies
-                    .decide(&identity, &op.accesses)
-                    .outcome
-                    .unwrap();
+                let permit = f.config.policies.decide(&identity, &op.accesses).outcome.unwrap();
                 sign_upstream(&permit, &mut parts, &route, now).unwrap();
                 parts
             },
@@ -177,10 +172,9 @@ fn benches(c: &mut Criterion) {
         keys: vec![parse_key(f.encoding_key_jwk.clone()).unwrap()],
     };
     g.bench_function("baseline: jsonwebtoken::decode", |b| {
-        let dk = jsonwebtoken::DecodingKey::from_jwk(
-            &serde_json::from_value(f.encoding_key_jwk.clone()).unwrap(),
-        )
-        .unwrap();
+        let dk =
+            jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(f.encoding_key_jwk.clone()).unwrap())
+                .unwrap();
         let mut v = Validation::new(Algorithm::RS256);
         v.set_audience(&["claimgate"]);
         v.validate_exp = false;

@@ -228,10 +228,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
 fn writer(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) {
@@ -239,8 +236,12 @@ fn writer(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) {
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Record(record) => {
-                if serde_json::to_writer(&mut out, &record).is_ok() {
-                    let _ = out.write_all(b"\n");
+                // Serialized whole first, so a record is written entirely or not at all.
+                if let Ok(mut line) = serde_json::to_vec(&record) {
+                    line.push(b'\n');
+                    if let Err(e) = out.write_all(&line) {
+                        tracing::error!(error = %e, "cannot write audit record");
+                    }
                 }
                 if rx.is_empty() {
                     let _ = out.flush();

@@ -13,6 +13,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+/// What happened to the caller's request body on its way upstream.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    /// Bytes read from the caller.
+    pub bytes: AtomicU64,
+    /// The caller's body broke off (connection closed mid-upload): the upstream's failure
+    /// that follows is the caller's doing, not the upstream's.
+    pub aborted: std::sync::atomic::AtomicBool,
+}
+
 /// What the body type of a request forwarded upstream can be.
 pub enum UpstreamBody {
     /// The caller's body, streamed through and counted.
@@ -20,7 +30,7 @@ pub enum UpstreamBody {
         /// The caller's body.
         inner: Incoming,
         /// Bytes read so far.
-        counter: Arc<AtomicU64>,
+        counter: Arc<BodyStats>,
     },
     /// A body already read whole (small, size-capped bodies we had to inspect).
     Full(Option<Bytes>),
@@ -37,10 +47,14 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Stream { inner, counter } => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            counter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => counter.aborted.store(true, Ordering::Relaxed),
+                    _ => {}
                 }
                 polled
             }

@@ -334,12 +334,8 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
-        self.problems.push(Problem::at(
-            self.file,
-            self.source,
-            spanned.span().start,
-            message,
-        ));
+        self.problems
+            .push(Problem::at(self.file, self.source, spanned.span().start, message));
     }
 
     fn duration(&mut self, value: Option<&Spanned<String>>, default: Duration) -> Duration {
@@ -508,9 +504,7 @@ impl Config {
                 revocations,
                 routes,
             }),
-            _ => Err(ConfigError {
-                problems: c.problems,
-            }),
+            _ => Err(ConfigError { problems: c.problems }),
         }
     }
 
@@ -580,10 +574,7 @@ fn compile_issuer(c: &mut Collector<'_>, raw: &Spanned<RawIssuer>) -> IssuerConf
 fn check_duplicate_issuers(c: &mut Collector<'_>, issuers: &[Spanned<RawIssuer>]) {
     for (n, i) in issuers.iter().enumerate() {
         let name = i.get_ref().issuer.get_ref();
-        if issuers[..n]
-            .iter()
-            .any(|o| o.get_ref().issuer.get_ref() == name)
-        {
+        if issuers[..n].iter().any(|o| o.get_ref().issuer.get_ref() == name) {
             c.at(
                 &i.get_ref().issuer,
                 format!("issuer {name:?} is configured twice"),
@@ -668,10 +659,7 @@ fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Route
     for (n, r) in raw.iter().enumerate() {
         let name = r.get_ref().name.get_ref();
         if raw[..n].iter().any(|o| o.get_ref().name.get_ref() == name) {
-            c.at(
-                &r.get_ref().name,
-                format!("route name {name:?} is used twice"),
-            );
+            c.at(&r.get_ref().name, format!("route name {name:?} is used twice"));
         }
         if let Some(route) = compile_route(c, r) {
             out.push(route);
@@ -679,11 +667,7 @@ fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Route
     }
     let s3_routes = out.iter().filter(|r| r.kind == RouteKind::S3).count();
     if s3_routes > 1 {
-        for r in raw
-            .iter()
-            .filter(|r| r.get_ref().kind.get_ref() == "s3")
-            .skip(1)
-        {
+        for r in raw.iter().filter(|r| r.get_ref().kind.get_ref() == "s3").skip(1) {
             c.at(r, "only one S3 route is supported per listener for now");
         }
     }
@@ -816,7 +800,10 @@ fn compile_credentials(
             None
         }
         (k, RouteKind::Http) => {
-            c.at(raw, format!("credentials kind {k:?} does not fit an HTTP route (use \"bearer\" or \"api_key\")"));
+            c.at(
+                raw,
+                format!("credentials kind {k:?} does not fit an HTTP route (use \"bearer\" or \"api_key\")"),
+            );
             None
         }
     }
@@ -897,10 +884,7 @@ credentials = { kind = "bearer", token = "file:sk" }
                 "listen = \"127.0.0.1:0\"",
                 "listen = \"127.0.0.1:0\"\nshutdown_grace = \"soon\"",
             )
-            .replace(
-                "file:sk\" }\n\n[[routes]]",
-                "file:missing\" }\n\n[[routes]]",
-            )
+            .replace("file:sk\" }\n\n[[routes]]", "file:missing\" }\n\n[[routes]]")
             .replace("name = \"features\"", "name = \"lake\"")
             .replace("https://idp.example.com", "http://idp.example.com")
             .replace(

@@ -93,10 +93,7 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => Arc::new(c),
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
@@ -122,14 +119,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -183,10 +179,8 @@ fn check(
                     .map(|u| u.claims)
                     .map_err(|e| e.to_string())
             }),
-        (None, Some(json)) => {
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
-                .map_err(|e| format!("--claims is not a JSON object: {e}"))
-        }
+        (None, Some(json)) => serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&json)
+            .map_err(|e| format!("--claims is not a JSON object: {e}")),
         (None, None) => Err("give --token FILE or --claims JSON".into()),
     };
     let claims = match claims {

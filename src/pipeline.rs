@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
-use crate::body::{OnFinish, ProxyBody, UpstreamBody};
+use crate::body::{BodyStats, OnFinish, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, S3Target};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
@@ -25,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation};
 use crate::policy::{Decision, PolicySet, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
-use crate::upstream::sign::sign_upstream;
+use crate::upstream::sign::sign_upstream_for;
 use crate::upstream::{Route, Router};
 
 /// How long the upstream may take to send a response head.
@@ -75,19 +76,23 @@ impl Proxy {
 }
 
 /// Per-request state that the final audit/metrics step reads.
+///
+/// If the request is dropped before its response body finishes (the client went away while
+/// we waited on the upstream or the IdP), `Drop` still writes its record, marked incomplete
+/// with status 499, so no request escapes the audit trail.
 struct Ctx {
+    /// Set once the record is written.
+    done: bool,
+    audit: AuditLog,
+    metrics: Arc<Metrics>,
     record: AuditRecord,
     style: ErrorStyle,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Arc<BodyStats>,
     started: Instant,
 }
 
 /// Serves one request.
-pub async fn handle(
-    proxy: Arc<Proxy>,
-    req: Request<Incoming>,
-    remote: SocketAddr,
-) -> Response<ProxyBody> {
+pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = new_request_id();
     let (parts, body) = req.into_parts();
@@ -97,6 +102,9 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(|s| s.chars().take(256).collect());
     let mut ctx = Ctx {
+        done: false,
+        audit: proxy.audit.clone(),
+        metrics: proxy.metrics.clone(),
         record: AuditRecord::new(
             request_id,
             parts.method.as_str(),
@@ -105,12 +113,12 @@ pub async fn handle(
             user_agent,
         ),
         style: ErrorStyle::S3,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: Arc::new(BodyStats::default()),
         started,
     };
     match run(&proxy, parts, body, &mut ctx).await {
-        Ok(upstream) => respond_upstream(&proxy, upstream, ctx),
-        Err(rejection) => respond_rejection(&proxy, &rejection, ctx),
+        Ok(upstream) => respond_upstream(upstream, ctx),
+        Err(rejection) => respond_rejection(&rejection, ctx),
     }
 }
 
@@ -154,26 +162,41 @@ async fn run(
     })?;
 
     // sign
-    sign_upstream(&permit, &mut parts, &route, proxy.clock.now())?;
+    let vhost_bucket = match route.config.kind {
+        RouteKind::S3 => classify::virtual_bucket(&parts, &s3_target(proxy))?,
+        RouteKind::Http => None,
+    };
+    sign_upstream_for(
+        &permit,
+        &mut parts,
+        &route,
+        vhost_bucket.as_deref(),
+        proxy.clock.now(),
+    )?;
 
     // forward
+    let bodyless = body.is_end_stream();
     let body = UpstreamBody::Stream {
         inner: body,
         counter: ctx.bytes_in.clone(),
     };
-    forward(proxy, &route, Request::from_parts(parts, body)).await
+    let stats = ctx.bytes_in.clone();
+    forward(proxy, &route, Request::from_parts(parts, body), bodyless)
+        .await
+        .map_err(|e| {
+            // The upstream failed because the caller's upload broke off: say so, and do
+            // not count it against the upstream.
+            if stats.aborted.load(Ordering::Relaxed) {
+                Rejection::IncompleteBody
+            } else {
+                e
+            }
+        })
 }
 
-async fn authenticate(
-    proxy: &Proxy,
-    parts: &http::request::Parts,
-) -> Result<Arc<Identity>, AuthError> {
+async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc<Identity>, AuthError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        if parts
-            .uri
-            .query()
-            .is_some_and(|q| q.contains("X-Amz-Signature="))
-        {
+        if parts.uri.query().is_some_and(|q| q.contains("X-Amz-Signature=")) {
             return Err(AuthError::UnsupportedScheme {
                 scheme: "presigned SigV4 URL".into(),
             });
@@ -198,17 +221,10 @@ async fn authenticate(
     proxy.auth.authenticate_bearer(token).await
 }
 
-fn classify(
-    proxy: &Proxy,
-    route: &Route,
-    parts: &http::request::Parts,
-) -> Result<Operation, Rejection> {
+fn classify(proxy: &Proxy, route: &Route, parts: &http::request::Parts) -> Result<Operation, Rejection> {
     match route.config.kind {
         RouteKind::S3 => {
-            let target = S3Target {
-                virtual_host: proxy.config.server.public_host.as_deref(),
-            };
-            match classify::classify_s3(parts, &target) {
+            match classify::classify_s3(parts, &s3_target(proxy)) {
                 Ok(op) => Ok(op),
                 // DeleteObjects needs its body read and parsed before it can be authorized;
                 // until that lands it is refused rather than forwarded unclassified.
@@ -227,12 +243,25 @@ fn classify(
     }
 }
 
+fn s3_target(proxy: &Proxy) -> S3Target<'_> {
+    S3Target {
+        virtual_host: proxy.config.server.public_host.as_deref(),
+    }
+}
+
 /// An S3 route restricted to some buckets refuses the others before policy is consulted.
 fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
     let Some(allowed) = &route.config.buckets else {
         return Ok(());
     };
     for access in &op.accesses {
+        if access.resource == "s3://" {
+            // Listing the account's buckets would show buckets this route does not serve.
+            return Err(ClassifyError::NotImplemented {
+                what: "ListBuckets on a route limited to some buckets".into(),
+            }
+            .into());
+        }
         if let Some(rest) = access.resource.strip_prefix("s3://") {
             let bucket = rest.split('/').next().unwrap_or_default();
             if !bucket.is_empty() && !allowed.iter().any(|b| b == bucket) {
@@ -245,63 +274,55 @@ fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Sends the request upstream. The response-head timeout applies only to requests without
+/// a body: with one, S3 answers after the whole upload, however long the caller takes.
 async fn forward(
     proxy: &Proxy,
     route: &Route,
     req: Request<UpstreamBody>,
+    bodyless: bool,
 ) -> Result<Response<Incoming>, Rejection> {
     let name = &route.config.name;
-    match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, route.client.request(req)).await {
+    let limit = if bodyless {
+        UPSTREAM_HEAD_TIMEOUT
+    } else {
+        Duration::MAX
+    };
+    match tokio::time::timeout(limit, route.client.request(req)).await {
         Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) if req_aborted(&e) => Err(Rejection::IncompleteBody),
         Ok(Err(e)) => {
             proxy
                 .metrics
                 .upstream_error(name, if e.is_connect() { "connect" } else { "other" });
             tracing::warn!(route = %name, error = %e, "upstream request failed");
-            Err(UpstreamError::Unreachable {
-                route: name.clone(),
-            }
-            .into())
+            Err(UpstreamError::Unreachable { route: name.clone() }.into())
         }
         Err(_) => {
             proxy.metrics.upstream_error(name, "timeout");
-            Err(UpstreamError::Timeout {
-                route: name.clone(),
-            }
-            .into())
+            Err(UpstreamError::Timeout { route: name.clone() }.into())
         }
     }
 }
 
-fn respond_upstream(proxy: &Proxy, resp: Response<Incoming>, mut ctx: Ctx) -> Response<ProxyBody> {
+fn respond_upstream(resp: Response<Incoming>, mut ctx: Ctx) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     ctx.record.upstream_status = Some(parts.status.as_u16());
     ctx.record.status = parts.status.as_u16();
-    for h in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ] {
-        parts.headers.remove(h);
-    }
+    crate::upstream::sign::strip_hop_by_hop(&mut parts.headers);
     if let Some(theirs) = parts.headers.remove("x-amz-request-id") {
-        parts
-            .headers
-            .insert("x-claimgate-upstream-request-id", theirs);
+        parts.headers.insert("x-claimgate-upstream-request-id", theirs);
     }
     set_request_id(&mut parts.headers, &ctx.record.request_id);
-    let finish = on_finish(proxy, ctx);
+    let finish = on_finish(ctx);
     Response::from_parts(parts, ProxyBody::upstream(body, finish))
 }
 
-fn respond_rejection(proxy: &Proxy, rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody> {
+fn respond_rejection(rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody> {
     if matches!(rejection, Rejection::Internal) {
         tracing::error!(request_id = %ctx.record.request_id, "internal error");
     }
-    let wire = rejection.wire();
+    let wire = rejection.wire_for(ctx.style);
     let resp = rejection::render(&wire, ctx.style, &ctx.record.path, &ctx.record.request_id);
     ctx.record.status = wire.status.as_u16();
     // `decision` stays what authorize said (allow, deny), or `error` when no decision was
@@ -310,36 +331,48 @@ fn respond_rejection(proxy: &Proxy, rejection: &Rejection, mut ctx: Ctx) -> Resp
     ctx.record.detail = Some(wire.message.clone());
     let (mut parts, bytes) = resp.into_parts();
     set_request_id(&mut parts.headers, &ctx.record.request_id);
-    let finish = on_finish(proxy, ctx);
+    let finish = on_finish(ctx);
     Response::from_parts(parts, ProxyBody::full(bytes, Some(finish)))
 }
 
 /// The always-run last step: once the response body is done, fill in sizes and duration,
 /// write the audit record, count the metrics.
-fn on_finish(proxy: &Proxy, ctx: Ctx) -> OnFinish {
-    let audit = proxy.audit.clone();
-    let metrics = proxy.metrics.clone();
-    Box::new(move |bytes_out, complete| {
-        let Ctx {
-            mut record,
-            bytes_in,
-            started,
-            ..
-        } = ctx;
-        let elapsed = started.elapsed();
+fn on_finish(mut ctx: Ctx) -> OnFinish {
+    Box::new(move |bytes_out, complete| ctx.finish(bytes_out, complete))
+}
+
+impl Ctx {
+    /// Fills in sizes and duration, writes the record, counts the metrics; once.
+    fn finish(&mut self, bytes_out: u64, complete: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        let record = &mut self.record;
         record.bytes_out = bytes_out;
-        record.bytes_in = bytes_in.load(Ordering::Relaxed);
+        record.bytes_in = self.bytes_in.bytes.load(Ordering::Relaxed);
         record.duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         record.incomplete = !complete;
-        metrics.request(
+        self.metrics.request(
             &record.route,
             record.action.as_deref().unwrap_or("-"),
             record.decision,
             record.status,
             elapsed.as_secs_f64(),
         );
-        audit.write_now(record);
-    })
+        self.audit.write_now(record.clone());
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if !self.done {
+            // 499: the client closed the request before any response (nginx's convention).
+            self.record.status = 499;
+            self.record.reason.get_or_insert("client_closed");
+            self.finish(0, false);
+        }
+    }
 }
 
 fn record_operation(record: &mut AuditRecord, op: &Operation) {
@@ -352,13 +385,7 @@ fn record_operation(record: &mut AuditRecord, op: &Operation) {
         .collect();
 }
 
-fn record_decision(
-    proxy: &Proxy,
-    route: &Route,
-    identity: &Identity,
-    decision: &Decision,
-    ctx: &mut Ctx,
-) {
+fn record_decision(proxy: &Proxy, route: &Route, identity: &Identity, decision: &Decision, ctx: &mut Ctx) {
     let (roles, rule) = match &decision.outcome {
         Ok(permit) => (
             proxy
@@ -369,17 +396,10 @@ fn record_decision(
                 .collect(),
             permit.rules().first().map(|r| r.to_string()),
         ),
-        Err(denial) => (
-            denial.roles.clone(),
-            denial.rule.as_ref().map(|r| r.to_string()),
-        ),
+        Err(denial) => (denial.roles.clone(), denial.rule.as_ref().map(|r| r.to_string())),
     };
     ctx.record.identity = Some(audit_identity(identity, &roles));
-    ctx.record.decision = if decision.is_allowed() {
-        "allow"
-    } else {
-        "deny"
-    };
+    ctx.record.decision = if decision.is_allowed() { "allow" } else { "deny" };
     ctx.record.rule = rule;
     if let Some(shadow) = &decision.shadow {
         proxy.metrics.shadow(&route.config.name, shadow.as_str());
@@ -433,6 +453,21 @@ pub fn new_request_id() -> String {
         b = FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     }
     hex::encode_upper(b)
+}
+
+/// Whether a client error came from our side of the request body (the caller's upload
+/// broke) rather than from the upstream.
+fn req_aborted(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = cur {
+        if let Some(h) = inner.downcast_ref::<hyper::Error>()
+            && (h.is_user() || h.is_body_write_aborted())
+        {
+            return true;
+        }
+        cur = inner.source();
+    }
+    false
 }
 
 /// An answer the proxy makes itself (admin endpoints).

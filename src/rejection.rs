@@ -81,6 +81,10 @@ pub enum Rejection {
         /// Why.
         reason: String,
     },
+    /// The caller's request body ended before its declared length (connection closed
+    /// mid-upload).
+    #[error("the request body ended before the length the request declared")]
+    IncompleteBody,
     /// A bug or an unexpected failure; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
@@ -110,11 +114,25 @@ impl Rejection {
             Rejection::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
             Rejection::BadBody { .. } => "bad_body",
+            Rejection::IncompleteBody => "incomplete_body",
             Rejection::Internal => "internal",
         }
     }
 
-    /// Status, code and message.
+    /// Status, code and message in the caller's dialect. S3 clients expect S3's 400/403
+    /// for token problems; bearer-token HTTP APIs expect 401 (RFC 6750 §3.1).
+    pub fn wire_for(&self, style: ErrorStyle) -> WireError {
+        let mut wire = self.wire();
+        if style == ErrorStyle::Problem
+            && let Rejection::Auth(e) = self
+            && !matches!(e, AuthError::KeysUnavailable { .. })
+        {
+            wire.status = StatusCode::UNAUTHORIZED;
+        }
+        wire
+    }
+
+    /// Status, code and message (S3's statuses).
     pub fn wire(&self) -> WireError {
         let (status, code) = match self {
             Rejection::Auth(e) => auth_status(e),
@@ -123,19 +141,16 @@ impl Rejection {
             Rejection::NoRoute { .. } => (StatusCode::NOT_FOUND, "NoSuchRoute"),
             Rejection::BucketNotServed { .. } => (StatusCode::NOT_FOUND, "NoSuchBucket"),
             Rejection::Sign(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
-            Rejection::Upstream(UpstreamError::Unreachable { .. }) => {
-                (StatusCode::BAD_GATEWAY, "BadGateway")
-            }
+            Rejection::Upstream(UpstreamError::Unreachable { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Rejection::Upstream(UpstreamError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout")
             }
             Rejection::BadBody { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
+            Rejection::IncompleteBody => (StatusCode::BAD_REQUEST, "IncompleteBody"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         let message = match self {
-            Rejection::Internal => {
-                "We encountered an internal error. Please try again.".to_string()
-            }
+            Rejection::Internal => "We encountered an internal error. Please try again.".to_string(),
             other => other.to_string(),
         };
         WireError {
@@ -158,10 +173,7 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
         | AuthError::DisallowedAlgorithm { .. }
         | AuthError::NotYetValid { .. }
         | AuthError::WrongAudience { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
-        AuthError::KeysUnavailable { .. } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "IdentityProviderUnavailable",
-        ),
+        AuthError::KeysUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "IdentityProviderUnavailable"),
     }
 }
 
@@ -171,9 +183,7 @@ fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
         ClassifyError::InvalidUri { .. } => (StatusCode::BAD_REQUEST, "InvalidURI"),
         ClassifyError::InvalidBucketName { .. } => (StatusCode::BAD_REQUEST, "InvalidBucketName"),
         ClassifyError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
-        ClassifyError::MethodNotAllowed { .. } => {
-            (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
-        }
+        ClassifyError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
     }
 }
@@ -189,12 +199,7 @@ pub enum ErrorStyle {
 
 /// Renders a wire error. `resource` is the request path (never the query: presigned URLs
 /// carry signatures there).
-pub fn render(
-    err: &WireError,
-    style: ErrorStyle,
-    resource: &str,
-    request_id: &str,
-) -> Response<Bytes> {
+pub fn render(err: &WireError, style: ErrorStyle, resource: &str, request_id: &str) -> Response<Bytes> {
     let (content_type, body) = match style {
         ErrorStyle::S3 => (
             "application/xml",
@@ -224,11 +229,14 @@ pub fn render(
     *resp.status_mut() = err.status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if style == ErrorStyle::Problem && err.code == "InvalidToken" {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        );
+    if style == ErrorStyle::Problem && err.status == StatusCode::UNAUTHORIZED {
+        let challenge = if err.code == "AccessDenied" {
+            "Bearer"
+        } else {
+            "Bearer error=\"invalid_token\""
+        };
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     resp
 }
@@ -282,14 +290,17 @@ mod tests {
     #[test]
     fn problem_json_for_http_routes() {
         let r = Rejection::Auth(AuthError::BadSignature);
-        let resp = render(&r.wire(), ErrorStyle::Problem, "/features/x", "id");
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            "application/problem+json"
+        let resp = render(
+            &r.wire_for(ErrorStyle::Problem),
+            ErrorStyle::Problem,
+            "/features/x",
+            "id",
         );
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
         assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
         let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
         assert_eq!(v["code"], "InvalidToken");
-        assert_eq!(v["status"], 400);
+        assert_eq!(v["status"], 401);
     }
 }

@@ -41,8 +41,8 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     if certs.is_empty() {
         return Err(format!("{}: no certificates found", files.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{}: {e}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -99,9 +99,7 @@ impl Server {
 
     /// The proxy's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// The admin address, when configured.
@@ -132,7 +130,14 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HANDSHAKE_TIMEOUT);
+        // Pings find dead HTTP/2 peers, whose streams would otherwise hold a connection slot.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
+        let mut connections = tokio::task::JoinSet::new();
 
         tokio::pin!(shutdown);
         loop {
@@ -157,19 +162,22 @@ impl Server {
             let tls = tls.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _permit = permit;
                 serve_connection(stream, remote, tls, proxy, builder, watcher).await;
             });
+            // Reap finished connections so the set stays as small as the live ones.
+            while connections.try_join_next().is_some() {}
         }
         drop(listener);
         let grace = proxy.config.server.shutdown_grace;
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
         }
+        // Whatever is left is cut off now; dropping their requests writes their (incomplete)
+        // audit records before the flush below.
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
         for r in refreshers {
             r.abort();
         }
@@ -196,15 +204,14 @@ async fn serve_connection(
     });
     match tls {
         Some(acceptor) => {
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let _ = watcher.watch(conn.into_owned()).await;
         }
@@ -218,6 +225,8 @@ async fn serve_connection(
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // EMFILE and friends: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let proxy = proxy.clone();

@@ -47,11 +47,7 @@ fn validate_accepts_a_good_config() {
         .arg(dir.path().join("claimgate.toml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 role(s)"));
 }
 
@@ -106,12 +102,7 @@ fn check_explains_the_decision() {
     let out = claimgate()
         .args(["check", "--config"])
         .arg(&cfg)
-        .args([
-            "--claims",
-            claims,
-            "s3:GetObject",
-            "s3://datasets/imagenet/1.tar",
-        ])
+        .args(["--claims", claims, "s3:GetObject", "s3://datasets/imagenet/1.tar"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -122,15 +113,55 @@ fn check_explains_the_decision() {
     let out = claimgate()
         .args(["check", "--config"])
         .arg(&cfg)
-        .args([
-            "--claims",
-            claims,
-            "s3:GetObject",
-            "s3://datasets/pii/users.csv",
-        ])
+        .args(["--claims", claims, "s3:GetObject", "s3://datasets/pii/users.csv"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("deny[0]"), "{text}");
+}
+
+#[test]
+fn the_example_policies_validate_and_explain() {
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let config = format!(
+        "{CONFIG}\n[policies]\ndir = \"{}\"\n\n[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"http://127.0.0.1:6566\"\ncredentials = {{ kind = \"bearer\", token = \"t\" }}\n",
+        policies.display()
+    );
+    let dir = setup(&config, POLICY);
+    let cfg = dir.path().join("claimgate.toml");
+    let out = claimgate()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let check = |claims: &str, action: &str, resource: &str| {
+        claimgate()
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .args(["--claims", claims, action, resource])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let alice = r#"{"iss":"https://idp.example.com","sub":"alice","groups":["ml-engineers"]}"#;
+    assert_eq!(
+        check(alice, "s3:PutObject", "s3://checkpoints/alice/step-1.pt"),
+        Some(0)
+    );
+    assert_eq!(
+        check(alice, "s3:PutObject", "s3://checkpoints/bob/step-1.pt"),
+        Some(2)
+    );
+    assert_eq!(
+        check(alice, "s3:GetObject", "s3://datasets/pii/users.csv"),
+        Some(2)
+    );
+    let priv_ = r#"{"iss":"https://idp.example.com","sub":"pat","groups":["privacy"],"email_verified":true}"#;
+    assert_eq!(
+        check(priv_, "s3:GetObject", "s3://datasets/pii/users.csv"),
+        Some(0)
+    );
 }

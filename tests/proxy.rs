@@ -151,9 +151,7 @@ async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
         .await;
     assert_eq!(write.status, 403);
     assert!(
-        write
-            .text()
-            .contains("s3:PutObject on s3://datasets/curated/x"),
+        write.text().contains("s3:PutObject on s3://datasets/curated/x"),
         "{}",
         write.text()
     );
@@ -177,11 +175,7 @@ async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
     assert_eq!(acl.status, 501);
     assert_eq!(acl.s3_code(), "NotImplemented");
 
-    assert_eq!(
-        s3.requests(),
-        before,
-        "a refused request reached the upstream"
-    );
+    assert_eq!(s3.requests(), before, "a refused request reached the upstream");
     let audit = p.audit(5).await;
     assert_eq!(audit.len(), 5);
     assert_eq!(audit[0]["decision"], "deny");
@@ -200,11 +194,7 @@ async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
         3.0
     );
     assert_eq!(
-        metric(
-            &m,
-            "claimgate_auth_failures_total",
-            &[("reason", "missing")]
-        ),
+        metric(&m, "claimgate_auth_failures_total", &[("reason", "missing")]),
         1.0
     );
 }
@@ -257,9 +247,7 @@ async fn a_100_mib_object_streams_both_ways() {
     let put = p.client.send(req).await;
     assert_eq!(put.status, 200, "{}", put.text());
     assert_eq!(
-        std::fs::metadata(s3.path("datasets", "big.bin"))
-            .unwrap()
-            .len(),
+        std::fs::metadata(s3.path("datasets", "big.bin")).unwrap().len(),
         (100 * MIB) as u64
     );
 
@@ -306,7 +294,8 @@ async fn secrets_never_reach_the_audit_log_or_error_bodies() {
     let t = idp.token("alice", &["ml-engineers"]);
     let r = p.client.get(&p.url("/datasets/pii/x"), Some(&t)).await;
     assert!(!r.text().contains(&t));
-    let presigned = "/datasets/a?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAX";
+    let presigned =
+        "/datasets/a?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAX";
     let r = p.client.get(&p.url(presigned), None).await;
     assert!(!r.text().contains("deadbeefcafe"));
     p.client.get(&p.url("/datasets/curated/ok"), Some(&t)).await;
@@ -325,9 +314,7 @@ async fn graceful_shutdown_flushes_the_audit_log() {
     let p = proxy(&idp, &s3).start().await;
     let t = idp.token("alice", &["ml-engineers"]);
     for i in 0..20 {
-        p.client
-            .get(&p.url(&format!("/datasets/k{i}")), Some(&t))
-            .await;
+        p.client.get(&p.url(&format!("/datasets/k{i}")), Some(&t)).await;
     }
     let audit = p.audit.clone();
     let addr = p.addr;
@@ -358,11 +345,74 @@ async fn an_unreachable_upstream_is_502_bad_gateway_with_a_metric() {
     assert_eq!(audit[0]["decision"], "allow");
     let m = p.metrics().await;
     assert_eq!(
-        metric(
-            &m,
-            "claimgate_upstream_errors_total",
-            &[("kind", "connect")]
-        ),
+        metric(&m, "claimgate_upstream_errors_total", &[("kind", "connect")]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn virtual_hosted_buckets_are_forwarded_to_the_bucket_that_was_authorized() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets", "private"]).await;
+    std::fs::write(s3.path("private", "secrets.csv"), b"do not leak").unwrap();
+    std::fs::create_dir_all(s3.path("datasets", "imagenet")).unwrap();
+    std::fs::write(s3.path("datasets", "imagenet/0001.tar"), b"tensor").unwrap();
+    let p = proxy(&idp, &s3)
+        .server_lines("public_host = \"s3.test\"")
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let vhost = |path: &str| {
+        http::Request::get(p.url(path))
+            .header("host", "datasets.s3.test")
+            .header("authorization", format!("Bearer {t}"))
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    let ok = p.client.send(vhost("/imagenet/0001.tar")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(&ok.body[..], b"tensor");
+    // authorized as s3://datasets/private/secrets.csv, so it must read *that* key, not
+    // bucket `private`
+    let trick = p.client.send(vhost("/private/secrets.csv")).await;
+    assert_eq!(trick.status, 404, "{}", trick.text());
+    assert!(!trick.text().contains("do not leak"));
+    let list = p.client.send(vhost("/?list-type=2&prefix=imagenet/")).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(list.text().contains("imagenet/0001.tar"));
+    assert!(!list.text().contains("<Name>private</Name>"));
+    let audit = p.audit(3).await;
+    assert_eq!(audit[1]["resource"], "s3://datasets/private/secrets.csv");
+    assert_eq!(audit[2]["operation"], "ListObjectsV2");
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_answer_still_leaves_an_audit_record() {
+    use tokio::io::AsyncWriteExt;
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    // a PUT that promises a body and never sends it, then hangs up
+    let mut conn = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "PUT /datasets/partial HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\ncontent-length: 1000\r\n\r\nabc"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(conn);
+    let audit = p.audit(1).await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["operation"], "PutObject");
+    assert_eq!(audit[0]["decision"], "allow");
+    // either the upstream saw the broken upload (IncompleteBody) or the request was
+    // dropped before any answer (499); never blamed on the upstream
+    let reason = audit[0]["reason"].as_str().unwrap();
+    assert!(
+        ["incomplete_body", "client_closed"].contains(&reason),
+        "{}",
+        audit[0]
+    );
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "claimgate_upstream_errors_total", &[]), 0.0);
 }

@@ -55,8 +55,7 @@ fn load(dir: &Path) -> Case {
         path_and_query,
         headers,
         body,
-        context: serde_json::from_str(&std::fs::read_to_string(dir.join("context.json")).unwrap())
-            .unwrap(),
+        context: serde_json::from_str(&std::fs::read_to_string(dir.join("context.json")).unwrap()).unwrap(),
     }
 }
 
@@ -79,12 +78,7 @@ fn sign_case(case: &Case) -> http::request::Parts {
     if let Some(q) = query {
         let q: String = q
             .split('&')
-            .map(|kv| {
-                kv.split('=')
-                    .map(canonical_s3_path)
-                    .collect::<Vec<_>>()
-                    .join("=")
-            })
+            .map(|kv| kv.split('=').map(canonical_s3_path).collect::<Vec<_>>().join("="))
             .collect::<Vec<_>>()
             .join("&");
         uri = format!("{uri}?{q}");
@@ -93,10 +87,7 @@ fn sign_case(case: &Case) -> http::request::Parts {
         .method(case.method.as_str())
         .uri(format!("https://example.amazonaws.com{uri}"));
     for (n, v) in &case.headers {
-        b = b.header(
-            n.as_str(),
-            http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
-        );
+        b = b.header(n.as_str(), http::HeaderValue::from_bytes(v.as_bytes()).unwrap());
     }
     let (mut parts, ()) = b.body(()).unwrap().into_parts();
     let c = &case.context["credentials"];
@@ -134,9 +125,7 @@ fn sign_case(case: &Case) -> http::request::Parts {
 /// session token left out of the signature (S3 requires every `x-amz-*` header signed).
 fn not_s3_behaviour(case: &Case) -> bool {
     let normalizes = case.context["normalize"] == true
-        && ["/.", "//", ".."]
-            .iter()
-            .any(|p| case.path_and_query.contains(p));
+        && ["/.", "//", ".."].iter().any(|p| case.path_and_query.contains(p));
     normalizes || case.context["omit_session_token"] == true
 }
 
@@ -162,11 +151,7 @@ fn signer_matches_the_published_vectors() {
         }
         assert_eq!(got, want, "{}", case.name);
         if let Some(token) = case.context["credentials"]["token"].as_str() {
-            assert_eq!(
-                parts.headers["x-amz-security-token"], token,
-                "{}",
-                case.name
-            );
+            assert_eq!(parts.headers["x-amz-security-token"], token, "{}", case.name);
         }
         matched += 1;
     }

@@ -11,9 +11,7 @@ use serde_json::json;
 use support::*;
 
 async fn list(p: &TestProxy, token: &str) -> Resp {
-    p.client
-        .get(&p.url("/datasets?list-type=2"), Some(token))
-        .await
+    p.client.get(&p.url("/datasets?list-type=2"), Some(token)).await
 }
 
 #[tokio::test]
@@ -168,9 +166,7 @@ async fn rsa_and_ec_keys_verify_and_repeat_tokens_hit_the_cache() {
     let s3 = TestS3::start(&["datasets"]).await;
     let p = proxy(&idp, &s3).start().await;
     let rs = idp.token("alice", &["ml-engineers"]);
-    let es = idp
-        .key("ec-1")
-        .sign(&idp.claims("alice", &["ml-engineers"]));
+    let es = idp.key("ec-1").sign(&idp.claims("alice", &["ml-engineers"]));
     for t in [&rs, &es, &rs, &rs] {
         assert_eq!(list(&p, t).await.status, 200);
     }
@@ -193,12 +189,7 @@ async fn key_rotation_at_the_idp_is_picked_up() {
         .issuer_lines("min_refetch = \"0s\"")
         .start()
         .await;
-    assert_eq!(
-        list(&p, &idp.token("alice", &["ml-engineers"]))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(list(&p, &idp.token("alice", &["ml-engineers"])).await.status, 200);
     let old_key = idp.key("rsa-1");
     let new = SigningKey::rsa("rsa-2", 2);
     idp.publish(vec![new.clone()]);
@@ -229,10 +220,7 @@ async fn cached_keys_keep_serving_while_the_idp_is_down() {
         list(&p, &other.sign(&idp.claims("x", &[]))).await.s3_code(),
         "InvalidToken"
     );
-    assert_eq!(
-        list(&p, &idp.token("bob", &["ml-engineers"])).await.status,
-        200
-    );
+    assert_eq!(list(&p, &idp.token("bob", &["ml-engineers"])).await.status, 200);
     let m = p.metrics().await;
     assert!(metric(&m, "claimgate_jwks_fetches_total", &[("result", "error")]) >= 1.0);
 }
@@ -270,10 +258,7 @@ async fn a_flood_of_random_kids_causes_at_most_a_handful_of_fetches() {
         }
     }
     let fetched = idp.jwks_fetches() - fetches_before;
-    assert!(
-        fetched <= 3,
-        "1000 random kids caused {fetched} JWKS fetches"
-    );
+    assert!(fetched <= 3, "1000 random kids caused {fetched} JWKS fetches");
     assert_eq!(s3.requests(), 0);
 }
 

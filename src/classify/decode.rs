@@ -35,9 +35,7 @@ pub(super) enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            DecodeError::BadEscape => {
-                "bad percent-escape (a `%` must be followed by two hex digits)"
-            }
+            DecodeError::BadEscape => "bad percent-escape (a `%` must be followed by two hex digits)",
             DecodeError::NotUtf8 => "percent-decodes to invalid UTF-8",
             DecodeError::Nul => "contains a NUL character",
         })

@@ -167,10 +167,7 @@ mod tests {
 
     fn check(prefix: Option<&str>, request: &str, headers: &[(&str, &str)], want: &str) {
         let got = render(classify_http("features", prefix, &parts(request, headers)));
-        assert_eq!(
-            got, want,
-            "{request} (prefix {prefix:?}, headers {headers:?})"
-        );
+        assert_eq!(got, want, "{request} (prefix {prefix:?}, headers {headers:?})");
     }
 
     fn run(prefix: Option<&str>, cases: &[(&str, &str)]) {
@@ -190,10 +187,7 @@ mod tests {
                 ),
                 ("GET /features/", "http:GET http://features/"),
                 ("GET /features/a/b/", "http:GET http://features/a/b/"),
-                (
-                    "GET /features/a/b?x=1&y=../..",
-                    "http:GET http://features/a/b",
-                ),
+                ("GET /features/a/b?x=1&y=../..", "http:GET http://features/a/b"),
                 (
                     "GET /features/caf%C3%A9/a%20b",
                     "http:GET http://features/café/a b",
@@ -269,12 +263,7 @@ mod tests {
     fn only_standard_methods() {
         let methods = ["TRACE", "CONNECT", "PROPFIND", "get"];
         for method in methods {
-            check(
-                PREFIX,
-                &format!("{method} /features/x"),
-                &[],
-                "!MethodNotAllowed",
-            );
+            check(PREFIX, &format!("{method} /features/x"), &[], "!MethodNotAllowed");
         }
     }
 

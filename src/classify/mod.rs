@@ -27,7 +27,7 @@ mod http;
 mod s3;
 
 pub use self::http::classify_http;
-pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
+pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3, virtual_bucket};
 
 /// Refusals of the classify stage.
 ///

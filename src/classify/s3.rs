@@ -195,15 +195,16 @@ fn object_key(raw: &str) -> Result<String, ClassifyError> {
              encode it as %2B, or a space as %20",
         ));
     }
-    decode(raw, Plus::Literal)
-        .map_err(|e| ClassifyError::invalid_uri(format!("the object key {e}")))
+    decode(raw, Plus::Literal).map_err(|e| ClassifyError::invalid_uri(format!("the object key {e}")))
 }
 
 /// The bucket named by `Host: <bucket>.<virtual_host>`, if the request is virtual-hosted.
 ///
 /// The suffix compares case-insensitively (DNS names); the bucket label is validated as
 /// sent, so `MyBucket.<virtual_host>` is refused rather than silently lowercased.
-fn virtual_bucket(parts: &Parts, target: &S3Target<'_>) -> Result<Option<String>, ClassifyError> {
+/// The bucket a virtual-hosted request names in its Host (`<bucket>.<public_host>`), if any.
+/// The forward stage uses the same answer to put the bucket back into the upstream path.
+pub fn virtual_bucket(parts: &Parts, target: &S3Target<'_>) -> Result<Option<String>, ClassifyError> {
     let Some(public) = target.virtual_host else {
         return Ok(None);
     };
@@ -333,9 +334,8 @@ impl Query {
         let mut params = BTreeMap::new();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode(name, Plus::Space).map_err(|e| {
-                ClassifyError::invalid_uri(format!("query parameter name `{name}` {e}"))
-            })?;
+            let name = decode(name, Plus::Space)
+                .map_err(|e| ClassifyError::invalid_uri(format!("query parameter name `{name}` {e}")))?;
             if name.is_empty() {
                 return Err(ClassifyError::invalid_argument(
                     "the query has a parameter without a name",
@@ -427,12 +427,7 @@ impl fmt::Display for Kind {
 }
 
 /// Parameters ListBuckets accepts.
-const LIST_BUCKETS_PARAMS: &[&str] = &[
-    "bucket-region",
-    "continuation-token",
-    "max-buckets",
-    "prefix",
-];
+const LIST_BUCKETS_PARAMS: &[&str] = &["bucket-region", "continuation-token", "max-buckets", "prefix"];
 
 /// Parameters ListObjects and ListObjectsV2 accept.
 const LIST_OBJECTS_PARAMS: &[&str] = &[
@@ -485,10 +480,7 @@ const WRITE_HEADER_ACTIONS: &[(&str, &str)] = &[
     ("x-amz-grant-write-acp", "s3:PutObjectAcl"),
     ("x-amz-tagging", "s3:PutObjectTagging"),
     ("x-amz-object-lock-mode", "s3:PutObjectRetention"),
-    (
-        "x-amz-object-lock-retain-until-date",
-        "s3:PutObjectRetention",
-    ),
+    ("x-amz-object-lock-retain-until-date", "s3:PutObjectRetention"),
     ("x-amz-object-lock-legal-hold", "s3:PutObjectLegalHold"),
 ];
 
@@ -501,11 +493,7 @@ fn service_op(req: &Request<'_>) -> Result<Operation, ClassifyError> {
         return Err(method_not_allowed(req.method));
     }
     req.allow_only(Kind::Service, LIST_BUCKETS_PARAMS)?;
-    Ok(single(
-        "ListBuckets",
-        "s3:ListAllMyBuckets",
-        "s3://".to_owned(),
-    ))
+    Ok(single("ListBuckets", "s3:ListAllMyBuckets", "s3://".to_owned()))
 }
 
 /// Requests to a bucket.
@@ -516,11 +504,7 @@ fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError
         Method::GET if q.has("location") => {
             req.allow_only(kind, &["location"])?;
             let resource = bucket_resource(bucket);
-            Ok(single(
-                "GetBucketLocation",
-                "s3:GetBucketLocation",
-                resource,
-            ))
+            Ok(single("GetBucketLocation", "s3:GetBucketLocation", resource))
         }
         Method::GET if q.has("uploads") => {
             req.allow_only(kind, LIST_UPLOADS_PARAMS)?;
@@ -530,11 +514,7 @@ fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError
         Method::GET => list_objects(req, bucket),
         Method::HEAD => {
             req.allow_only(kind, &[])?;
-            Ok(single(
-                "HeadBucket",
-                "s3:ListBucket",
-                bucket_resource(bucket),
-            ))
+            Ok(single("HeadBucket", "s3:ListBucket", bucket_resource(bucket)))
         }
         Method::POST if q.has("delete") => {
             req.allow_only(kind, &["delete"])?;
@@ -564,11 +544,7 @@ fn list_objects(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyEr
     };
     req.allow_only(Kind::Bucket, LIST_OBJECTS_PARAMS)?;
     let prefix = req.query.get("prefix").unwrap_or_default();
-    Ok(single(
-        name,
-        "s3:ListBucket",
-        object_resource(bucket, prefix),
-    ))
+    Ok(single(name, "s3:ListBucket", object_resource(bucket, prefix)))
 }
 
 /// Requests to an object.
@@ -600,11 +576,7 @@ fn object_op(req: &Request<'_>, bucket: &str, key: &str) -> Result<Operation, Cl
         Method::DELETE if q.has("uploadId") => {
             req.allow_only(Kind::Object, &["uploadId"])?;
             upload_id(q)?;
-            Ok(single(
-                "AbortMultipartUpload",
-                "s3:AbortMultipartUpload",
-                target,
-            ))
+            Ok(single("AbortMultipartUpload", "s3:AbortMultipartUpload", target))
         }
         Method::DELETE => delete_object(req, target),
         _ => Err(method_not_allowed(req.method)),
@@ -612,11 +584,7 @@ fn object_op(req: &Request<'_>, bucket: &str, key: &str) -> Result<Operation, Cl
 }
 
 /// GetObject / HeadObject: reading a specific version is `s3:GetObjectVersion`.
-fn read_object(
-    req: &Request<'_>,
-    name: &'static str,
-    target: String,
-) -> Result<Operation, ClassifyError> {
+fn read_object(req: &Request<'_>, name: &'static str, target: String) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, READ_PARAMS)?;
     part_number(&req.query)?;
     let action = match version_id(&req.query)? {
@@ -714,8 +682,7 @@ fn copy_source(headers: &HeaderMap) -> Result<Option<CopySource>, ClassifyError>
 /// The first raw `?` ends the key, as in S3 (a `?` inside a key arrives as `%3F`). A raw `+`
 /// is refused for the same reason as in paths.
 fn parse_copy_source(raw: &str) -> Result<CopySource, ClassifyError> {
-    let bad =
-        |why: &str| ClassifyError::invalid_argument(format!("x-amz-copy-source `{raw}`: {why}"));
+    let bad = |why: &str| ClassifyError::invalid_argument(format!("x-amz-copy-source `{raw}`: {why}"));
     let (path, query) = match raw.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (raw, None),
@@ -728,9 +695,7 @@ fn parse_copy_source(raw: &str) -> Result<CopySource, ClassifyError> {
         },
     };
     let path = path.strip_prefix('/').unwrap_or(path);
-    let (bucket, key) = path
-        .split_once('/')
-        .ok_or_else(|| bad("expected `bucket/key`"))?;
+    let (bucket, key) = path.split_once('/').ok_or_else(|| bad("expected `bucket/key`"))?;
     if !is_valid_bucket(bucket) {
         return Err(bad("not a valid bucket name"));
     }
@@ -738,9 +703,7 @@ fn parse_copy_source(raw: &str) -> Result<CopySource, ClassifyError> {
         return Err(bad("the key is empty"));
     }
     if key.contains('+') {
-        return Err(bad(
-            "a raw `+` is ambiguous; encode it as %2B, or a space as %20",
-        ));
+        return Err(bad("a raw `+` is ambiguous; encode it as %2B, or a space as %20"));
     }
     let key = decode(key, Plus::Literal).map_err(|e| bad(&format!("the key {e}")))?;
     Ok(CopySource {
@@ -758,9 +721,7 @@ fn version_id(q: &Query) -> Result<Option<&str>, ClassifyError> {
 
 fn non_empty_version(version: Option<&str>) -> Result<Option<&str>, ClassifyError> {
     match version {
-        Some("") => Err(ClassifyError::invalid_argument(
-            "versionId must not be empty",
-        )),
+        Some("") => Err(ClassifyError::invalid_argument("versionId must not be empty")),
         other => Ok(other),
     }
 }
@@ -769,9 +730,7 @@ fn non_empty_version(version: Option<&str>) -> Result<Option<&str>, ClassifyErro
 fn upload_id(q: &Query) -> Result<&str, ClassifyError> {
     match q.get("uploadId") {
         Some(id) if !id.is_empty() => Ok(id),
-        Some(_) => Err(ClassifyError::invalid_argument(
-            "uploadId must not be empty",
-        )),
+        Some(_) => Err(ClassifyError::invalid_argument("uploadId must not be empty")),
         None => Err(ClassifyError::invalid_argument(
             "uploading a part needs both partNumber and uploadId",
         )),
@@ -866,9 +825,7 @@ mod tests {
     }
 
     fn classify(vhost: Option<&str>, request: &str, headers: &[(&str, &str)]) -> String {
-        let target = S3Target {
-            virtual_host: vhost,
-        };
+        let target = S3Target { virtual_host: vhost };
         render(&classify_s3(&parts(request, headers), &target))
     }
 
@@ -901,10 +858,7 @@ mod tests {
                     "GET /?max-buckets=10&prefix=a",
                     "ListBuckets: s3:ListAllMyBuckets s3://",
                 ),
-                (
-                    "GET /?x-id=ListBuckets",
-                    "ListBuckets: s3:ListAllMyBuckets s3://",
-                ),
+                ("GET /?x-id=ListBuckets", "ListBuckets: s3:ListAllMyBuckets s3://"),
                 ("GET /?acl", "!NotImplemented"),
                 ("HEAD /", "!MethodNotAllowed"),
                 ("PUT /", "!MethodNotAllowed"),
@@ -1028,11 +982,7 @@ mod tests {
             "not-a-subresource",
         ];
         for sub in subresources {
-            for query in [
-                sub.to_owned(),
-                format!("list-type=2&{sub}"),
-                format!("{sub}=1"),
-            ] {
+            for query in [sub.to_owned(), format!("list-type=2&{sub}"), format!("{sub}=1")] {
                 let uri = format!("/bkt?{query}");
                 let result = classify_s3(&parts(&format!("GET {uri}"), &[]), &S3Target::default());
                 let Err(ClassifyError::NotImplemented { what }) = result else {
@@ -1066,10 +1016,7 @@ mod tests {
                 ("GET /bkt/k?versionId", "!InvalidArgument"),
                 ("GET /bkt/k?versionId=a&versionId=b", "!InvalidArgument"),
                 ("GET /bkt/k?VersionId=v1", "!NotImplemented"),
-                (
-                    "GET /bkt/k?partNumber=1",
-                    "GetObject: s3:GetObject s3://bkt/k",
-                ),
+                ("GET /bkt/k?partNumber=1", "GetObject: s3:GetObject s3://bkt/k"),
                 (
                     "HEAD /bkt/k?partNumber=10000",
                     "HeadObject: s3:GetObject s3://bkt/k",
@@ -1109,16 +1056,10 @@ mod tests {
         run(
             None,
             &[
-                (
-                    "GET /bkt/a%20b%2Fc",
-                    "GetObject: s3:GetObject s3://bkt/a b/c",
-                ),
+                ("GET /bkt/a%20b%2Fc", "GetObject: s3:GetObject s3://bkt/a b/c"),
                 ("GET /bkt/a%2Bb", "GetObject: s3:GetObject s3://bkt/a+b"),
                 ("GET /bkt/%252F", "GetObject: s3:GetObject s3://bkt/%2F"),
-                (
-                    "GET /bkt/caf%C3%A9",
-                    "GetObject: s3:GetObject s3://bkt/café",
-                ),
+                ("GET /bkt/caf%C3%A9", "GetObject: s3:GetObject s3://bkt/café"),
                 (
                     "GET /bkt/a//b/../c/./d",
                     "GetObject: s3:GetObject s3://bkt/a//b/../c/./d",
@@ -1147,10 +1088,7 @@ mod tests {
             None,
             &[
                 (presigned, "GetObject: s3:GetObject s3://bkt/k"),
-                (
-                    "GET /bkt/k?x-id=GetObject",
-                    "GetObject: s3:GetObject s3://bkt/k",
-                ),
+                ("GET /bkt/k?x-id=GetObject", "GetObject: s3:GetObject s3://bkt/k"),
                 // the hint is never trusted over the request itself
                 (
                     "GET /bkt/k?x-id=DeleteObject",
@@ -1188,11 +1126,7 @@ mod tests {
         for sub in subresources {
             for method in ["GET", "HEAD", "PUT", "POST", "DELETE"] {
                 let request = format!("{method} /bkt/k?{sub}");
-                assert_eq!(
-                    classify(None, &request, &[]),
-                    "!NotImplemented",
-                    "{request}"
-                );
+                assert_eq!(classify(None, &request, &[]), "!NotImplemented", "{request}");
             }
         }
         let result = classify_s3(&parts("GET /bkt/k?acl", &[]), &S3Target::default());
@@ -1206,14 +1140,8 @@ mod tests {
             None,
             &[
                 ("PUT /bkt/k", "PutObject: s3:PutObject s3://bkt/k"),
-                (
-                    "PUT /bkt/out/a%20b",
-                    "PutObject: s3:PutObject s3://bkt/out/a b",
-                ),
-                (
-                    "PUT /bkt/k?x-id=PutObject",
-                    "PutObject: s3:PutObject s3://bkt/k",
-                ),
+                ("PUT /bkt/out/a%20b", "PutObject: s3:PutObject s3://bkt/out/a b"),
+                ("PUT /bkt/k?x-id=PutObject", "PutObject: s3:PutObject s3://bkt/k"),
                 ("PUT /bkt/k?versionId=1", "!NotImplemented"),
                 (
                     "PUT /bkt/k?partNumber=3&uploadId=abc",
@@ -1223,10 +1151,7 @@ mod tests {
                 ("PUT /bkt/k?uploadId=abc", "!InvalidArgument"),
                 ("PUT /bkt/k?partNumber=3&uploadId=", "!InvalidArgument"),
                 ("PUT /bkt/k?partNumber=0&uploadId=abc", "!InvalidArgument"),
-                (
-                    "PUT /bkt/k?partNumber=3&uploadId=abc&acl",
-                    "!NotImplemented",
-                ),
+                ("PUT /bkt/k?partNumber=3&uploadId=abc&acl", "!NotImplemented"),
                 (
                     "POST /bkt/k?uploads",
                     "CreateMultipartUpload: s3:PutObject s3://bkt/k",
@@ -1350,18 +1275,12 @@ mod tests {
                 ),
                 (
                     "PUT /bkt/k",
-                    &[
-                        ("x-amz-grant-read", "uri=\"AllUsers\""),
-                        ("x-amz-acl", "private"),
-                    ],
+                    &[("x-amz-grant-read", "uri=\"AllUsers\""), ("x-amz-acl", "private")],
                     "PutObject: s3:PutObject s3://bkt/k | s3:PutObjectAcl s3://bkt/k",
                 ),
                 (
                     "PUT /bkt/k",
-                    &[
-                        ("x-amz-tagging", "a=b"),
-                        ("x-amz-grant-full-control", "id=1"),
-                    ],
+                    &[("x-amz-tagging", "a=b"), ("x-amz-grant-full-control", "id=1")],
                     "PutObject: s3:PutObject s3://bkt/k | s3:PutObjectAcl s3://bkt/k \
                      | s3:PutObjectTagging s3://bkt/k",
                 ),
@@ -1369,10 +1288,7 @@ mod tests {
                     "PUT /bkt/k",
                     &[
                         ("x-amz-object-lock-mode", "GOVERNANCE"),
-                        (
-                            "x-amz-object-lock-retain-until-date",
-                            "2030-01-01T00:00:00Z",
-                        ),
+                        ("x-amz-object-lock-retain-until-date", "2030-01-01T00:00:00Z"),
                         ("x-amz-object-lock-legal-hold", "ON"),
                     ],
                     "PutObject: s3:PutObject s3://bkt/k | s3:PutObjectRetention s3://bkt/k \
@@ -1433,11 +1349,7 @@ mod tests {
         ];
         for bucket in invalid {
             let request = format!("GET /{bucket}/k");
-            assert_eq!(
-                classify(None, &request, &[]),
-                "!InvalidBucketName",
-                "{request}"
-            );
+            assert_eq!(classify(None, &request, &[]), "!InvalidBucketName", "{request}");
         }
     }
 
@@ -1466,11 +1378,7 @@ mod tests {
                     &[(HOST, "bkt.s3.example.com")],
                     "GetBucketLocation: s3:GetBucketLocation s3://bkt",
                 ),
-                (
-                    "POST /?delete",
-                    &[(HOST, "bkt.s3.example.com")],
-                    "!BodyRequired",
-                ),
+                ("POST /?delete", &[(HOST, "bkt.s3.example.com")], "!BodyRequired"),
                 (
                     "GET /k/x",
                     &[(HOST, "bkt.s3.example.com:8443")],
@@ -1506,22 +1414,10 @@ mod tests {
                     &[(HOST, "bkt.s3.example.com"), (COPY, "/bkt/src")],
                     "CopyObject: s3:PutObject s3://bkt/k | s3:GetObject s3://bkt/src",
                 ),
-                (
-                    "GET /k",
-                    &[(HOST, "BKT.s3.example.com")],
-                    "!InvalidBucketName",
-                ),
-                (
-                    "GET /k",
-                    &[(HOST, "ab.s3.example.com")],
-                    "!InvalidBucketName",
-                ),
+                ("GET /k", &[(HOST, "BKT.s3.example.com")], "!InvalidBucketName"),
+                ("GET /k", &[(HOST, "ab.s3.example.com")], "!InvalidBucketName"),
                 ("GET /k", &[(HOST, ".s3.example.com")], "!InvalidBucketName"),
-                (
-                    "GET /k",
-                    &[(HOST, "a..b.s3.example.com")],
-                    "!InvalidBucketName",
-                ),
+                ("GET /k", &[(HOST, "a..b.s3.example.com")], "!InvalidBucketName"),
                 (
                     "GET /k",
                     &[(HOST, "bkt.s3.example.com"), (HOST, "other.s3.example.com")],
@@ -1554,16 +1450,8 @@ mod tests {
                 "localhost:9000",
                 "GetObject: s3:GetObject s3://bkt/k",
             ),
-            (
-                "GET /bkt/k",
-                "127.0.0.1",
-                "GetObject: s3:GetObject s3://bkt/k",
-            ),
-            (
-                "GET /bkt/k",
-                "[::1]:8080",
-                "GetObject: s3:GetObject s3://bkt/k",
-            ),
+            ("GET /bkt/k", "127.0.0.1", "GetObject: s3:GetObject s3://bkt/k"),
+            ("GET /bkt/k", "[::1]:8080", "GetObject: s3:GetObject s3://bkt/k"),
             (
                 "GET /bkt/k",
                 "evils3.example.com",

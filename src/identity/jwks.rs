@@ -173,11 +173,7 @@ impl IssuerKeys {
 
     /// The keys we have, if any were ever fetched.
     pub fn current(&self) -> Option<Arc<KeySet>> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys
-            .clone()
+        self.state.read().unwrap_or_else(|e| e.into_inner()).keys.clone()
     }
 
     /// Whether keys have been loaded (readiness).
@@ -258,11 +254,7 @@ impl IssuerKeys {
             }
         };
         let raw: RawJwks = self.get_json(&jwks_uri).await?;
-        let keys = raw
-            .keys
-            .into_iter()
-            .filter_map(parse_key)
-            .collect::<Vec<_>>();
+        let keys = raw.keys.into_iter().filter_map(parse_key).collect::<Vec<_>>();
         if keys.is_empty() {
             return Err(FetchError::BadDocument {
                 url: jwks_uri,
@@ -277,9 +269,7 @@ impl IssuerKeys {
             url: url.to_string(),
             reason,
         };
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| unreachable(format!("bad URL: {e}")))?;
+        let uri: http::Uri = url.parse().map_err(|e| unreachable(format!("bad URL: {e}")))?;
         let req = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
@@ -326,10 +316,7 @@ pub fn parse_key(value: serde_json::Value) -> Option<Key> {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return None;
     }
-    if matches!(
-        jwk.algorithm,
-        jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
-    ) {
+    if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
         return None;
     }
     let key = DecodingKey::from_jwk(&jwk).ok()?;

@@ -44,9 +44,7 @@ pub fn parse_unverified(token: &str) -> Result<Unverified, AuthError> {
     let mut parts = token.split('.');
     // An empty signature is left to the algorithm check (`none`) and then the signature
     // check, so the caller learns the real reason.
-    let (Some(h), Some(p), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(malformed("a JWT has three dot-separated parts"));
     };
     let header_bytes = URL_SAFE_NO_PAD
@@ -57,8 +55,8 @@ pub fn parse_unverified(token: &str) -> Result<Unverified, AuthError> {
     let payload = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| malformed("the payload is not base64url"))?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload)
-        .map_err(|_| malformed("the payload is not a JSON object"))?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| malformed("the payload is not a JSON object"))?;
     if let Some(crit) = &header.crit
         && !crit.is_empty()
     {
@@ -104,12 +102,7 @@ pub enum SignatureCheck {
 }
 
 /// Verifies the signature with the candidate keys. Claims are checked separately.
-pub fn verify_signature(
-    token: &str,
-    alg: Algorithm,
-    kid: Option<&str>,
-    keys: &KeySet,
-) -> SignatureCheck {
+pub fn verify_signature(token: &str, alg: Algorithm, kid: Option<&str>, keys: &KeySet) -> SignatureCheck {
     let mut validation = Validation::new(alg);
     validation.required_spec_claims.clear();
     validation.validate_exp = false;
@@ -130,26 +123,21 @@ pub fn verify_signature(
 }
 
 /// Checks `aud`, `exp`, `nbf`, `iat` at `now` with the issuer's leeway. Returns `exp`.
-pub fn check_claims(
-    claims: &Map<String, Value>,
-    issuer: &IssuerConfig,
-    now: i64,
-) -> Result<i64, AuthError> {
+pub fn check_claims(claims: &Map<String, Value>, issuer: &IssuerConfig, now: i64) -> Result<i64, AuthError> {
     let leeway = issuer.leeway.as_secs() as i64;
     let exp = numeric(claims, "exp")?.ok_or_else(|| AuthError::Malformed {
         reason: "the token has no `exp` claim".into(),
     })?;
-    if now > exp + leeway {
-        return Err(AuthError::Expired { ago: now - exp });
+    if now > exp.saturating_add(leeway) {
+        return Err(AuthError::Expired {
+            ago: now.saturating_sub(exp),
+        });
     }
     for claim in ["nbf", "iat"] {
         if let Some(t) = numeric(claims, claim)?
-            && t > now + leeway
+            && t > now.saturating_add(leeway)
         {
-            return Err(AuthError::NotYetValid {
-                claim,
-                skew: t - now,
-            });
+            return Err(AuthError::NotYetValid { claim, skew: t - now });
         }
     }
     check_audience(claims, issuer)?;
@@ -167,10 +155,7 @@ fn check_audience(claims: &Map<String, Value>, issuer: &IssuerConfig) -> Result<
             });
         }
     };
-    if got
-        .iter()
-        .any(|a| issuer.audiences.iter().any(|want| want == a))
-    {
+    if got.iter().any(|a| issuer.audiences.iter().any(|want| want == a)) {
         Ok(())
     } else {
         Err(AuthError::WrongAudience {

@@ -27,9 +27,7 @@ use jwt::SignatureCheck;
 #[non_exhaustive]
 pub enum AuthError {
     /// No credentials at all.
-    #[error(
-        "no credentials: send `Authorization: Bearer <token>` with a token from your identity provider"
-    )]
+    #[error("no credentials: send `Authorization: Bearer <token>` with a token from your identity provider")]
     Missing,
     /// Credentials of a kind this proxy does not accept.
     #[error("unsupported authorization scheme {scheme:?}: send `Authorization: Bearer <token>`")]
@@ -83,9 +81,7 @@ pub enum AuthError {
         skew: i64,
     },
     /// `aud` holds none of the configured audiences.
-    #[error(
-        "token audience {got:?} is not accepted here: request a token for audience {expected:?}"
-    )]
+    #[error("token audience {got:?} is not accepted here: request a token for audience {expected:?}")]
     WrongAudience {
         /// The token's audiences.
         got: Vec<String>,
@@ -148,27 +144,25 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
         v: &Arc<Verified>,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        let left = (v.exp + v.leeway - self.clock.unix()).max(0) as u64;
+        let left = v
+            .exp
+            .saturating_add(v.leeway)
+            .saturating_sub(self.clock.unix())
+            .max(0) as u64;
         Some(Duration::from_secs(left))
     }
 }
 
 impl Authenticator {
     /// Sets up issuers; keys are fetched by [`Authenticator::spawn_refresh`].
-    pub fn new(
-        issuers: &[IssuerConfig],
-        clock: SharedClock,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    pub fn new(issuers: &[IssuerConfig], clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, String> {
         let issuers = issuers
             .iter()
             .map(|i| IssuerKeys::new(i.clone(), metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let verified = Cache::builder()
             .max_capacity(100_000)
-            .expire_after(UntilExp {
-                clock: clock.clone(),
-            })
+            .expire_after(UntilExp { clock: clock.clone() })
             .build();
         Ok(Authenticator {
             issuers,
@@ -234,9 +228,11 @@ impl Authenticator {
         let digest = token_digest(token);
         if let Some(hit) = self.verified.get(&digest) {
             let now = self.clock.unix();
-            if now > hit.exp + hit.leeway {
+            if now > hit.exp.saturating_add(hit.leeway) {
                 self.verified.invalidate(&digest);
-                return Err(AuthError::Expired { ago: now - hit.exp });
+                return Err(AuthError::Expired {
+                    ago: now.saturating_sub(hit.exp),
+                });
             }
             self.metrics.token_cache(true);
             return Ok(hit.identity.clone());
@@ -262,7 +258,8 @@ impl Authenticator {
             .iter()
             .find(|i| i.config().issuer == iss)
             .ok_or_else(|| AuthError::UnknownIssuer {
-                iss: iss.to_string(),
+                // unverified input: bounded before it reaches an error body or the audit log
+                iss: iss.chars().take(128).collect(),
             })?;
         let config = issuer.config();
         let alg = jwt::allowed_algorithm(&unverified.header.alg, config)?;
@@ -286,7 +283,7 @@ impl Authenticator {
             SignatureCheck::Valid => {}
             SignatureCheck::NoKey => {
                 return Err(AuthError::UnknownKey {
-                    kid: kid.unwrap_or("-").to_string(),
+                    kid: kid.unwrap_or("-").chars().take(128).collect(),
                 });
             }
             SignatureCheck::Invalid => return Err(AuthError::BadSignature),

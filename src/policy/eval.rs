@@ -11,9 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::{
-    Decision, Denial, Mode, Permit, PolicySet, Role, RoleRef, RuleKind, RuleRef, ShadowOutcome,
-};
+use super::{Decision, Denial, Mode, Permit, PolicySet, Role, RoleRef, RuleKind, RuleRef, ShadowOutcome};
 use crate::model::{Access, Identity};
 
 /// A role the identity holds, with the member entry that matched.
@@ -140,8 +138,8 @@ impl PolicySet {
     /// `accesses` should never be empty; if it is, the request is refused.
     pub fn decide(&self, id: &Identity, accesses: &[Access]) -> Decision {
         let held = self.held(id);
-        let outcome = decide_all(&held, Counted::Enforced, accesses, &id.claims)
-            .map(|rules| Permit { rules });
+        let outcome =
+            decide_all(&held, Counted::Enforced, accesses, &id.claims).map(|rules| Permit { rules });
         let shadow = held.iter().any(|h| h.role.mode == Mode::Shadow).then(|| {
             match decide_all(&held, Counted::All, accesses, &id.claims) {
                 Ok(rules) => ShadowOutcome::WouldAllow { rules },
@@ -168,8 +166,7 @@ impl PolicySet {
                 access: access.clone(),
                 rules: rule_checks(&held, access, &id.claims),
                 verdict: judge(&held, Counted::Enforced, access, &id.claims).verdict(),
-                shadow_verdict: any_shadow
-                    .then(|| judge(&held, Counted::All, access, &id.claims).verdict()),
+                shadow_verdict: any_shadow.then(|| judge(&held, Counted::All, access, &id.claims).verdict()),
             })
             .collect();
         let allowed = !accesses.is_empty() && accesses.iter().all(|a| a.verdict.is_allow());
@@ -224,10 +221,7 @@ fn decide_all(
 }
 
 fn explain_role(role: &Role, held: &[Held<'_>], id: &Identity) -> RoleExplanation {
-    let held_member = held
-        .iter()
-        .find(|h| std::ptr::eq(h.role, role))
-        .map(|h| h.member);
+    let held_member = held.iter().find(|h| std::ptr::eq(h.role, role)).map(|h| h.member);
     let member = held_member.or_else(|| role.member_index(&id.issuer, &id.claims));
     RoleExplanation {
         name: role.name.to_string(),
@@ -397,11 +391,7 @@ impl fmt::Display for Explanation {
             write!(f, "{access}")?;
         }
         writeln!(f)?;
-        writeln!(
-            f,
-            "decision: {}",
-            if self.allowed { "ALLOW" } else { "DENY" }
-        )?;
+        writeln!(f, "decision: {}", if self.allowed { "ALLOW" } else { "DENY" })?;
         if let Some(would) = self.would_allow {
             writeln!(
                 f,
@@ -422,10 +412,7 @@ impl Explanation {
             writeln!(f, "roles held:")?;
         }
         for role in held {
-            let (index, entry) = role
-                .member
-                .as_ref()
-                .map_or((0, ""), |(i, e)| (*i, e.as_str()));
+            let (index, entry) = role.member.as_ref().map_or((0, ""), |(i, e)| (*i, e.as_str()));
             writeln!(
                 f,
                 "  {} ({}, {})",
@@ -458,11 +445,7 @@ impl Explanation {
             .map(|r| r.name.as_str())
             .collect();
         if !others.is_empty() {
-            writeln!(
-                f,
-                "not held (no member entry matches): {}",
-                others.join(", ")
-            )?;
+            writeln!(f, "not held (no member entry matches): {}", others.join(", "))?;
         }
         Ok(())
     }
@@ -595,10 +578,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     }
 
     fn names(set: &PolicySet, id: &Identity) -> Vec<String> {
-        set.roles_for(id)
-            .iter()
-            .map(|r| r.name.to_string())
-            .collect()
+        set.roles_for(id).iter().map(|r| r.name.to_string()).collect()
     }
 
     #[test]
@@ -609,8 +589,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             json!({"sub": "a", "groups": ["ml-engineers", "writers"], "realm_access": {"roles": ["reader"]}}),
         );
         let roles = set.roles_for(&id);
-        let got: Vec<(&str, Mode, usize)> =
-            roles.iter().map(|r| (r.name, r.mode, r.member)).collect();
+        let got: Vec<(&str, Mode, usize)> = roles.iter().map(|r| (r.name, r.mode, r.member)).collect();
         assert_eq!(
             got,
             [
@@ -693,10 +672,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
         assert_eq!(denial.roles, ["trainer", "reader"]);
         assert_eq!(denial.access, get("s3://datasets/pii/faces.csv"));
         // Without trainer, reader's allow stands.
-        let reader = identity(
-            ISS,
-            json!({"sub": "r", "realm_access": {"roles": ["reader"]}}),
-        );
+        let reader = identity(ISS, json!({"sub": "r", "realm_access": {"roles": ["reader"]}}));
         assert!(
             set.decide(&reader, &[get("s3://datasets/pii/faces.csv")])
                 .is_allowed()
@@ -721,11 +697,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             .outcome
             .expect_err("denied");
         assert!(denial.roles.is_empty());
-        assert!(
-            set.decide(&nobody, &[get("s3://public/x")])
-                .shadow
-                .is_none()
-        );
+        assert!(set.decide(&nobody, &[get("s3://public/x")]).shadow.is_none());
     }
 
     #[test]
@@ -748,19 +720,13 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             get("s3://datasets/pii/x"),
             get("s3://nope/x"),
         ];
-        let denial = set
-            .decide(&engineer(), &copy_pii)
-            .outcome
-            .expect_err("denied");
+        let denial = set.decide(&engineer(), &copy_pii).outcome.expect_err("denied");
         assert_eq!(
             denial.access,
             get("s3://datasets/pii/x"),
             "the first access not allowed"
         );
-        let copy_elsewhere = [
-            put("s3://checkpoints/bob/run1"),
-            get("s3://datasets/imagenet/1"),
-        ];
+        let copy_elsewhere = [put("s3://checkpoints/bob/run1"), get("s3://datasets/imagenet/1")];
         let denial = set
             .decide(&engineer(), &copy_elsewhere)
             .outcome
@@ -821,12 +787,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
         };
         assert_eq!(
             denial.rule,
-            Some(rule(
-                "policies/shadow.toml",
-                "pii-lockdown",
-                RuleKind::Deny,
-                0
-            ))
+            Some(rule("policies/shadow.toml", "pii-lockdown", RuleKind::Deny, 0))
         );
         assert_eq!(denial.roles, ["trainer", "pii-lockdown"]);
         assert_eq!(
@@ -870,21 +831,13 @@ members = [{ claim = "groups", contains = "staff" }]
 allow = [{ actions = ["s3:*"], resources = ["s3://home/*"] }]
 deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
 "#;
-        let set =
-            PolicySet::from_sources(&[(PathBuf::from("h.toml"), src.into())], &[]).expect("valid");
+        let set = PolicySet::from_sources(&[(PathBuf::from("h.toml"), src.into())], &[]).expect("valid");
         let anon = identity(ISS, json!({"groups": ["staff"]}));
-        assert!(
-            !set.decide(&anon, &[get("s3://home/bob/secret/k")])
-                .is_allowed()
-        );
-        assert!(
-            set.decide(&anon, &[get("s3://home/bob/public/k")])
-                .is_allowed()
-        );
+        assert!(!set.decide(&anon, &[get("s3://home/bob/secret/k")]).is_allowed());
+        assert!(set.decide(&anon, &[get("s3://home/bob/public/k")]).is_allowed());
         let alice = identity(ISS, json!({"sub": "alice", "groups": ["staff"]}));
         assert!(
-            set.decide(&alice, &[get("s3://home/bob/secret/k")])
-                .is_allowed(),
+            set.decide(&alice, &[get("s3://home/bob/secret/k")]).is_allowed(),
             "bob's deny, not alice's"
         );
         assert!(
@@ -912,10 +865,7 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
             vec![get("s3://datasets/faces/1")],
             vec![put("s3://datasets/new")],
             vec![put("s3://checkpoints/alice/1"), get("s3://public/x")],
-            vec![Access::new(
-                "http:POST",
-                "http://features/get-online-features",
-            )],
+            vec![Access::new("http:POST", "http://features/get-online-features")],
         ];
         for id in &ids {
             for accesses in &requests {
@@ -1018,10 +968,7 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
             .expect("a note");
         assert!(note.contains("`${sub}` not usable"), "{note}");
         let text = explanation.to_string();
-        assert!(
-            text.contains("sts session: holds only role trainer"),
-            "{text}"
-        );
+        assert!(text.contains("sts session: holds only role trainer"), "{text}");
         assert!(
             text.contains("member of, but not held by this session: reader"),
             "{text}"
@@ -1036,10 +983,7 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
             .explain(&identity(ISS, json!({"sub": "x"})), &[get("s3://public/x")])
             .to_string();
         assert!(text.contains("roles held: none"), "{text}");
-        assert!(
-            text.contains("(no rules: the identity holds no role)"),
-            "{text}"
-        );
+        assert!(text.contains("(no rules: the identity holds no role)"), "{text}");
         assert!(!text.contains("shadow:"), "{text}");
     }
 }

@@ -205,12 +205,7 @@ impl Pattern {
 }
 
 impl Template {
-    fn check<'p>(
-        &'p self,
-        text: &str,
-        claims: &Map<String, Value>,
-        on: OnUnusable,
-    ) -> PatternMatch<'p> {
+    fn check<'p>(&'p self, text: &str, claims: &Map<String, Value>, on: OnUnusable) -> PatternMatch<'p> {
         if !text.starts_with(&*self.prefix) {
             return PatternMatch {
                 matched: false,
@@ -251,9 +246,7 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Var(claim) => {
-                    out.push_str(usable_value(claim_at(claims, claim)).unwrap_or("*"))
-                }
+                Part::Var(claim) => out.push_str(usable_value(claim_at(claims, claim)).unwrap_or("*")),
             }
         }
         out
@@ -457,11 +450,7 @@ mod tests {
             "s3://checkpoints/bob/run1",
             &c
         ));
-        assert!(!allows(
-            "s3://checkpoints/${sub}/*",
-            "s3://checkpoints/alice",
-            &c
-        ));
+        assert!(!allows("s3://checkpoints/${sub}/*", "s3://checkpoints/alice", &c));
         assert!(allows("s3://${org.team}-data/*", "s3://vision-data/x", &c));
         assert!(!allows("s3://${org.team}-data/*", "s3://audio-data/x", &c));
     }

@@ -100,10 +100,7 @@ impl PolicySet {
         for path in policy_files(dir)? {
             match fs::read_to_string(&path) {
                 Ok(source) => files.push((path, source)),
-                Err(err) => problems.push(Problem::file(
-                    &path,
-                    format!("cannot read policy file: {err}"),
-                )),
+                Err(err) => problems.push(Problem::file(&path, format!("cannot read policy file: {err}"))),
             }
         }
         match PolicySet::from_sources(&files, known_routes) {
@@ -244,12 +241,7 @@ impl FileLoader<'_> {
     }
 
     /// Compiles a role; `None` when it had problems (already recorded).
-    fn role(
-        &mut self,
-        spec: RoleSpec,
-        span: Range<usize>,
-        file_mode: Option<ModeSpec>,
-    ) -> Option<Role> {
+    fn role(&mut self, spec: RoleSpec, span: Range<usize>, file_mode: Option<ModeSpec>) -> Option<Role> {
         let before = self.problems.len();
         let (name, name_span) = match &spec.name {
             Some(name) => (name.get_ref().as_str(), name.span()),
@@ -279,11 +271,7 @@ impl FileLoader<'_> {
                 Vec::new()
             }
         };
-        let allow: Vec<Rule> = spec
-            .allow
-            .into_iter()
-            .filter_map(|r| self.rule(r))
-            .collect();
+        let allow: Vec<Rule> = spec.allow.into_iter().filter_map(|r| self.rule(r)).collect();
         let deny: Vec<Rule> = spec.deny.into_iter().filter_map(|r| self.rule(r)).collect();
         // A nameless role's problem was recorded by the caller.
         if self.problems.len() > before || spec.name.is_none() {
@@ -325,10 +313,7 @@ impl FileLoader<'_> {
             return (entries.len() == count).then_some(Member::All(entries));
         }
         let Some(claim) = spec.claim.filter(|c| !c.is_empty()) else {
-            self.problem(
-                span,
-                "a member entry needs `claim = \"...\"` (or `all = [...]`)",
-            );
+            self.problem(span, "a member entry needs `claim = \"...\"` (or `all = [...]`)");
             return None;
         };
         let test = match (spec.equals, spec.contains, spec.glob) {
@@ -336,7 +321,12 @@ impl FileLoader<'_> {
             (None, Some(v), None) => Test::Contains(v.into()),
             (None, None, Some(v)) => Test::Glob(Glob::new(&v)),
             _ => {
-                self.problem(span, format!("member entry for claim `{claim}` needs exactly one of `equals`, `contains` or `glob`"));
+                self.problem(
+                    span,
+                    format!(
+                        "member entry for claim `{claim}` needs exactly one of `equals`, `contains` or `glob`"
+                    ),
+                );
                 return None;
             }
         };
@@ -358,11 +348,7 @@ impl FileLoader<'_> {
                 );
             }
         }
-        let compiled_actions: Vec<Glob> = actions
-            .get_ref()
-            .iter()
-            .filter_map(|a| self.action(a))
-            .collect();
+        let compiled_actions: Vec<Glob> = actions.get_ref().iter().filter_map(|a| self.action(a)).collect();
         let compiled_resources: Vec<Pattern> = resources
             .get_ref()
             .iter()
@@ -463,8 +449,7 @@ fn check_action(action: &str) -> Result<(), String> {
             }
         }
         "http" => {
-            let shaped =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '*');
+            let shaped = !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '*');
             if !shaped {
                 return Err(format!(
                     "invalid HTTP action `{action}`: write `http:<METHOD>` in uppercase, e.g. `http:GET`, `http:*`"
@@ -556,11 +541,7 @@ mod tests {
             "want line {line}: {}",
             found[0]
         );
-        assert!(
-            found[0].contains(needle),
-            "want `{needle}` in: {}",
-            found[0]
-        );
+        assert!(found[0].contains(needle), "want `{needle}` in: {}", found[0]);
     }
 
     const CONFIG_EXAMPLE: &str = r#"
@@ -654,12 +635,8 @@ allow = [
 "#;
         let bad2 = "[[roles]]\nname = \"b\"\nmembers = [{ claim = \"g\", contains = \"x\", glob = \"y\" }]\nallow = [{ actions = [\"http:get\"], resources = [\"http://nope/x\"] }]\n";
         let syntax = "[[roles]\n";
-        let err = load(&[
-            ("one.toml", bad1),
-            ("two.toml", bad2),
-            ("three.toml", syntax),
-        ])
-        .expect_err("invalid");
+        let err =
+            load(&[("one.toml", bad1), ("two.toml", bad2), ("three.toml", syntax)]).expect_err("invalid");
         let lines: Vec<String> = err.iter().map(ToString::to_string).collect();
         let at = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
         assert_eq!(at("one.toml:3:"), 1, "{lines:#?}");
@@ -700,18 +677,10 @@ allow = [
             4,
             "no other fields",
         );
-        one_problem(
-            &role("{ all = [{ claim = \"sub\" }] }"),
-            4,
-            "exactly one of",
-        );
+        one_problem(&role("{ all = [{ claim = \"sub\" }] }"), 4, "exactly one of");
         one_problem(&role("{ claim = \"sub\", equals = 3 }"), 4, "string");
         one_problem("[[roles]]\nname = \"a\"\n", 2, "no `members`");
-        one_problem(
-            "[[roles]]\nname = \"a\"\nmembers = []\n",
-            3,
-            "empty `members`",
-        );
+        one_problem("[[roles]]\nname = \"a\"\nmembers = []\n", 3, "empty `members`");
     }
 
     fn rule_src(rule: &str) -> String {
@@ -734,9 +703,8 @@ allow = [
             "s3:Get-Object",
             "s3:${x}",
         ] {
-            let line =
-                "{ actions = [\"ACTION\"], resources = [\"s3://b/*\", \"http://features/x\"] }"
-                    .replace("ACTION", bad);
+            let line = "{ actions = [\"ACTION\"], resources = [\"s3://b/*\", \"http://features/x\"] }"
+                .replace("ACTION", bad);
             let found = problems(&rule_src(&line));
             assert!(
                 found
@@ -848,14 +816,11 @@ allow = [
 
     #[test]
     fn load_dir_sorts_and_filters() {
-        let dir =
-            std::env::temp_dir().join(format!("claimgate-policy-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("claimgate-policy-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("sub.toml")).expect("mkdir");
         let role = |name: &str| {
-            format!(
-                "[[roles]]\nname = \"{name}\"\nmembers = [{{ claim = \"sub\", equals = \"x\" }}]\n"
-            )
+            format!("[[roles]]\nname = \"{name}\"\nmembers = [{{ claim = \"sub\", equals = \"x\" }}]\n")
         };
         fs::write(dir.join("b.toml"), role("second")).expect("write");
         fs::write(dir.join("a.toml"), role("first")).expect("write");
@@ -870,10 +835,6 @@ allow = [
         assert!(err[0].file.ends_with("c.toml"), "{}", err[0]);
         fs::remove_dir_all(&dir).expect("cleanup");
         let err = PolicySet::load_dir(&dir, &[]).expect_err("missing dir");
-        assert!(
-            err[0]
-                .message
-                .contains("cannot read the policies directory")
-        );
+        assert!(err[0].message.contains("cannot read the policies directory"));
     }
 }

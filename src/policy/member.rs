@@ -67,9 +67,7 @@ impl ClaimTest {
             },
             Test::Glob(glob) => match value {
                 Value::String(s) => glob.matches(s),
-                Value::Array(items) => items
-                    .iter()
-                    .any(|i| i.as_str().is_some_and(|s| glob.matches(s))),
+                Value::Array(items) => items.iter().any(|i| i.as_str().is_some_and(|s| glob.matches(s))),
                 _ => false,
             },
         }
@@ -178,10 +176,7 @@ mod tests {
 
     #[test]
     fn glob_matches_strings_and_array_elements() {
-        let m = claim(
-            "sub",
-            Test::Glob(Glob::new("system:serviceaccount:training:*")),
-        );
+        let m = claim("sub", Test::Glob(Glob::new("system:serviceaccount:training:*")));
         assert!(m.matches(
             ISS,
             &claims(json!({"sub": "system:serviceaccount:training:job-1"}))
@@ -199,10 +194,7 @@ mod tests {
     #[test]
     fn dotted_paths_and_namespaced_claims() {
         let m = claim("realm_access.roles", Test::Contains("trainer".into()));
-        assert!(m.matches(
-            ISS,
-            &claims(json!({"realm_access": {"roles": ["trainer"]}}))
-        ));
+        assert!(m.matches(ISS, &claims(json!({"realm_access": {"roles": ["trainer"]}}))));
         let m = claim("https://example.com/groups", Test::Contains("ml".into()));
         assert!(m.matches(ISS, &claims(json!({"https://example.com/groups": ["ml"]}))));
     }
@@ -226,10 +218,7 @@ mod tests {
             claim("sub", Test::Equals("alice".into())),
             claim("groups", Test::Contains("ml-train".into())),
         ]);
-        assert!(m.matches(
-            ISS,
-            &claims(json!({"sub": "alice", "groups": ["ml-train"]}))
-        ));
+        assert!(m.matches(ISS, &claims(json!({"sub": "alice", "groups": ["ml-train"]}))));
         assert!(!m.matches(ISS, &claims(json!({"sub": "alice", "groups": []}))));
         assert!(!m.matches(ISS, &claims(json!({"sub": "bob", "groups": ["ml-train"]}))));
     }

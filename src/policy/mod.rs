@@ -206,9 +206,9 @@ impl Denial {
                 rule.index,
                 rule.file.display()
             ),
-            None if self.roles.is_empty() => format!(
-                "Access denied: {action} on {resource} is not allowed: the identity holds no role"
-            ),
+            None if self.roles.is_empty() => {
+                format!("Access denied: {action} on {resource} is not allowed: the identity holds no role")
+            }
             None => format!(
                 "Access denied: {action} on {resource} is not allowed for roles [{}] (no rule allows it)",
                 self.roles.join(", ")

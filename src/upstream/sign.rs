@@ -37,13 +37,18 @@ const PRESIGN_PARAMS: [&str; 10] = [
     "expires",
 ];
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1) or to the caller's own
-/// authentication, removed before forwarding.
-const STRIPPED_HEADERS: [&str; 13] = [
+/// The caller's own authentication, and `Expect` (already answered to the caller), removed
+/// before forwarding.
+const STRIPPED_HEADERS: [&str; 5] = [
     "authorization",
     "x-amz-security-token",
     "x-amz-date",
     "x-amz-content-sha256",
+    "expect",
+];
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -52,16 +57,28 @@ const STRIPPED_HEADERS: [&str; 13] = [
     "te",
     "trailer",
     "upgrade",
-    "expect",
 ];
 
 /// Prepares `parts` to go to the route's upstream: URI rewritten, caller credentials
 /// stripped, route credentials added. Requires the [`Permit`] of the authorize stage, so
 /// an unauthorized request cannot be signed.
 pub fn sign_upstream(
+    permit: &Permit,
+    parts: &mut Parts,
+    route: &Route,
+    now: SystemTime,
+) -> Result<(), SignError> {
+    sign_upstream_for(permit, parts, route, None, now)
+}
+
+/// [`sign_upstream`] for a virtual-hosted S3 request: `vhost_bucket` (from the caller's
+/// Host) moves into the upstream path, since the upstream is addressed path-style and its
+/// Host is its own.
+pub fn sign_upstream_for(
     _permit: &Permit,
     parts: &mut Parts,
     route: &Route,
+    vhost_bucket: Option<&str>,
     now: SystemTime,
 ) -> Result<(), SignError> {
     let caller_payload = parts
@@ -70,7 +87,7 @@ pub fn sign_upstream(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     strip_caller_credentials(&mut parts.headers);
-    let path_and_query = upstream_path_and_query(parts, route)?;
+    let path_and_query = upstream_path_and_query(parts, route, vhost_bucket)?;
     let uri = http::Uri::builder()
         .scheme(route.config.upstream.scheme())
         .authority(route.authority.clone())
@@ -114,9 +131,7 @@ pub fn sign_upstream(
         Credentials::Bearer { token } => {
             let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                 .map_err(|_| unsignable("route token is not a valid header value".into()))?;
-            parts
-                .headers
-                .insert(header::AUTHORIZATION, sensitive(value));
+            parts.headers.insert(header::AUTHORIZATION, sensitive(value));
             Ok(())
         }
         Credentials::ApiKey { header, key } => {
@@ -137,9 +152,17 @@ fn unsignable(reason: String) -> SignError {
     SignError::Unsignable { reason }
 }
 
-/// Removes hop-by-hop headers (including any named in `Connection`) and the caller's
-/// credentials.
+/// Removes hop-by-hop headers and the caller's credentials.
 pub fn strip_caller_credentials(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for h in STRIPPED_HEADERS {
+        headers.remove(h);
+    }
+}
+
+/// Removes the headers that belong to one connection, including any that `Connection`
+/// names. Used in both directions.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -150,7 +173,7 @@ pub fn strip_caller_credentials(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for h in STRIPPED_HEADERS {
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -179,14 +202,22 @@ fn payload_for(caller: Option<&str>) -> Result<SignableBody<'static>, SignError>
 fn upstream_path_and_query(
     parts: &Parts,
     route: &Route,
+    vhost_bucket: Option<&str>,
 ) -> Result<http::uri::PathAndQuery, SignError> {
     let path = parts.uri.path();
-    let rest = match route.config.path_prefix.as_deref() {
-        Some(prefix) if route.config.kind == crate::config::RouteKind::Http => path
-            .strip_prefix(prefix)
-            .map(|r| format!("/{r}"))
-            .unwrap_or_else(|| path.to_string()),
-        _ => canonical_s3_path(path),
+    let rest = match route.config.kind {
+        crate::config::RouteKind::Http => match route.config.path_prefix.as_deref() {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .map(|r| format!("/{r}"))
+                .unwrap_or_else(|| path.to_string()),
+            None => path.to_string(),
+        },
+        crate::config::RouteKind::S3 => match vhost_bucket {
+            Some(bucket) if path == "/" => format!("/{bucket}"),
+            Some(bucket) => format!("/{bucket}{}", canonical_s3_path(path)),
+            None => canonical_s3_path(path),
+        },
     };
     let mut out = format!("{}{}", route.base_path, rest);
     if let Some(q) = parts.uri.query() {
@@ -293,11 +324,7 @@ pub fn sign_v4(
         let value = HeaderValue::from_str(h.value())
             .map_err(|_| unsignable("signer produced a bad header".into()))?;
         let name = HeaderName::from_static(h.name());
-        let value = if h.sensitive() {
-            sensitive(value)
-        } else {
-            value
-        };
+        let value = if h.sensitive() { sensitive(value) } else { value };
         parts.headers.insert(name, value);
     }
     Ok(())
@@ -324,10 +351,7 @@ mod tests {
     #[test]
     fn payload_rules() {
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert!(matches!(
-            payload_for(Some(hex)),
-            Ok(SignableBody::Precomputed(_))
-        ));
+        assert!(matches!(payload_for(Some(hex)), Ok(SignableBody::Precomputed(_))));
         assert!(matches!(
             payload_for(Some("UNSIGNED-PAYLOAD")),
             Ok(SignableBody::UnsignedPayload)
@@ -341,10 +365,7 @@ mod tests {
             payload_for(Some("junk")),
             Ok(SignableBody::UnsignedPayload)
         ));
-        assert!(matches!(
-            payload_for(None),
-            Ok(SignableBody::UnsignedPayload)
-        ));
+        assert!(matches!(payload_for(None), Ok(SignableBody::UnsignedPayload)));
     }
 
     #[test]

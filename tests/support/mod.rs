@@ -241,19 +241,27 @@ pub struct TestS3 {
 
 impl TestS3 {
     pub async fn start(buckets: &[&str]) -> TestS3 {
+        Self::start_with(buckets, None).await
+    }
+
+    /// The same server behind TLS with this certificate and key (PEM).
+    pub async fn start_tls(buckets: &[&str], cert: &str, key: &str) -> TestS3 {
+        Self::start_with(buckets, Some((cert, key))).await
+    }
+
+    async fn start_with(buckets: &[&str], tls: Option<(&str, &str)>) -> TestS3 {
         let root = tempfile::tempdir().unwrap();
         for b in buckets {
             std::fs::create_dir_all(root.path().join(b)).unwrap();
         }
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(
-            S3_ACCESS_KEY,
-            S3_SECRET_KEY,
-        ));
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
         let service = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let acceptor = tls.map(|(cert, key)| tls_acceptor(cert, key));
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://localhost:{}", listener.local_addr().unwrap().port());
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
         tokio::spawn(async move {
@@ -264,23 +272,27 @@ impl TestS3 {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let counter = counter.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let service = service.clone();
                         async move { hyper::service::Service::call(&service, req).await }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(a) => {
+                            let Ok(tls) = a.accept(stream).await else { return };
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
-        TestS3 {
-            url,
-            root,
-            requests,
-        }
+        TestS3 { url, root, requests }
     }
 
     /// Requests that reached the upstream so far.
@@ -340,6 +352,8 @@ pub struct ProxyBuilder {
     extra_issuer: String,
     extra_server: String,
     extra: String,
+    route_lines: String,
+    files: Vec<(String, String)>,
     tls: bool,
 }
 
@@ -351,6 +365,8 @@ pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
         extra_issuer: String::new(),
         extra_server: String::new(),
         extra: String::new(),
+        route_lines: String::new(),
+        files: Vec::new(),
         tls: false,
     }
 }
@@ -388,6 +404,19 @@ impl ProxyBuilder {
         self.extra = toml.to_string();
         self
     }
+    /// Files written beside the config before it loads.
+    pub fn files(mut self, files: &[(&str, &str)]) -> Self {
+        self.files = files
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.to_string()))
+            .collect();
+        self
+    }
+    /// Extra lines inside the S3 `[[routes]]` table.
+    pub fn route_lines(mut self, lines: &str) -> Self {
+        self.route_lines = lines.to_string();
+        self
+    }
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.issuers.push(issuer.to_string());
         self
@@ -409,8 +438,8 @@ impl ProxyBuilder {
             ));
         }
         s.push_str(&format!(
-            "[policies]\ndir = \"policies\"\n\n[[routes]]\nname = \"lake\"\nkind = \"s3\"\nupstream = \"{}\"\nregion = \"us-east-1\"\ncredentials = {{ kind = \"static\", access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"file:upstream.secret\" }}\n\n{}",
-            self.upstream, self.extra
+            "[policies]\ndir = \"policies\"\n\n[[routes]]\nname = \"lake\"\nkind = \"s3\"\nupstream = \"{}\"\nregion = \"us-east-1\"\ncredentials = {{ kind = \"static\", access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"file:upstream.secret\" }}\n{}\n\n{}",
+            self.upstream, self.route_lines, self.extra
         ));
         s
     }
@@ -419,11 +448,10 @@ impl ProxyBuilder {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(dir.path().join("policies/test.toml"), &self.policy).unwrap();
-        std::fs::write(
-            dir.path().join("upstream.secret"),
-            format!("{S3_SECRET_KEY}\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("upstream.secret"), format!("{S3_SECRET_KEY}\n")).unwrap();
+        for (name, content) in &self.files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
         let (tls_lines, ca_pem) = if self.tls {
             let (cert, key) = self_signed();
             std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
@@ -474,10 +502,26 @@ impl ProxyBuilder {
     }
 }
 
+pub fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 pub fn self_signed() -> (String, String) {
     let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     (cert.cert.pem(), cert.signing_key.serialize_pem())
 }
 
@@ -522,10 +566,7 @@ impl TestProxy {
     }
 
     pub async fn metrics(&self) -> String {
-        let r = self
-            .client
-            .get(&format!("{}/metrics", self.admin), None)
-            .await;
+        let r = self.client.get(&format!("{}/metrics", self.admin), None).await;
         String::from_utf8(r.body.to_vec()).unwrap()
     }
 
@@ -549,11 +590,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -648,5 +685,65 @@ impl Client {
 
     pub async fn get(&self, url: &str, token: Option<&str>) -> Resp {
         self.request("GET", url, token, Bytes::new()).await
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// An HTTP upstream (a feature store stand-in) that echoes what it received
+// ------------------------------------------------------------------------------------
+
+pub struct TestHttp {
+    pub url: String,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl TestHttp {
+    pub async fn start() -> TestHttp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let h = |n: &str| parts.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                            let record = json!({
+                                "method": parts.method.as_str(),
+                                "path": parts.uri.path(),
+                                "query": parts.uri.query(),
+                                "authorization": h("authorization"),
+                                "x_api_key": h("x-api-key"),
+                                "body": String::from_utf8_lossy(&body),
+                            });
+                            log.lock().unwrap().push(record.clone());
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(record.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        TestHttp { url, seen }
+    }
+
+    /// Every request that reached this upstream.
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen.lock().unwrap().clone()
     }
 }
