@@ -65,10 +65,31 @@ pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Va
     if let Some(v) = claims.get(path) {
         return Some(v);
     }
-    let (head, rest) = path.split_once('.')?;
-    match claims.get(head)? {
-        Value::Object(inner) => claim_at(inner, rest),
-        _ => None,
+    // Keys may hold dots themselves (`kubernetes.io`), so try every split point.
+    path.match_indices('.')
+        .find_map(|(i, _)| match claims.get(&path[..i]) {
+            Some(Value::Object(inner)) => claim_at(inner, &path[i + 1..]),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotted_paths_reach_nested_and_dotted_keys() {
+        let claims = serde_json::json!({
+            "realm_access": {"roles": ["a"]},
+            "kubernetes.io": {"namespace": "training", "serviceaccount": {"name": "sa"}},
+            "https://x/groups": ["g"],
+        });
+        let c = claims.as_object().unwrap();
+        assert_eq!(claim_at(c, "realm_access.roles").unwrap()[0], "a");
+        assert_eq!(claim_at(c, "kubernetes.io.namespace").unwrap(), "training");
+        assert_eq!(claim_at(c, "kubernetes.io.serviceaccount.name").unwrap(), "sa");
+        assert_eq!(claim_at(c, "https://x/groups").unwrap()[0], "g");
+        assert!(claim_at(c, "realm_access.nope").is_none());
     }
 }
 

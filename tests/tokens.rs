@@ -295,3 +295,19 @@ async fn no_keys_at_all_is_503_and_not_ready_until_the_idp_returns() {
     let health = p.client.get(&format!("{}/healthz", p.admin), None).await;
     assert_eq!(health.status, 200);
 }
+
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    // on-demand fetches are effectively off, so only the background refresh can find the key
+    let p = proxy(&idp, &s3)
+        .issuer_lines("refresh = \"1s\"\nmin_refetch = \"1h\"")
+        .start()
+        .await;
+    let new = SigningKey::rsa("rsa-2", 2);
+    idp.publish(vec![idp.key("rsa-1"), new.clone()]);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let r = list(&p, &new.sign(&idp.claims("alice", &["ml-engineers"]))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
