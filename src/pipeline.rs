@@ -128,7 +128,7 @@ async fn run(
     mut parts: http::request::Parts,
     body: Incoming,
     ctx: &mut Ctx,
-) -> Result<Response<Incoming>, Rejection> {
+) -> Result<Response<Reply>, Rejection> {
     // route
     let host = request_host(&parts);
     let route = proxy
@@ -181,7 +181,7 @@ async fn run(
         counter: ctx.bytes_in.clone(),
     };
     let stats = ctx.bytes_in.clone();
-    forward(proxy, &route, Request::from_parts(parts, body), bodyless)
+    let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
         .await
         .map_err(|e| {
             // The upstream failed because the caller's upload broke off: say so, and do
@@ -191,7 +191,75 @@ async fn run(
             } else {
                 e
             }
-        })
+        })?;
+    screen_upstream_auth_errors(proxy, &route, resp, ctx).await
+}
+
+/// What the upstream answered: streamed, or read whole when we had to look inside.
+enum Reply {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+/// S3 error codes that mean the upstream refused *claimgate's* credentials. Their bodies
+/// carry the route's access key id, string-to-sign and signature, so they never reach the
+/// caller: the caller gets a 502 naming the route, operators get the log line and metric.
+const UPSTREAM_AUTH_CODES: [&str; 7] = [
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "RequestTimeTooSkewed",
+];
+
+/// Largest upstream error body read to look for its code.
+const MAX_SCREENED_ERROR: u64 = 64 * 1024;
+
+async fn screen_upstream_auth_errors(
+    proxy: &Proxy,
+    route: &Route,
+    resp: Response<Incoming>,
+    ctx: &mut Ctx,
+) -> Result<Response<Reply>, Rejection> {
+    use http_body_util::BodyExt;
+    let status = resp.status();
+    let small = resp
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_SCREENED_ERROR);
+    if route.config.kind != RouteKind::S3 || !matches!(status.as_u16(), 400 | 403) || !small {
+        return Ok(resp.map(Reply::Stream));
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(UpstreamError::Unreachable {
+                route: route.config.name.clone(),
+            }
+            .into());
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let code = text
+        .split("<Code>")
+        .nth(1)
+        .and_then(|r| r.split("</Code>").next())
+        .unwrap_or_default();
+    if let Some(code) = UPSTREAM_AUTH_CODES.iter().find(|c| **c == code) {
+        ctx.record.upstream_status = Some(status.as_u16());
+        proxy.metrics.upstream_error(&route.config.name, "auth");
+        tracing::error!(route = %route.config.name, upstream_code = %code, "upstream refused the route's credentials; check the route's credentials, region and clock");
+        return Err(UpstreamError::CredentialsRefused {
+            route: route.config.name.clone(),
+            code,
+        }
+        .into());
+    }
+    Ok(Response::from_parts(parts, Reply::Buffered(bytes)))
 }
 
 async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc<Identity>, AuthError> {
@@ -305,7 +373,7 @@ async fn forward(
     }
 }
 
-fn respond_upstream(resp: Response<Incoming>, mut ctx: Ctx) -> Response<ProxyBody> {
+fn respond_upstream(resp: Response<Reply>, mut ctx: Ctx) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     ctx.record.upstream_status = Some(parts.status.as_u16());
     ctx.record.status = parts.status.as_u16();
@@ -315,7 +383,11 @@ fn respond_upstream(resp: Response<Incoming>, mut ctx: Ctx) -> Response<ProxyBod
     }
     set_request_id(&mut parts.headers, &ctx.record.request_id);
     let finish = on_finish(ctx);
-    Response::from_parts(parts, ProxyBody::upstream(body, finish))
+    let body = match body {
+        Reply::Stream(b) => ProxyBody::upstream(b, finish),
+        Reply::Buffered(b) => ProxyBody::full(b, Some(finish)),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn respond_rejection(rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody> {

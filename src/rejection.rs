@@ -20,6 +20,17 @@ pub enum UpstreamError {
         /// Route name.
         route: String,
     },
+    /// The upstream refused claimgate's own credentials for the route (a configuration
+    /// problem on our side, never the caller's).
+    #[error(
+        "upstream {route} refused claimgate's credentials for this route ({code}); the operators have been told"
+    )]
+    CredentialsRefused {
+        /// Route name.
+        route: String,
+        /// The upstream's error code.
+        code: &'static str,
+    },
     /// No response head within the route's timeout.
     #[error("upstream {route} did not answer in time")]
     Timeout {
@@ -112,6 +123,7 @@ impl Rejection {
             Rejection::BucketNotServed { .. } => "bucket_not_served",
             Rejection::Sign(_) => "unsignable",
             Rejection::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
+            Rejection::Upstream(UpstreamError::CredentialsRefused { .. }) => "upstream_refused_credentials",
             Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
             Rejection::BadBody { .. } => "bad_body",
             Rejection::IncompleteBody => "incomplete_body",
@@ -142,6 +154,9 @@ impl Rejection {
             Rejection::BucketNotServed { .. } => (StatusCode::NOT_FOUND, "NoSuchBucket"),
             Rejection::Sign(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
             Rejection::Upstream(UpstreamError::Unreachable { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+            Rejection::Upstream(UpstreamError::CredentialsRefused { .. }) => {
+                (StatusCode::BAD_GATEWAY, "BadGateway")
+            }
             Rejection::Upstream(UpstreamError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout")
             }

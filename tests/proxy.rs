@@ -416,3 +416,39 @@ async fn a_client_that_hangs_up_before_the_answer_still_leaves_an_audit_record()
     let m = p.metrics().await;
     assert_eq!(metric(&m, "claimgate_upstream_errors_total", &[]), 0.0);
 }
+
+#[tokio::test]
+async fn an_upstream_refusing_our_credentials_is_a_502_that_leaks_nothing_of_the_signature() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .files(&[("upstream.secret", "not-the-right-secret\n")])
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let r = p.client.get(&p.url("/datasets/x"), Some(&t)).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.s3_code(), "BadGateway");
+    assert!(r.text().contains("SignatureDoesNotMatch"));
+    for leak in [
+        "StringToSign",
+        "SignatureProvided",
+        "CanonicalRequest",
+        S3_ACCESS_KEY,
+    ] {
+        assert!(!r.text().contains(leak), "{leak} leaked: {}", r.text());
+    }
+    let audit = p.audit(1).await;
+    assert_eq!(audit[0]["reason"], "upstream_refused_credentials");
+    assert_eq!(audit[0]["upstream_status"], 403);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(&m, "claimgate_upstream_errors_total", &[("kind", "auth")]),
+        1.0
+    );
+    // an ordinary upstream error (no such key) still passes through
+    let ok = proxy(&idp, &s3).start().await;
+    let missing = ok.client.get(&ok.url("/datasets/nope"), Some(&t)).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.s3_code(), "NoSuchKey");
+}
