@@ -16,6 +16,14 @@ allow = [ { actions = ["s3:GetObject"], resources = ["s3://datasets/*"] } ]
 deny = [ { actions = ["s3:*"], resources = ["s3://datasets/pii/*"] } ]
 "#;
 
+fn validate(config: &std::path::Path) -> std::process::Output {
+    claimgate()
+        .args(["validate", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 fn setup(config: &str, policy: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
@@ -42,11 +50,7 @@ credentials = { kind = "static", access_key_id = "AK", secret_access_key = "SK" 
 #[test]
 fn validate_accepts_a_good_config() {
     let dir = setup(CONFIG, POLICY);
-    let out = claimgate()
-        .args(["validate", "--config"])
-        .arg(dir.path().join("claimgate.toml"))
-        .output()
-        .unwrap();
+    let out = validate(&dir.path().join("claimgate.toml"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 role(s)"));
 }
@@ -62,22 +66,14 @@ fn validate_lists_every_problem_with_file_and_line_and_serve_refuses_to_start() 
         &POLICY.replace("s3:GetObject\"]", "s3:GetObject\"], resource = [\"x\"]"),
     );
     let cfg = dir.path().join("claimgate.toml");
-    let out = claimgate()
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = validate(&cfg);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("claimgate.toml:13:"), "{err}");
     assert!(err.contains("regoin"), "{err}");
 
     let good_config_bad_policy = setup(CONFIG, &POLICY.replace("contains", "containz"));
-    let out = claimgate()
-        .args(["validate", "--config"])
-        .arg(good_config_bad_policy.path().join("claimgate.toml"))
-        .output()
-        .unwrap();
+    let out = validate(&good_config_bad_policy.path().join("claimgate.toml"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ml.toml:4:"), "{err}");
@@ -130,11 +126,7 @@ fn the_example_policies_validate_and_explain() {
     );
     let dir = setup(&config, POLICY);
     let cfg = dir.path().join("claimgate.toml");
-    let out = claimgate()
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = validate(&cfg);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let check = |claims: &str, action: &str, resource: &str| {
         claimgate()
