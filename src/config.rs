@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::diag::Problem;
-use crate::policy::PolicySet;
+use crate::policy::{Mode, PolicySet};
 use crate::secret::{self, Secret};
 
 /// Algorithms accepted when an issuer does not list its own.
@@ -102,7 +102,10 @@ struct RawSts {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicies {
-    dir: String,
+    dir: Option<String>,
+    /// `"enforce"` (default) or `"shadow"`: the whole proxy audits decisions without
+    /// enforcing them.
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,14 +480,30 @@ impl Config {
         };
         let revocations = raw.revocations.as_ref().map(|r| c.path(&r.file));
 
-        let policies_dir = c.path(raw.policies.as_ref().map_or("policies", |p| p.dir.as_str()));
+        let policies_dir = c.path(
+            raw.policies
+                .as_ref()
+                .and_then(|p| p.dir.as_deref())
+                .unwrap_or("policies"),
+        );
+        let global_mode = match raw.policies.as_ref().and_then(|p| p.mode.as_ref()) {
+            None => Mode::Enforce,
+            Some(m) => match m.get_ref().as_str() {
+                "enforce" => Mode::Enforce,
+                "shadow" => Mode::Shadow,
+                other => {
+                    c.at(m, format!("unknown mode {other:?} (\"enforce\" or \"shadow\")"));
+                    Mode::Enforce
+                }
+            },
+        };
         let http_routes: Vec<String> = routes
             .iter()
             .filter(|r| r.kind == RouteKind::Http)
             .map(|r| r.name.clone())
             .collect();
         let policies = match PolicySet::load_dir(&policies_dir, &http_routes) {
-            Ok(p) => Some(p),
+            Ok(p) => Some(p.with_global_mode(global_mode)),
             Err(mut problems) => {
                 c.problems.append(&mut problems);
                 None

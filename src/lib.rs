@@ -25,6 +25,7 @@ pub mod body;
 pub mod classify;
 pub mod clock;
 pub mod config;
+pub mod dev;
 pub mod diag;
 pub mod identity;
 pub mod metrics;

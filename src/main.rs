@@ -30,6 +30,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Everything on this machine: proxy + dev OIDC issuer + local S3 store + demo identities.
+    Dev {
+        /// State directory (signing key, data, tokens, audit log); reused across starts.
+        #[arg(long, global = true, default_value = "claimgate-dev")]
+        dir: PathBuf,
+        /// Proxy port; the admin port, dev IdP, S3 store and feature store take the next
+        /// four. 0 picks free ports.
+        #[arg(long, default_value_t = 7070)]
+        port: u16,
+        #[command(subcommand)]
+        command: Option<DevCommand>,
+    },
     /// Check the config and policies; print every problem as file:line: reason.
     Validate {
         /// Config file.
@@ -55,6 +67,22 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Mint a token from the dev issuer (prints it).
+    Token {
+        /// Subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Extra claims: NAME=VALUE, NAME=A,B (a list) or NAME:=JSON. Repeatable.
+        #[arg(long)]
+        claim: Vec<String>,
+        /// Lifetime, e.g. 15m, 12h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
 /// Exit code for a config that cannot run (BSD EX_USAGE, as linkerd uses).
 const EX_CONFIG: u8 = 64;
 
@@ -70,6 +98,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
+        Command::Dev { dir, port, command } => dev(dir, port, command),
         Command::Check {
             config,
             token,
@@ -109,6 +138,9 @@ fn serve(path: PathBuf) -> ExitCode {
             }
         };
         tracing::info!(listen = %server.local_addr(), admin = ?server.admin_addr(), "claimgate serving");
+        if server.proxy().policies.is_global_shadow() {
+            tracing::warn!("[policies] mode = \"shadow\": NOTHING IS ENFORCED; decisions are only audited");
+        }
         server.run(shutdown_signal()).await;
         tracing::info!("claimgate stopped");
         ExitCode::SUCCESS
@@ -134,6 +166,43 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down: draining in-flight requests");
+}
+
+fn dev(dir: PathBuf, port: u16, command: Option<DevCommand>) -> ExitCode {
+    if let Some(DevCommand::Token { sub, claim, ttl }) = command {
+        let ttl = match humantime::parse_duration(&ttl) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("--ttl {ttl:?}: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        return match claimgate::dev::mint_token(&dir, &sub, &claim, ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = claimgate::dev::DevOptions { dir, port };
+    match runtime.block_on(claimgate::dev::run(opts, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("claimgate dev: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn validate(path: PathBuf) -> ExitCode {

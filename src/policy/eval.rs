@@ -138,6 +138,16 @@ impl PolicySet {
     /// `accesses` should never be empty; if it is, the request is refused.
     pub fn decide(&self, id: &Identity, accesses: &[Access]) -> Decision {
         let held = self.held(id);
+        if self.shadow_all {
+            let shadow = match decide_all(&held, Counted::All, accesses, &id.claims) {
+                Ok(rules) => ShadowOutcome::WouldAllow { rules },
+                Err(denial) => ShadowOutcome::WouldDeny(denial),
+            };
+            return Decision {
+                outcome: Ok(Permit { rules: Vec::new() }),
+                shadow: Some(shadow),
+            };
+        }
         let outcome =
             decide_all(&held, Counted::Enforced, accesses, &id.claims).map(|rules| Permit { rules });
         let shadow = held.iter().any(|h| h.role.mode == Mode::Shadow).then(|| {

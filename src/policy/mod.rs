@@ -69,6 +69,9 @@ pub struct PolicySet {
     roles: Vec<Role>,
     /// Role name → index in `roles`, for STS sessions and [`PolicySet::holds`].
     by_name: HashMap<Arc<str>, usize>,
+    /// The whole proxy in shadow mode (`[policies] mode = "shadow"`): nothing is enforced,
+    /// every decision is computed with all roles and audited as `would_allow`/`would_deny`.
+    shadow_all: bool,
 }
 
 /// Whether a role's decisions are enforced or only recorded.
@@ -349,7 +352,24 @@ impl PolicySet {
             .enumerate()
             .map(|(i, r)| (Arc::clone(&r.name), i))
             .collect();
-        PolicySet { roles, by_name }
+        PolicySet {
+            roles,
+            by_name,
+            shadow_all: false,
+        }
+    }
+
+    /// Puts the whole proxy in shadow mode (or back): with [`Mode::Shadow`] nothing is
+    /// enforced and every decision is only audited as `would_allow` / `would_deny` — for
+    /// switching claimgate in front of running jobs before enforcing anything.
+    pub fn with_global_mode(mut self, mode: Mode) -> PolicySet {
+        self.shadow_all = mode == Mode::Shadow;
+        self
+    }
+
+    /// Whether the whole proxy is in shadow mode.
+    pub fn is_global_shadow(&self) -> bool {
+        self.shadow_all
     }
 
     /// How many roles the set defines.

@@ -1,0 +1,258 @@
+//! `claimgate dev`: the whole system on one machine, in one process — the proxy with the
+//! example policies, a dev OIDC issuer, a real S3 store over a local folder (s3s-fs,
+//! verifying SigV4, so re-signing is really checked), a feature-store stand-in, and demo
+//! identities whose tokens are written to `DIR/tokens/`.
+//!
+//! Everything listens on 127.0.0.1 only. A second start reuses DIR: the signing key, the
+//! store's secret, the data and any edited policies are kept; tokens are minted afresh.
+
+pub mod idp;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::server::Server;
+
+/// The example policies `claimgate dev` starts with (copied into DIR/policies on first start).
+const EXAMPLE_POLICIES: &str = include_str!("../../policies/ml-platform.toml");
+
+/// The store's access key id (the secret is random per DIR).
+const STORE_ACCESS_KEY: &str = "claimgate-dev-store";
+/// What the proxy presents to the feature-store stand-in.
+const FEATURES_TOKEN: &str = "dev-feature-store-token";
+
+/// Demo identities, matching the example policies.
+pub fn demo_identities() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (
+            "alice",
+            "an ML engineer (role trainer)",
+            json!({"email": "alice@example.com", "groups": ["ml-engineers"]}),
+        ),
+        (
+            "bob",
+            "an analyst (role analyst)",
+            json!({"email": "bob@example.com", "groups": ["analysts"]}),
+        ),
+        (
+            "ci",
+            "a CI job publishing models (role ci-publisher)",
+            json!({"repository": "acme/ml-models", "ref": "refs/heads/main"}),
+        ),
+        (
+            "pat",
+            "the privacy officer (role privacy-officer)",
+            json!({"email": "pat@example.com", "email_verified": true, "groups": ["privacy"]}),
+        ),
+    ]
+}
+
+/// Where and how `claimgate dev` runs.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// State directory.
+    pub dir: PathBuf,
+    /// Proxy port; admin, IdP, store and feature store take the next four. 0: any free ports.
+    pub port: u16,
+}
+
+fn port(base: u16, offset: u16) -> u16 {
+    if base == 0 { 0 } else { base.saturating_add(offset) }
+}
+
+async fn bind(port: u16, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+        format!("cannot listen on 127.0.0.1:{port} for the {what}: {e} (pick other ports with --port)")
+    })
+}
+
+fn addr(l: &TcpListener) -> Result<SocketAddr, String> {
+    l.local_addr().map_err(|e| e.to_string())
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
+    let dir = prepare_dir(&opts.dir)?;
+    let key = Arc::new(idp::DevKey::load_or_create(&dir)?);
+    let store_secret = store_secret(&dir)?;
+
+    let idp_listener = bind(port(opts.port, 2), "dev identity provider").await?;
+    let s3_listener = bind(port(opts.port, 3), "dev S3 store").await?;
+    let features_listener = bind(port(opts.port, 4), "feature-store stand-in").await?;
+    let issuer = format!("http://{}", addr(&idp_listener)?);
+    idp::save_issuer(&dir, &issuer)?;
+
+    let config_path = dir.join("claimgate.toml");
+    let config_text = config_text(&opts, &issuer, addr(&s3_listener)?, addr(&features_listener)?);
+    std::fs::write(&config_path, config_text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
+
+    let seeded = store::seed(&dir.join("data"))?;
+    tokio::spawn(idp::serve(idp_listener, issuer.clone(), key.clone()));
+    store::serve_s3(s3_listener, &dir.join("data"), STORE_ACCESS_KEY, &store_secret).await?;
+    tokio::spawn(store::serve_features(
+        features_listener,
+        FEATURES_TOKEN.to_string(),
+    ));
+
+    let server = Server::bind(config, Arc::new(SystemClock)).await?;
+    let proxy = format!("http://{}", server.local_addr());
+    let admin = server
+        .admin_addr()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    let now = SystemClock.unix();
+    for (name, _, claims) in demo_identities() {
+        let claims: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+        let token = key.mint(&issuer, name, &claims, 12 * 3600, now);
+        idp::write_private(&dir.join("tokens").join(format!("{name}.jwt")), token.as_bytes())?;
+    }
+    print_welcome(&dir, &proxy, &admin, &issuer, seeded);
+    server.run(shutdown).await;
+    println!("claimgate dev: stopped (state kept in {})", dir.display());
+    Ok(())
+}
+
+fn prepare_dir(dir: &Path) -> Result<PathBuf, String> {
+    for sub in ["", "tokens"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let policies = dir.join("policies");
+    if !policies.exists() {
+        std::fs::create_dir_all(&policies).map_err(|e| format!("{}: {e}", policies.display()))?;
+        let file = policies.join("ml-platform.toml");
+        std::fs::write(&file, EXAMPLE_POLICIES).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(dir)
+}
+
+/// The store's secret: random on first start, then kept, like a real deployment's.
+fn store_secret(dir: &Path) -> Result<String, String> {
+    let path = dir.join("store.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    let mut b = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness".to_string())?;
+    let secret = hex::encode(b);
+    idp::write_private(&path, secret.as_bytes())?;
+    Ok(secret)
+}
+
+fn config_text(opts: &DevOptions, issuer: &str, s3: SocketAddr, features: SocketAddr) -> String {
+    format!(
+        r#"# Written by `claimgate dev` at every start; edit policies/ instead, they are kept.
+[server]
+listen = "127.0.0.1:{proxy}"
+shutdown_grace = "5s"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["{aud}"]
+min_refetch = "1s"
+
+[policies]
+dir = "policies"
+
+[audit]
+path = "audit.log"
+
+[[routes]]
+name = "lake"
+kind = "s3"
+upstream = "http://{s3}"
+region = "us-east-1"
+credentials = {{ kind = "static", access_key_id = "{ak}", secret_access_key = "file:store.secret" }}
+
+[[routes]]
+name = "features"
+kind = "http"
+path_prefix = "/features/"
+upstream = "http://{features}"
+credentials = {{ kind = "bearer", token = "{ft}" }}
+"#,
+        proxy = port(opts.port, 0),
+        admin = port(opts.port, 1),
+        aud = idp::AUDIENCE,
+        ak = STORE_ACCESS_KEY,
+        ft = FEATURES_TOKEN,
+    )
+}
+
+fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: bool) {
+    let d = dir.display();
+    let tok = |n: &str| format!("$(cat {d}/tokens/{n}.jwt)");
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nclaimgate dev is running (Ctrl-C to stop; state in {d}{})\n\n",
+        if seeded { ", demo data seeded" } else { "" }
+    ));
+    out.push_str(&format!("  proxy            {proxy}\n"));
+    out.push_str(&format!(
+        "  metrics          {admin}/metrics   (also /healthz, /readyz)\n"
+    ));
+    out.push_str(&format!("  dev IdP          {issuer}\n"));
+    out.push_str(&format!("  audit log        {d}/audit.log\n"));
+    out.push_str(&format!(
+        "  config, policies {d}/claimgate.toml, {d}/policies/\n\n"
+    ));
+    out.push_str("Demo identities (tokens valid 12 h):\n");
+    for (name, what, _) in demo_identities() {
+        out.push_str(&format!("  {name:<6} {what:<48} {d}/tokens/{name}.jwt\n"));
+    }
+    out.push_str("\nAllowed: alice reads a training shard\n");
+    out.push_str(&format!(
+        "  curl -H \"Authorization: Bearer {}\" {proxy}/datasets/imagenet/train/0001.tar\n",
+        tok("alice")
+    ));
+    out.push_str("Denied: alice reads personal data (403 AccessDenied, and the audit log says why)\n");
+    out.push_str(&format!(
+        "  curl -H \"Authorization: Bearer {}\" {proxy}/datasets/pii/users.csv\n",
+        tok("alice")
+    ));
+    out.push_str("Feature store: alice asks for online features\n");
+    out.push_str(&format!(
+        "  curl -X POST -H \"Authorization: Bearer {}\" {proxy}/features/get-online-features\n",
+        tok("alice")
+    ));
+    out.push_str(&format!("\nWatch decisions:  tail -f {d}/audit.log\n"));
+    out.push_str(&format!(
+        "Mint a token:     claimgate dev token --dir {d} --sub carol --claim groups=analysts\n"
+    ));
+    out.push_str(&format!(
+        "Explain a rule:   claimgate check --config {d}/claimgate.toml --token {d}/tokens/bob.jwt s3:GetObject s3://datasets/pii/users.csv\n"
+    ));
+    out.push_str("AWS CLI / boto3:  arrive with the STS endpoint (AssumeRoleWithWebIdentity); use bearer tokens until then\n");
+    out.push_str("\nclaimgate dev: ready\n");
+    print!("{out}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+/// `claimgate dev token`: mints a token from the dev issuer in `dir`.
+pub fn mint_token(
+    dir: &Path,
+    sub: &str,
+    claims: &[String],
+    ttl: std::time::Duration,
+) -> Result<String, String> {
+    let key = idp::DevKey::load(dir)?;
+    let issuer = idp::saved_issuer(dir)?;
+    let extra = idp::parse_claims(claims)?;
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    Ok(key.mint(&issuer, sub, &extra, ttl, SystemClock.unix()))
+}
