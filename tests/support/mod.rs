@@ -353,6 +353,7 @@ pub struct ProxyBuilder {
     extra_server: String,
     extra: String,
     route_lines: String,
+    policies_lines: String,
     files: Vec<(String, String)>,
     tls: bool,
 }
@@ -366,6 +367,7 @@ pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
         extra_server: String::new(),
         extra: String::new(),
         route_lines: String::new(),
+        policies_lines: String::new(),
         files: Vec::new(),
         tls: false,
     }
@@ -404,6 +406,11 @@ impl ProxyBuilder {
         self.extra = toml.to_string();
         self
     }
+    /// Extra lines inside `[policies]`.
+    pub fn policies_lines(mut self, lines: &str) -> Self {
+        self.policies_lines = lines.to_string();
+        self
+    }
     /// Files written beside the config before it loads.
     pub fn files(mut self, files: &[(&str, &str)]) -> Self {
         self.files = files
@@ -438,8 +445,8 @@ impl ProxyBuilder {
             ));
         }
         s.push_str(&format!(
-            "[policies]\ndir = \"policies\"\n\n[[routes]]\nname = \"lake\"\nkind = \"s3\"\nupstream = \"{}\"\nregion = \"us-east-1\"\ncredentials = {{ kind = \"static\", access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"file:upstream.secret\" }}\n{}\n\n{}",
-            self.upstream, self.route_lines, self.extra
+            "[policies]\ndir = \"policies\"\n{}\n\n[[routes]]\nname = \"lake\"\nkind = \"s3\"\nupstream = \"{}\"\nregion = \"us-east-1\"\ncredentials = {{ kind = \"static\", access_key_id = \"{S3_ACCESS_KEY}\", secret_access_key = \"file:upstream.secret\" }}\n{}\n\n{}",
+            self.policies_lines, self.upstream, self.route_lines, self.extra
         ));
         s
     }
