@@ -139,7 +139,13 @@ impl PolicySet {
                     loader.problems.sort_by_key(|p| p.line);
                     problems.append(&mut loader.problems);
                 }
-                Err(err) => problems.push(Problem::from_toml(path, source, &err)),
+                Err(err) => {
+                    let first = Problem::from_toml(path, source, &err);
+                    let mut more = problems_role_by_role(path, source, known_routes, &mut defined);
+                    more.retain(|p| *p != first);
+                    problems.push(first);
+                    problems.append(&mut more);
+                }
             }
         }
         if problems.is_empty() {
@@ -198,6 +204,57 @@ struct FileLoader<'a> {
     source: &'a str,
     known_routes: &'a [String],
     problems: Vec<Problem>,
+}
+
+/// A file that failed to deserialize, read loosely: only to find where each role is.
+#[derive(Deserialize)]
+struct LooseFile {
+    #[serde(default)]
+    roles: Vec<Spanned<toml::Value>>,
+}
+
+/// After a serde error stopped a file, checks each `[[roles]]` table on its own so one typo
+/// does not hide the other problems of the file. Each table is re-read from a copy of the
+/// file that keeps only that table at its original line, so every problem keeps its line.
+fn problems_role_by_role(
+    path: &Path,
+    source: &str,
+    known_routes: &[String],
+    defined: &mut Defined,
+) -> Vec<Problem> {
+    let Ok(loose) = toml::from_str::<LooseFile>(source) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    // A `[[roles]]` table runs from its header to the next header (top-level keys must come
+    // before the first table, so nothing else can sit in between).
+    let starts: Vec<usize> = loose.roles.iter().map(|r| r.span().start).collect();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(source.len());
+        let span = start..end;
+        let Some(table) = source.get(span.clone()) else {
+            continue;
+        };
+        if !table.trim_start().starts_with("[[roles]]") {
+            continue;
+        }
+        let padded = format!("{}{table}", "\n".repeat(line_of(source, span.start) - 1));
+        match toml::from_str::<FileSpec>(&padded) {
+            Ok(spec) => {
+                let mut loader = FileLoader {
+                    path,
+                    file: Arc::from(path),
+                    source: &padded,
+                    known_routes,
+                    problems: Vec::new(),
+                };
+                loader.roles(spec, defined);
+                problems.append(&mut loader.problems);
+            }
+            Err(err) => problems.push(Problem::from_toml(path, &padded, &err)),
+        }
+    }
+    problems
 }
 
 impl FileLoader<'_> {
@@ -529,6 +586,29 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(problems) => problems.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn a_typo_in_one_role_does_not_hide_the_problems_of_the_others() {
+        let src = "[[roles]]\nname = \"x\"\nmembers = []\n\n[[roles]]\nname = \"y\"\nmembers = [ { claim = \"sub\", equal = \"a\" } ]\n\n[[roles]]\nname = \"z\"\nmembers = [ { claim = \"sub\", equals = \"a\" } ]\nallow = [ { actions = [\"s3:getObject\"], resources = [\"s3://b/*\"] } ]\n";
+        let found = problems(src);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found[0].starts_with("policies/p.toml:7:") && found[0].contains("equal"),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("policies/p.toml:3:") && p.contains("empty `members`")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("policies/p.toml:12:") && p.contains("s3:getObject")),
+            "{found:#?}"
+        );
     }
 
     /// Asserts exactly one problem, on `line`, whose message contains `needle`.
