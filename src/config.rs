@@ -426,8 +426,10 @@ impl Config {
 
     /// Validates config text as if read from `path`.
     pub fn from_source(path: &Path, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(source).map_err(|e| ConfigError {
-            problems: vec![Problem::from_toml(path, source, &e)],
+        let raw: RawConfig = toml::from_str(source).map_err(|e| {
+            let mut problems = vec![Problem::from_toml(path, source, &e)];
+            problems.append(&mut policy_problems_despite(path, source));
+            ConfigError { problems }
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {
@@ -479,6 +481,11 @@ impl Config {
             }
         };
         let revocations = raw.revocations.as_ref().map(|r| c.path(&r.file));
+        if let Some(path) = &revocations
+            && let Err(mut problems) = crate::identity::revocation::Revocations::load(path)
+        {
+            c.problems.append(&mut problems);
+        }
 
         let policies_dir = c.path(
             raw.policies
@@ -531,6 +538,34 @@ impl Config {
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {
         self.routes.iter().find(|r| r.name == name)
     }
+}
+
+/// When the config itself does not deserialize, still check the policies it names (read
+/// loosely), so one typo in the config does not hide every policy problem.
+fn policy_problems_despite(path: &Path, source: &str) -> Vec<Problem> {
+    let Ok(table) = source.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = table
+        .get("policies")
+        .and_then(|p| p.get("dir"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("policies");
+    let http_routes: Vec<String> = table
+        .get("routes")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|r| r.get("kind").and_then(|k| k.as_str()) == Some("http"))
+        .filter_map(|r| r.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .collect();
+    PolicySet::load_dir(&base.join(dir), &http_routes)
+        .err()
+        .unwrap_or_default()
 }
 
 fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConfig {
@@ -656,6 +691,12 @@ fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
             Ok(key) => keys.push(key),
             Err(e) => c.at(k, format!("sealing key: {e}")),
         }
+    }
+    if keys.len() == s.sealing_keys.len()
+        && !keys.is_empty()
+        && let Err(e) = crate::identity::session::Keyring::new(&keys)
+    {
+        c.at(raw, e);
     }
     if s.enabled && s.sealing_keys.is_empty() {
         c.at(raw, "[sts] is enabled but has no `sealing_keys`");

@@ -21,6 +21,9 @@ use crate::body::{BodyStats, OnFinish, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, S3Target};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
+use crate::identity::revocation::Revocations;
+use crate::identity::session::{Keyring, Session};
+use crate::identity::sts::{self, StsError};
 use crate::identity::{AuthError, Authenticator};
 use crate::metrics::Metrics;
 use crate::model::{Identity, Operation};
@@ -40,6 +43,10 @@ pub struct Proxy {
     pub router: Router,
     /// Token validation.
     pub auth: Arc<Authenticator>,
+    /// Seals and opens STS sessions; `None` when STS is off.
+    pub keyring: Option<Arc<Keyring>>,
+    /// The revocation list, when configured.
+    pub revocations: Option<Arc<Revocations>>,
     /// Compiled policies.
     pub policies: Arc<PolicySet>,
     /// Audit writer.
@@ -63,11 +70,27 @@ impl Proxy {
             clock.clone(),
             metrics.clone(),
         )?);
+        let keyring = match &config.sts {
+            Some(sts) if sts.enabled => Some(Arc::new(Keyring::new(&sts.sealing_keys)?)),
+            _ => None,
+        };
+        let revocations = match &config.revocations {
+            Some(path) => Some(Arc::new(Revocations::load(path).map_err(|problems| {
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?)),
+            None => None,
+        };
         Ok(Proxy {
             router: Router::new(&config.routes)?,
             policies: config.policies.clone(),
             config,
             auth,
+            keyring,
+            revocations,
             audit,
             metrics,
             clock,
@@ -129,6 +152,13 @@ async fn run(
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<Response<Reply>, Rejection> {
+    // STS: AssumeRoleWithWebIdentity on the main listener, before any S3 routing
+    if let Some(keyring) = &proxy.keyring
+        && sts::is_sts_request(&parts)
+    {
+        return Ok(assume_role(proxy, keyring, parts, body, ctx).await);
+    }
+
     // route
     let host = request_host(&parts);
     let route = proxy
@@ -148,6 +178,16 @@ async fn run(
         .await
         .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
     ctx.record.identity = Some(audit_identity(&identity, &[]));
+    if let Some(list) = &proxy.revocations
+        && let Some(reason) = list.current().check(&identity, proxy.clock.unix())
+    {
+        proxy.metrics.auth_failure("revoked");
+        ctx.record.detail = Some(format!("revoked: {reason}"));
+        return Err(AuthError::Revoked {
+            reason: reason.to_string(),
+        }
+        .into());
+    }
 
     // classify
     let operation = classify(proxy, &route, &parts)?;
@@ -197,8 +237,12 @@ async fn run(
 
 /// What the upstream answered: streamed, or read whole when we had to look inside.
 enum Reply {
+    /// The upstream's body, streamed.
     Stream(Incoming),
+    /// The upstream's body, read whole.
     Buffered(Bytes),
+    /// An answer claimgate made itself (STS); no upstream was involved.
+    Local(Bytes),
 }
 
 /// S3 error codes that mean the upstream refused *claimgate's* credentials. Their bodies
@@ -260,6 +304,114 @@ async fn screen_upstream_auth_errors(
         .into());
     }
     Ok(Response::from_parts(parts, Reply::Buffered(bytes)))
+}
+
+/// Serves AssumeRoleWithWebIdentity: validate the web identity token as the bearer path
+/// does, check the identity holds the role, and hand out a sealed session. Errors are
+/// answered in STS's own XML; every call is audited.
+async fn assume_role(
+    proxy: &Proxy,
+    keyring: &Keyring,
+    parts: http::request::Parts,
+    body: Incoming,
+    ctx: &mut Ctx,
+) -> Response<Reply> {
+    use http_body_util::{BodyExt, Limited};
+    ctx.record.route = "sts".into();
+    ctx.record.operation = Some("AssumeRoleWithWebIdentity");
+    ctx.record.action = Some("sts:AssumeRoleWithWebIdentity".into());
+    let result = async {
+        let max = proxy.config.server.max_inspected_body;
+        let form = Limited::new(body, max)
+            .collect()
+            .await
+            .map_err(|_| StsError::Validation(format!("the request body is larger than {max} bytes")))?
+            .to_bytes();
+        ctx.bytes_in.bytes.store(form.len() as u64, Ordering::Relaxed);
+        let params: Vec<(String, String)> = url::form_urlencoded::parse(&form)
+            .chain(url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let req = sts::parse(&params)?;
+        ctx.record.resource = Some(req.role_arn.clone());
+        let identity = proxy.auth.authenticate_bearer(&req.token).await.map_err(|e| {
+            proxy.metrics.auth_failure(e.reason());
+            StsError::from(e)
+        })?;
+        ctx.record.identity = Some(audit_identity(&identity, &[]));
+        let now = proxy.clock.unix();
+        if let Some(list) = &proxy.revocations
+            && let Some(reason) = list.current().check(&identity, now)
+        {
+            ctx.record.detail = Some(format!("revoked: {reason}"));
+            return Err(StsError::AccessDenied(format!(
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked"
+            )));
+        }
+        if !proxy.policies.holds(&identity, &req.role) {
+            ctx.record.decision = "deny";
+            let held: Vec<String> = proxy.policies.roles_for(&identity).iter().map(|r| r.name.to_string()).collect();
+            return Err(StsError::AccessDenied(format!(
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: {} does not hold role {} (roles held: [{}])",
+                identity.subject,
+                req.role,
+                held.join(", ")
+            )));
+        }
+        let sts_config = proxy.config.sts.as_ref().ok_or(StsError::Internal)?;
+        let length = sts::session_length(req.duration, sts_config.default_session, sts_config.max_session)?;
+        let (access_key_id, secret_access_key) = crate::identity::session::new_credentials().map_err(|_| StsError::Internal)?;
+        let session = Session {
+            access_key_id: access_key_id.clone(),
+            secret_access_key: secret_access_key.clone(),
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            token_id: identity.token_id.clone(),
+            role: req.role.clone(),
+            session_name: req.session_name.clone(),
+            claims: identity.claims.clone(),
+            issued_at: now,
+            expires_at: now + length.as_secs() as i64,
+        };
+        let token = keyring.seal(&session).map_err(|e| {
+            tracing::error!(error = %e, "cannot seal a session");
+            StsError::Internal
+        })?;
+        let mut audited = audit_identity(&identity, std::slice::from_ref(&req.role));
+        audited.session = Some(access_key_id.clone());
+        ctx.record.identity = Some(audited);
+        ctx.record.decision = "allow";
+        let audience = identity
+            .claim("aud")
+            .and_then(|a| a.as_str().or_else(|| a.as_array()?.first()?.as_str()))
+            .unwrap_or_default()
+            .to_string();
+        Ok(sts::success_xml(&sts::Issued {
+            request: &req,
+            subject: &identity.subject,
+            audience: &audience,
+            provider: &identity.issuer,
+            access_key_id: &access_key_id,
+            secret_access_key: &secret_access_key,
+            session_token: &token,
+            expires_at: session.expires_at,
+            request_id: &ctx.record.request_id,
+        }))
+    }
+    .await;
+    let (status, xml) = match result {
+        Ok(xml) => (http::StatusCode::OK, xml),
+        Err(e) => {
+            ctx.record.reason = Some(e.reason());
+            ctx.record.detail.get_or_insert_with(|| e.to_string());
+            (e.wire().0, e.to_xml(&ctx.record.request_id))
+        }
+    };
+    let mut resp = Response::new(Reply::Local(Bytes::from(xml)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    resp
 }
 
 async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc<Identity>, AuthError> {
@@ -375,7 +527,9 @@ async fn forward(
 
 fn respond_upstream(resp: Response<Reply>, mut ctx: Ctx) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    ctx.record.upstream_status = Some(parts.status.as_u16());
+    if !matches!(body, Reply::Local(_)) {
+        ctx.record.upstream_status = Some(parts.status.as_u16());
+    }
     ctx.record.status = parts.status.as_u16();
     crate::upstream::sign::strip_hop_by_hop(&mut parts.headers);
     if let Some(theirs) = parts.headers.remove("x-amz-request-id") {
@@ -385,7 +539,7 @@ fn respond_upstream(resp: Response<Reply>, mut ctx: Ctx) -> Response<ProxyBody> 
     let finish = on_finish(ctx);
     let body = match body {
         Reply::Stream(b) => ProxyBody::upstream(b, finish),
-        Reply::Buffered(b) => ProxyBody::full(b, Some(finish)),
+        Reply::Buffered(b) | Reply::Local(b) => ProxyBody::full(b, Some(finish)),
     };
     Response::from_parts(parts, body)
 }
@@ -400,7 +554,7 @@ fn respond_rejection(rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody>
     // `decision` stays what authorize said (allow, deny), or `error` when no decision was
     // reached; `reason` says what ended the request.
     ctx.record.reason = Some(rejection.reason());
-    ctx.record.detail = Some(wire.message.clone());
+    ctx.record.detail.get_or_insert_with(|| wire.message.clone());
     let (mut parts, bytes) = resp.into_parts();
     set_request_id(&mut parts.headers, &ctx.record.request_id);
     let finish = on_finish(ctx);

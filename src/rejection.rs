@@ -178,7 +178,7 @@ impl Rejection {
 
 fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
     match e {
-        AuthError::Missing => (StatusCode::FORBIDDEN, "AccessDenied"),
+        AuthError::Missing | AuthError::Revoked { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
         AuthError::UnsupportedScheme { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         AuthError::Expired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
         AuthError::Malformed { .. }

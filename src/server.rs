@@ -121,7 +121,10 @@ impl Server {
             admin,
             tls,
         } = self;
-        let refreshers = proxy.auth.spawn_refresh();
+        let mut refreshers = proxy.auth.spawn_refresh();
+        if let Some(list) = &proxy.revocations {
+            refreshers.push(list.spawn_watch());
+        }
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
         let graceful = GracefulShutdown::new();
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -71,6 +71,8 @@ fn validate_lists_every_problem_with_file_and_line_and_serve_refuses_to_start() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("claimgate.toml:13:"), "{err}");
     assert!(err.contains("regoin"), "{err}");
+    // the config typo does not hide the policy's own problem
+    assert!(err.contains("ml.toml:"), "{err}");
 
     let good_config_bad_policy = setup(CONFIG, &POLICY.replace("contains", "containz"));
     let out = validate(&good_config_bad_policy.path().join("claimgate.toml"));

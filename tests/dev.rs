@@ -228,5 +228,20 @@ async fn a_newcomer_sees_an_allowed_and_a_denied_access_land_in_the_audit_log() 
         .get(&format!("{}/models/ci/resnet.onnx", again.proxy), Some(&ci))
         .await;
     assert_eq!(&kept.body[..], b"onnx");
+    // one `claimgate dev` per directory
+    let second = Command::new(env!("CARGO_BIN_EXE_claimgate"))
+        .args(["dev", "--port", "0", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+    assert_eq!(
+        client
+            .get(&format!("{}/models/ci/resnet.onnx", again.proxy), Some(&ci))
+            .await
+            .status,
+        200
+    );
     assert!(interrupt(again).success());
 }

@@ -75,7 +75,7 @@ fn okta_groups_and_client_ids() {
 #[test]
 fn entra_id_app_roles_group_guids_and_object_ids() {
     let set = load("entra-id.toml");
-    let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let tid = "11111111-2222-3333-4444-555555555555";
     let v2 = format!("https://login.microsoftonline.com/{tid}/v2.0");
     let v1 = format!("https://sts.windows.net/{tid}/");
     assert_eq!(
@@ -159,6 +159,10 @@ fn kubernetes_service_account_tokens() {
         )
         .is_empty()
     );
+    // a `training` namespace on another cluster gets nothing
+    let foreign = json!({"iss": "https://other-cluster", "sub": "system:serviceaccount:training:resnet-trainer",
+        "kubernetes.io": {"namespace": "training", "serviceaccount": {"name": "resnet-trainer"}}});
+    assert!(roles(&set, foreign).is_empty());
 }
 
 #[test]
@@ -177,21 +181,16 @@ fn github_actions_pinned_to_repository_branch_and_workflow() {
 }
 
 #[test]
-fn databricks_workload_identity() {
+fn databricks_service_principals_backed_by_entra_id() {
     let set = load("databricks.toml");
-    let iss = "https://dbc-1234abcd-5678.cloud.databricks.com/oidc";
+    let tid = "11111111-2222-3333-4444-555555555555";
+    let iss = format!("https://login.microsoftonline.com/{tid}/v2.0");
+    let sp = "7b0e3b8e-2c55-4a1d-9b7f-0e2f3a4b5c6d";
     assert_eq!(
-        roles(
-            &set,
-            json!({"iss": iss, "sub": "7b0e3b8e-2c55-4a1d-9b7f-0e2f3a4b5c6d"})
-        ),
+        roles(&set, json!({"iss": iss, "sub": sp, "tid": tid, "oid": sp})),
         ["trainer"]
     );
-    assert!(
-        roles(
-            &set,
-            json!({"iss": iss, "sub": "00000000-0000-0000-0000-000000000000"})
-        )
-        .is_empty()
-    );
+    // the same object id from another tenant's issuer is someone else
+    let other = "https://login.microsoftonline.com/99999999-2222-3333-4444-555555555555/v2.0";
+    assert!(roles(&set, json!({"iss": other, "sub": sp, "tid": tid, "oid": sp})).is_empty());
 }

@@ -79,18 +79,39 @@ fn addr(l: &TcpListener) -> Result<SocketAddr, String> {
 
 /// Runs until `shutdown` resolves.
 pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), String> {
-    let dir = prepare_dir(&opts.dir)?;
-    let key = Arc::new(idp::DevKey::load_or_create(&dir)?);
-    let store_secret = store_secret(&dir)?;
-
+    std::fs::create_dir_all(&opts.dir).map_err(|e| format!("{}: {e}", opts.dir.display()))?;
+    // One `claimgate dev` per directory: a second one would rewrite the issuer and config
+    // under the first. The OS drops the lock when the process ends, however it ends.
+    let lock_path = opts.dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(format!(
+            "another `claimgate dev` is already running with --dir {}",
+            opts.dir.display()
+        ));
+    }
+    // Every port is taken before any state is written, so a clash changes nothing.
+    let proxy_probe = bind(port(opts.port, 0), "proxy").await?;
+    let admin_probe = bind(port(opts.port, 1), "admin port").await?;
     let idp_listener = bind(port(opts.port, 2), "dev identity provider").await?;
     let s3_listener = bind(port(opts.port, 3), "dev S3 store").await?;
     let features_listener = bind(port(opts.port, 4), "feature-store stand-in").await?;
+    let (proxy_port, admin_port) = (addr(&proxy_probe)?.port(), addr(&admin_probe)?.port());
+    drop((proxy_probe, admin_probe));
+
+    let dir = prepare_dir(&opts.dir)?;
+    let key = Arc::new(idp::DevKey::load_or_create(&dir)?);
+    let store_secret = store_secret(&dir)?;
     let issuer = format!("http://{}", addr(&idp_listener)?);
     idp::save_issuer(&dir, &issuer)?;
 
     let config_path = dir.join("claimgate.toml");
-    let config_text = config_text(&opts, &issuer, addr(&s3_listener)?, addr(&features_listener)?);
+    let config_text = config_text(
+        (proxy_port, admin_port),
+        &issuer,
+        addr(&s3_listener)?,
+        addr(&features_listener)?,
+    );
     std::fs::write(&config_path, config_text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
 
@@ -150,7 +171,7 @@ fn store_secret(dir: &Path) -> Result<String, String> {
     Ok(secret)
 }
 
-fn config_text(opts: &DevOptions, issuer: &str, s3: SocketAddr, features: SocketAddr) -> String {
+fn config_text(ports: (u16, u16), issuer: &str, s3: SocketAddr, features: SocketAddr) -> String {
     format!(
         r#"# Written by `claimgate dev` at every start; edit policies/ instead, they are kept.
 [server]
@@ -185,17 +206,34 @@ path_prefix = "/features/"
 upstream = "http://{features}"
 credentials = {{ kind = "bearer", token = "{ft}" }}
 "#,
-        proxy = port(opts.port, 0),
-        admin = port(opts.port, 1),
+        proxy = ports.0,
+        admin = ports.1,
         aud = idp::AUDIENCE,
         ak = STORE_ACCESS_KEY,
         ft = FEATURES_TOKEN,
     )
 }
 
+/// Quotes a path for pasting into a POSIX shell.
+fn sh(path: &Path) -> String {
+    let s = path.display().to_string();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: bool) {
     let d = dir.display();
-    let tok = |n: &str| format!("$(cat {d}/tokens/{n}.jwt)");
+    let tok = |n: &str| format!("$(cat {})", sh(&dir.join("tokens").join(format!("{n}.jwt"))));
+    // The binary as it was started, so the lines paste even when it is not on PATH.
+    let exe = std::env::current_exe()
+        .map(|p| sh(&p))
+        .unwrap_or_else(|_| "claimgate".into());
+    let q = sh(dir);
     let mut out = String::new();
     out.push_str(&format!(
         "\nclaimgate dev is running (Ctrl-C to stop; state in {d}{})\n\n",
@@ -208,7 +246,7 @@ fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: boo
     out.push_str(&format!("  dev IdP          {issuer}\n"));
     out.push_str(&format!("  audit log        {d}/audit.log\n"));
     out.push_str(&format!(
-        "  config, policies {d}/claimgate.toml, {d}/policies/\n\n"
+        "  config, policies {d}/claimgate.toml, {d}/policies/ (yours to edit; restart to apply)\n\n"
     ));
     out.push_str("Demo identities (tokens valid 12 h):\n");
     for (name, what, _) in demo_identities() {
@@ -229,12 +267,17 @@ fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: boo
         "  curl -X POST -H \"Authorization: Bearer {}\" {proxy}/features/get-online-features\n",
         tok("alice")
     ));
-    out.push_str(&format!("\nWatch decisions:  tail -f {d}/audit.log\n"));
     out.push_str(&format!(
-        "Mint a token:     claimgate dev token --dir {d} --sub carol --claim groups=analysts\n"
+        "\nWatch decisions:  tail -f {}\n",
+        sh(&dir.join("audit.log"))
     ));
     out.push_str(&format!(
-        "Explain a rule:   claimgate check --config {d}/claimgate.toml --token {d}/tokens/bob.jwt s3:GetObject s3://datasets/pii/users.csv\n"
+        "Mint a token:     {exe} dev token --dir {q} --sub carol --claim groups=analysts\n"
+    ));
+    out.push_str(&format!(
+        "Explain a rule:   {exe} check --config {} --token {} s3:GetObject s3://datasets/pii/users.csv\n",
+        sh(&dir.join("claimgate.toml")),
+        sh(&dir.join("tokens/bob.jwt"))
     ));
     out.push_str("AWS CLI / boto3:  arrive with the STS endpoint (AssumeRoleWithWebIdentity); use bearer tokens until then\n");
     out.push_str("\nclaimgate dev: ready\n");

@@ -7,6 +7,9 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod revocation;
+pub mod session;
+pub mod sts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +91,12 @@ pub enum AuthError {
         /// What we accept.
         expected: Vec<String>,
     },
+    /// On the revocation list. The reason goes to the audit record, not to the caller.
+    #[error("access revoked for this identity; ask your platform team")]
+    Revoked {
+        /// Why, from the revocation list.
+        reason: String,
+    },
     /// We have no keys for the issuer and cannot fetch any: our problem, not the caller's.
     #[error("identity provider keys for {issuer:?} are unavailable; try again shortly")]
     KeysUnavailable {
@@ -111,6 +120,7 @@ impl AuthError {
             AuthError::NotYetValid { .. } => "not_yet_valid",
             AuthError::WrongAudience { .. } => "wrong_audience",
             AuthError::KeysUnavailable { .. } => "keys_unavailable",
+            AuthError::Revoked { .. } => "revoked",
         }
     }
 }

@@ -194,8 +194,9 @@ pub struct Denial {
 
 impl Denial {
     /// The message for the caller. Terse (`Access Denied`, as S3 says it) unless `verbose`,
-    /// which names the action, resource, roles and rule — useful in development, but it tells
-    /// a caller about the policy, so production keeps it off.
+    /// which names the action, resource, roles and rule, so an ML engineer can fix the request
+    /// or ask for the right role. Verbose is the default; `server.verbose_denials = false`
+    /// makes it terse for deployments that do not want callers to learn about the policy.
     pub fn message(&self, verbose: bool) -> String {
         if !verbose {
             return "Access Denied".to_string();
