@@ -344,9 +344,9 @@ async fn assume_role(
             && let Some(reason) = list.current().check(&identity, now)
         {
             ctx.record.detail = Some(format!("revoked: {reason}"));
-            return Err(StsError::AccessDenied(format!(
-                "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked"
-            )));
+            return Err(StsError::AccessDenied(
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked".into(),
+            ));
         }
         if !proxy.policies.holds(&identity, &req.role) {
             ctx.record.decision = "deny";
