@@ -39,6 +39,12 @@ enum Command {
         /// four. 0 picks free ports.
         #[arg(long, default_value_t = 7070)]
         port: u16,
+        /// Serve the proxy over HTTPS with a loopback certificate (trust DIR/tls/cert.pem).
+        #[arg(long)]
+        tls: bool,
+        /// Default STS session length.
+        #[arg(long, default_value = "1h")]
+        session: String,
         #[command(subcommand)]
         command: Option<DevCommand>,
     },
@@ -98,7 +104,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
-        Command::Dev { dir, port, command } => dev(dir, port, command),
+        Command::Dev {
+            dir,
+            port,
+            tls,
+            session,
+            command,
+        } => dev(dir, port, tls, &session, command),
         Command::Check {
             config,
             token,
@@ -168,7 +180,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
-fn dev(dir: PathBuf, port: u16, command: Option<DevCommand>) -> ExitCode {
+fn dev(dir: PathBuf, port: u16, tls: bool, session: &str, command: Option<DevCommand>) -> ExitCode {
     if let Some(DevCommand::Token { sub, claim, ttl }) = command {
         let ttl = match humantime::parse_duration(&ttl) {
             Ok(t) => t,
@@ -195,7 +207,19 @@ fn dev(dir: PathBuf, port: u16, command: Option<DevCommand>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = claimgate::dev::DevOptions { dir, port };
+    let session = match humantime::parse_duration(session) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("--session {session:?}: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let opts = claimgate::dev::DevOptions {
+        dir,
+        port,
+        tls,
+        session,
+    };
     match runtime.block_on(claimgate::dev::run(opts, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -23,10 +23,11 @@ use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
 use crate::identity::revocation::Revocations;
 use crate::identity::session::{Keyring, Session};
+use crate::identity::sigv4;
 use crate::identity::sts::{self, StsError};
 use crate::identity::{AuthError, Authenticator};
 use crate::metrics::Metrics;
-use crate::model::{Identity, Operation};
+use crate::model::{AuthMethod, Identity, Operation};
 use crate::policy::{Decision, PolicySet, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
 use crate::upstream::sign::sign_upstream_for;
@@ -414,11 +415,16 @@ async fn assume_role(
     resp
 }
 
+/// Who is calling: a SigV4 signature made with a claimgate STS session (AWS SDKs), or an
+/// OIDC bearer token (everything that can set a header).
 async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc<Identity>, AuthError> {
+    if let Some(claim) = sigv4::parse(parts)? {
+        return authenticate_session(proxy, parts, &claim).map(Arc::new);
+    }
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        if parts.uri.query().is_some_and(|q| q.contains("X-Amz-Signature=")) {
+        if parts.uri.query().is_some_and(|q| q.contains("AWSAccessKeyId=")) {
             return Err(AuthError::UnsupportedScheme {
-                scheme: "presigned SigV4 URL".into(),
+                scheme: "SigV2 presigned URL (create it with signature_version='s3v4')".into(),
             });
         }
         return Err(AuthError::Missing);
@@ -439,6 +445,44 @@ async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc
         });
     }
     proxy.auth.authenticate_bearer(token).await
+}
+
+/// Opens the sealed session named by the request, checks it belongs to the signing access
+/// key and is still live, then verifies the signature with the session's secret.
+fn authenticate_session(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+    claim: &sigv4::SigV4Claim,
+) -> Result<Identity, AuthError> {
+    let keyring = proxy.keyring.as_ref().ok_or(AuthError::UnknownAccessKey)?;
+    let token = claim
+        .session_token
+        .as_deref()
+        .ok_or(AuthError::UnknownAccessKey)?;
+    let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
+        reason: e.to_string(),
+    })?;
+    if session.access_key_id != claim.access_key_id {
+        return Err(AuthError::SessionInvalid {
+            reason: "it was issued with another access key id".into(),
+        });
+    }
+    let now = proxy.clock.unix();
+    if now >= session.expires_at {
+        return Err(AuthError::SessionExpired {
+            ago: now - session.expires_at,
+        });
+    }
+    sigv4::verify(claim, parts, &session.secret_access_key, now)?;
+    Ok(Identity {
+        issuer: session.issuer,
+        subject: session.subject,
+        claims: session.claims,
+        method: AuthMethod::Session,
+        token_id: session.token_id,
+        session_role: Some(session.role),
+        session_id: Some(session.access_key_id),
+    })
 }
 
 fn classify(proxy: &Proxy, route: &Route, parts: &http::request::Parts) -> Result<Operation, Rejection> {

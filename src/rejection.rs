@@ -189,6 +189,10 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
         | AuthError::NotYetValid { .. }
         | AuthError::WrongAudience { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
         AuthError::KeysUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "IdentityProviderUnavailable"),
+        AuthError::SigV4(e) => (e.status(), e.s3_code()),
+        AuthError::UnknownAccessKey => (StatusCode::FORBIDDEN, "InvalidAccessKeyId"),
+        AuthError::SessionInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
+        AuthError::SessionExpired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
     }
 }
 

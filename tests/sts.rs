@@ -4,43 +4,7 @@
 
 mod support;
 
-use bytes::Bytes;
 use support::*;
-
-pub const STS: &str = "[sts]\nenabled = true\nsealing_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\ndefault_session = \"1h\"\nmax_session = \"2h\"\n";
-
-fn form(pairs: &[(&str, &str)]) -> Bytes {
-    let mut s = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    Bytes::from(s.finish())
-}
-
-async fn assume(p: &TestProxy, token: &str, role_arn: &str, extra: &[(&str, &str)]) -> Resp {
-    let mut pairs = vec![
-        ("Action", "AssumeRoleWithWebIdentity"),
-        ("Version", "2011-06-15"),
-        ("RoleArn", role_arn),
-        ("RoleSessionName", "test-session"),
-        ("WebIdentityToken", token),
-    ];
-    pairs.extend_from_slice(extra);
-    let req = http::Request::post(p.url("/"))
-        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
-        .body(full(form(&pairs)))
-        .unwrap();
-    p.client.send(req).await
-}
-
-fn element<'a>(xml: &'a str, name: &str) -> &'a str {
-    xml.split(&format!("<{name}>"))
-        .nth(1)
-        .and_then(|r| r.split(&format!("</{name}>")).next())
-        .unwrap_or_else(|| panic!("no <{name}> in {xml}"))
-}
-
-const TRAINER: &str = "arn:aws:iam::000000000000:role/trainer";
 
 #[tokio::test]
 async fn a_member_of_the_role_gets_aws_shaped_credentials() {

@@ -61,6 +61,11 @@ pub struct DevOptions {
     pub dir: PathBuf,
     /// Proxy port; admin, IdP, store and feature store take the next four. 0: any free ports.
     pub port: u16,
+    /// Serve the proxy over TLS with a loopback certificate made for it (`DIR/tls/`).
+    pub tls: bool,
+    /// Default STS session length (AWS SDKs refresh 15 minutes before expiry, so a short one
+    /// makes refreshes observable).
+    pub session: std::time::Duration,
 }
 
 fn port(base: u16, offset: u16) -> u16 {
@@ -102,6 +107,12 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
     let dir = prepare_dir(&opts.dir)?;
     let key = Arc::new(idp::DevKey::load_or_create(&dir)?);
     let store_secret = store_secret(&dir)?;
+    sealing_key(&dir)?;
+    let tls = if opts.tls {
+        Some(loopback_certificate(&dir)?)
+    } else {
+        None
+    };
     let issuer = format!("http://{}", addr(&idp_listener)?);
     idp::save_issuer(&dir, &issuer)?;
 
@@ -111,6 +122,8 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
         &issuer,
         addr(&s3_listener)?,
         addr(&features_listener)?,
+        tls.is_some(),
+        opts.session,
     );
     std::fs::write(&config_path, config_text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let config = Arc::new(Config::load(&config_path).map_err(|e| e.to_string())?);
@@ -124,7 +137,8 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
     ));
 
     let server = Server::bind(config, Arc::new(SystemClock)).await?;
-    let proxy = format!("http://{}", server.local_addr());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let proxy = format!("{scheme}://localhost:{}", server.local_addr().port());
     let admin = server
         .admin_addr()
         .map(|a| format!("http://{a}"))
@@ -135,7 +149,7 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
         let token = key.mint(&issuer, name, &claims, 12 * 3600, now);
         idp::write_private(&dir.join("tokens").join(format!("{name}.jwt")), token.as_bytes())?;
     }
-    print_welcome(&dir, &proxy, &admin, &issuer, seeded);
+    print_welcome(&dir, &proxy, &admin, &issuer, seeded, tls.as_deref());
     server.run(shutdown).await;
     println!("claimgate dev: stopped (state kept in {})", dir.display());
     Ok(())
@@ -158,6 +172,38 @@ fn prepare_dir(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The STS sealing key: 32 random bytes, base64, made on first start and kept (sessions
+/// issued before a restart stay valid).
+fn sealing_key(dir: &Path) -> Result<(), String> {
+    use base64::Engine;
+    let path = dir.join("sealing.key");
+    if path.exists() {
+        return Ok(());
+    }
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| "no randomness".to_string())?;
+    idp::write_private(
+        &path,
+        base64::engine::general_purpose::STANDARD.encode(b).as_bytes(),
+    )
+}
+
+/// A self-signed certificate for localhost / 127.0.0.1 (`DIR/tls/cert.pem`, also the CA
+/// bundle clients trust). Made on first `--tls` start and kept.
+fn loopback_certificate(dir: &Path) -> Result<PathBuf, String> {
+    let tls = dir.join("tls");
+    let cert = tls.join("cert.pem");
+    if cert.exists() && tls.join("key.pem").exists() {
+        return Ok(cert);
+    }
+    std::fs::create_dir_all(&tls).map_err(|e| format!("{}: {e}", tls.display()))?;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .map_err(|e| format!("cannot make a loopback certificate: {e}"))?;
+    idp::write_private(&tls.join("key.pem"), made.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, made.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(cert)
+}
+
 /// The store's secret: random on first start, then kept, like a real deployment's.
 fn store_secret(dir: &Path) -> Result<String, String> {
     let path = dir.join("store.secret");
@@ -171,12 +217,25 @@ fn store_secret(dir: &Path) -> Result<String, String> {
     Ok(secret)
 }
 
-fn config_text(ports: (u16, u16), issuer: &str, s3: SocketAddr, features: SocketAddr) -> String {
+fn config_text(
+    ports: (u16, u16),
+    issuer: &str,
+    s3: SocketAddr,
+    features: SocketAddr,
+    tls: bool,
+    session: std::time::Duration,
+) -> String {
+    let tls = if tls {
+        "tls = { cert = \"tls/cert.pem\", key = \"tls/key.pem\" }\n"
+    } else {
+        ""
+    };
+    let session = humantime::format_duration(session);
     format!(
         r#"# Written by `claimgate dev` at every start; edit policies/ instead, they are kept.
 [server]
 listen = "127.0.0.1:{proxy}"
-shutdown_grace = "5s"
+{tls}shutdown_grace = "5s"
 
 [admin]
 listen = "127.0.0.1:{admin}"
@@ -185,6 +244,12 @@ listen = "127.0.0.1:{admin}"
 issuer = "{issuer}"
 audiences = ["{aud}"]
 min_refetch = "1s"
+
+[sts]
+enabled = true
+sealing_keys = ["file:sealing.key"]
+default_session = "{session}"
+max_session = "12h"
 
 [policies]
 dir = "policies"
@@ -226,7 +291,7 @@ fn sh(path: &Path) -> String {
     }
 }
 
-fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: bool) {
+fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: bool, ca: Option<&Path>) {
     let d = dir.display();
     let tok = |n: &str| format!("$(cat {})", sh(&dir.join("tokens").join(format!("{n}.jwt"))));
     // The binary as it was started, so the lines paste even when it is not on PATH.
@@ -279,7 +344,17 @@ fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: boo
         sh(&dir.join("claimgate.toml")),
         sh(&dir.join("tokens/bob.jwt"))
     ));
-    out.push_str("AWS CLI / boto3:  arrive with the STS endpoint (AssumeRoleWithWebIdentity); use bearer tokens until then\n");
+    out.push_str(
+        "\nAWS CLI / boto3 / s3fs as alice, with nothing but these variables (the SDK trades the token\n",
+    );
+    out.push_str("for short-lived credentials at claimgate's STS and refreshes them by itself):\n");
+    let ca_line = ca
+        .map(|c| format!("  export AWS_CA_BUNDLE={}\n", sh(c)))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "  export AWS_WEB_IDENTITY_TOKEN_FILE={}\n  export AWS_ROLE_ARN=arn:aws:iam::000000000000:role/trainer\n  export AWS_ENDPOINT_URL_STS={proxy}\n  export AWS_ENDPOINT_URL_S3={proxy}\n  export AWS_DEFAULT_REGION=us-east-1\n{ca_line}  aws s3 ls s3://datasets/imagenet/train/\n",
+        sh(&dir.join("tokens/alice.jwt"))
+    ));
     out.push_str("\nclaimgate dev: ready\n");
     print!("{out}");
     use std::io::Write;

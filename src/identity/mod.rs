@@ -9,6 +9,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod revocation;
 pub mod session;
+pub mod sigv4;
 pub mod sts;
 
 use std::sync::Arc;
@@ -91,6 +92,26 @@ pub enum AuthError {
         /// What we accept.
         expected: Vec<String>,
     },
+    /// A SigV4-signed request that does not verify (bad signature, skew, expired URL, …).
+    #[error(transparent)]
+    SigV4(#[from] sigv4::SigV4Error),
+    /// SigV4 with an access key id that is not a live claimgate session.
+    #[error(
+        "The AWS Access Key Id you provided does not exist in our records: claimgate accepts only credentials from its STS (AssumeRoleWithWebIdentity)"
+    )]
+    UnknownAccessKey,
+    /// The session token cannot be opened, or belongs to another access key id.
+    #[error("the session token is invalid: {reason}")]
+    SessionInvalid {
+        /// Why.
+        reason: String,
+    },
+    /// The STS session has expired; SDKs refresh by themselves.
+    #[error("The provided token has expired: the STS session ended {ago} s ago; assume the role again")]
+    SessionExpired {
+        /// Seconds since the session's end.
+        ago: i64,
+    },
     /// On the revocation list. The reason goes to the audit record, not to the caller.
     #[error("access revoked for this identity; ask your platform team")]
     Revoked {
@@ -121,6 +142,10 @@ impl AuthError {
             AuthError::WrongAudience { .. } => "wrong_audience",
             AuthError::KeysUnavailable { .. } => "keys_unavailable",
             AuthError::Revoked { .. } => "revoked",
+            AuthError::SigV4(e) => e.reason(),
+            AuthError::UnknownAccessKey => "unknown_access_key",
+            AuthError::SessionInvalid { .. } => "invalid_session_token",
+            AuthError::SessionExpired { .. } => "session_expired",
         }
     }
 }

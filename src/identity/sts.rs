@@ -98,6 +98,10 @@ impl From<AuthError> for StsError {
             }
             AuthError::KeysUnavailable { .. } => StsError::IdpCommunication(msg),
             AuthError::Revoked { .. } => StsError::AccessDenied(msg),
+            AuthError::SigV4(_)
+            | AuthError::UnknownAccessKey
+            | AuthError::SessionInvalid { .. }
+            | AuthError::SessionExpired { .. } => StsError::InvalidIdentityToken(msg),
             _ => StsError::InvalidIdentityToken(msg),
         }
     }

@@ -754,3 +754,61 @@ impl TestHttp {
         self.seen.lock().unwrap().clone()
     }
 }
+
+// ------------------------------------------------------------------------------------
+// STS
+// ------------------------------------------------------------------------------------
+
+pub const TRAINER: &str = "arn:aws:iam::000000000000:role/trainer";
+
+pub const STS: &str = "[sts]\nenabled = true\nsealing_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\ndefault_session = \"1h\"\nmax_session = \"2h\"\n";
+
+pub fn form(pairs: &[(&str, &str)]) -> Bytes {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    Bytes::from(s.finish())
+}
+
+pub async fn assume(p: &TestProxy, token: &str, role_arn: &str, extra: &[(&str, &str)]) -> Resp {
+    let mut pairs = vec![
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", role_arn),
+        ("RoleSessionName", "test-session"),
+        ("WebIdentityToken", token),
+    ];
+    pairs.extend_from_slice(extra);
+    let req = http::Request::post(p.url("/"))
+        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .body(full(form(&pairs)))
+        .unwrap();
+    p.client.send(req).await
+}
+
+pub fn element<'a>(xml: &'a str, name: &str) -> &'a str {
+    xml.split(&format!("<{name}>"))
+        .nth(1)
+        .and_then(|r| r.split(&format!("</{name}>")).next())
+        .unwrap_or_else(|| panic!("no <{name}> in {xml}"))
+}
+
+/// Credentials from a successful AssumeRoleWithWebIdentity.
+#[derive(Clone, Debug)]
+pub struct SessionCreds {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+pub async fn session(p: &TestProxy, token: &str) -> SessionCreds {
+    let r = assume(p, token, TRAINER, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let xml = r.text();
+    SessionCreds {
+        access_key_id: element(&xml, "AccessKeyId").to_string(),
+        secret_access_key: element(&xml, "SecretAccessKey").to_string(),
+        session_token: element(&xml, "SessionToken").to_string(),
+    }
+}

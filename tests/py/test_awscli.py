@@ -1,0 +1,58 @@
+"""The AWS CLI (v1, from PyPI) with only the web-identity environment variables."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import pathlib
+
+AWS = str(pathlib.Path(sys.executable).parent / "aws")
+
+
+def aws(dev, *args, check=True):
+    return subprocess.run([AWS, *args], env=dev.env(), capture_output=True, text=True, check=check)
+
+
+def test_cp_of_20_mib_up_and_down_ls_and_rm(dev, tmp_path):
+    data = os.urandom(1 << 20) * 20
+    src = tmp_path / "shard.bin"
+    src.write_bytes(data)
+    aws(dev, "s3", "cp", str(src), "s3://checkpoints/alice/cli/shard.bin")
+    dst = tmp_path / "back.bin"
+    aws(dev, "s3", "cp", "s3://checkpoints/alice/cli/shard.bin", str(dst))
+    assert hashlib.sha256(dst.read_bytes()).digest() == hashlib.sha256(data).digest()
+    listing = aws(dev, "s3", "ls", "s3://checkpoints/alice/cli/").stdout
+    assert "shard.bin" in listing and str(len(data)) in listing
+    parts = [r for r in dev.audit() if r.get("operation") == "UploadPart"]
+    assert len(parts) >= 3, "a 20 MiB copy uploads in 8 MiB parts"
+    aws(dev, "s3", "rm", "s3://checkpoints/alice/cli/shard.bin")
+    assert "shard.bin" not in aws(dev, "s3", "ls", "s3://checkpoints/alice/cli/", check=False).stdout
+
+
+def test_denied_copy_fails_with_access_denied(dev, tmp_path):
+    r = aws(dev, "s3", "cp", "s3://datasets/pii/users.csv", str(tmp_path / "x"), check=False)
+    assert r.returncode != 0
+    assert "403" in r.stderr or "AccessDenied" in r.stderr or "Forbidden" in r.stderr
+
+
+def test_sts_assume_role_with_web_identity(dev):
+    token = pathlib.Path(dev.token_file()).read_text()
+    out = aws(
+        dev,
+        "sts",
+        "assume-role-with-web-identity",
+        "--role-arn",
+        "arn:aws:iam::000000000000:role/trainer",
+        "--role-session-name",
+        "cli-session",
+        "--web-identity-token",
+        token,
+        "--output",
+        "json",
+    ).stdout
+    import json
+
+    doc = json.loads(out)
+    assert doc["Credentials"]["AccessKeyId"].startswith("ASIA")
+    assert doc["SubjectFromWebIdentityToken"] == "alice"
+    assert doc["AssumedRoleUser"]["Arn"].endswith(":assumed-role/trainer/cli-session")

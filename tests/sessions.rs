@@ -1,0 +1,268 @@
+//! SigV4 requests signed with claimgate-issued STS credentials (signed here by the aws-sigv4
+//! crate, as AWS SDKs sign), and every way of tampering with them refused before the upstream.
+
+#![allow(clippy::unwrap_used)] // a broken fixture should fail the test loudly
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignatureLocation};
+use bytes::Bytes;
+use claimgate::upstream::sign::{s3_settings, sign_v4};
+use support::*;
+
+const STS_ON: &str =
+    "[sts]\nenabled = true\nsealing_keys = [\"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"]\n";
+
+struct Sign<'a> {
+    creds: &'a SessionCreds,
+    secret: Option<&'a str>,
+    access_key: Option<&'a str>,
+    token: Option<&'a str>,
+    at: SystemTime,
+}
+
+impl<'a> Sign<'a> {
+    fn new(creds: &'a SessionCreds) -> Self {
+        Sign {
+            creds,
+            secret: None,
+            access_key: None,
+            token: None,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// A request to the proxy signed as an SDK would sign it.
+    fn request(&self, p: &TestProxy, method: &str, path: &str, body: &[u8]) -> http::Request<Body> {
+        let (mut parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(p.url(path))
+            .header("host", format!("localhost:{}", p.addr.port()))
+            .body(())
+            .unwrap()
+            .into_parts();
+        let creds = Credentials::new(
+            self.access_key.unwrap_or(&self.creds.access_key_id),
+            self.secret.unwrap_or(&self.creds.secret_access_key),
+            Some(self.token.unwrap_or(&self.creds.session_token).to_string()),
+            None,
+            "test",
+        );
+        let payload = SignableBody::Bytes(body);
+        sign_v4(
+            &mut parts,
+            &creds,
+            "us-east-1",
+            "s3",
+            payload,
+            self.at,
+            s3_settings(),
+            |_| true,
+        )
+        .unwrap();
+        http::Request::from_parts(parts, full(Bytes::copy_from_slice(body)))
+    }
+}
+
+async fn setup() -> (TestIdp, TestS3, TestProxy, SessionCreds) {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    std::fs::create_dir_all(s3.path("datasets", "imagenet")).unwrap();
+    std::fs::write(s3.path("datasets", "imagenet/0001.tar"), b"tensor").unwrap();
+    let p = proxy(&idp, &s3).extra(STS_ON).start().await;
+    let creds = session(&p, &idp.token("alice", &["ml-engineers"])).await;
+    (idp, s3, p, creds)
+}
+
+#[tokio::test]
+async fn sdk_signed_requests_with_session_credentials_are_verified_and_re_signed() {
+    let (_idp, s3, p, creds) = setup().await;
+    let get = p
+        .client
+        .send(Sign::new(&creds).request(&p, "GET", "/datasets/imagenet/0001.tar", b""))
+        .await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert_eq!(&get.body[..], b"tensor");
+    let put = p
+        .client
+        .send(Sign::new(&creds).request(&p, "PUT", "/datasets/new.bin", b"data"))
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(std::fs::read(s3.path("datasets", "new.bin")).unwrap(), b"data");
+    let denied = p
+        .client
+        .send(Sign::new(&creds).request(&p, "GET", "/datasets/pii/x", b""))
+        .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.s3_code(), "AccessDenied");
+
+    let audit = p.audit(4).await;
+    let r = &audit[1];
+    assert_eq!(r["identity"]["auth_method"], "sts_session");
+    assert_eq!(r["identity"]["session"], creds.access_key_id.as_str());
+    assert_eq!(r["identity"]["sub"], "alice");
+    assert_eq!(r["identity"]["roles"], serde_json::json!(["trainer"]));
+    let raw = p.audit_raw();
+    assert!(!raw.contains(&creds.secret_access_key) && !raw.contains(&creds.session_token));
+}
+
+#[tokio::test]
+async fn tampered_credentials_are_refused_before_the_upstream() {
+    let (idp, s3, p, creds) = setup().await;
+    let other = session(&p, &idp.token("bob", &["ml-engineers"])).await;
+    let mut bad_token = creds.session_token.clone().into_bytes();
+    let mid = bad_token.len() / 2;
+    bad_token[mid] = if bad_token[mid] == b'A' { b'B' } else { b'A' };
+    let bad_token = String::from_utf8(bad_token).unwrap();
+    let path = "/datasets/imagenet/0001.tar";
+    let before = s3.requests();
+
+    let cases: Vec<(&str, http::Request<Body>, u16, &str)> = vec![
+        (
+            "modified session token",
+            Sign {
+                token: Some(&bad_token),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+            400,
+            "InvalidToken",
+        ),
+        (
+            "swapped access key id",
+            Sign {
+                access_key: Some(&other.access_key_id),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+            400,
+            "InvalidToken",
+        ),
+        (
+            "secret from another session",
+            Sign {
+                secret: Some(&other.secret_access_key),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+            403,
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "replayed outside the skew window",
+            Sign {
+                at: SystemTime::now() - Duration::from_secs(20 * 60),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+            403,
+            "RequestTimeTooSkewed",
+        ),
+        (
+            "a token that is not claimgate's",
+            Sign {
+                token: Some("FwoGZXIvYXdzEJr//////////wEaDOTHERTOKEN"),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+            400,
+            "InvalidToken",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let r = p.client.send(req).await;
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        assert_eq!(r.s3_code(), code, "{what}");
+    }
+    // a body swapped under a signed hash: the upstream checks the hash we pass on
+    let mut req = Sign::new(&creds).request(&p, "PUT", "/datasets/swap.bin", b"original");
+    *req.body_mut() = full(Bytes::from_static(b"tampered"));
+    let r = p.client.send(req).await;
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(!s3.path("datasets", "swap.bin").exists());
+
+    assert_eq!(
+        s3.requests() - before,
+        1,
+        "only the body-swap reached the upstream (which refused it)"
+    );
+    let audit = p.audit(6).await;
+    assert!(
+        audit
+            .iter()
+            .skip(2)
+            .take(5)
+            .all(|r| r["upstream_status"].is_null())
+    );
+}
+
+#[tokio::test]
+async fn presigned_urls_work_until_they_expire() {
+    let (_idp, s3, p, creds) = setup().await;
+    let presign = |at: SystemTime, secs: u64| {
+        let (parts, ()) = http::Request::get(p.url("/datasets/imagenet/0001.tar"))
+            .header("host", format!("localhost:{}", p.addr.port()))
+            .body(())
+            .unwrap()
+            .into_parts();
+        let c = Credentials::new(
+            &creds.access_key_id,
+            &creds.secret_access_key,
+            Some(creds.session_token.clone()),
+            None,
+            "t",
+        );
+        let mut settings = s3_settings();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(Duration::from_secs(secs));
+        settings.payload_checksum_kind = aws_sigv4::http_request::PayloadChecksumKind::NoHeader;
+        presign_url(&parts, &c, at, settings)
+    };
+    let fresh = presign(SystemTime::now(), 300);
+    let r = p.client.get(&fresh, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(&r.body[..], b"tensor");
+    let before = s3.requests();
+    let stale = presign(SystemTime::now() - Duration::from_secs(120), 60);
+    let r = p.client.get(&stale, None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.s3_code(), "AccessDenied");
+    assert!(r.text().contains("expired"), "{}", r.text());
+    assert_eq!(s3.requests(), before);
+}
+
+/// Presigns with aws-sigv4 and returns the URL.
+fn presign_url(
+    parts: &http::request::Parts,
+    creds: &Credentials,
+    at: SystemTime,
+    settings: aws_sigv4::http_request::SigningSettings,
+) -> String {
+    use aws_sigv4::http_request::{SignableRequest, sign};
+    let identity = creds.clone().into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(at)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let uri = parts.uri.to_string();
+    let host = parts.headers["host"].to_str().unwrap().to_string();
+    let req = SignableRequest::new(
+        "GET",
+        &uri,
+        std::iter::once(("host", host.as_str())),
+        SignableBody::UnsignedPayload,
+    )
+    .unwrap();
+    let (instructions, _) = sign(req, &params).unwrap().into_parts();
+    let mut req = http::Request::get(uri).body(()).unwrap();
+    instructions.apply_to_request_http1x(&mut req);
+    req.uri().to_string()
+}
