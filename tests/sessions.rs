@@ -266,3 +266,81 @@ fn presign_url(
     instructions.apply_to_request_http1x(&mut req);
     req.uri().to_string()
 }
+
+#[tokio::test]
+async fn an_expired_session_is_refused_with_expired_token() {
+    let clock = claimgate::clock::ManualClock::at(now());
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .extra(STS_ON)
+        .clock(std::sync::Arc::new(clock.clone()))
+        .start()
+        .await;
+    let r = assume(
+        &p,
+        &idp.token("alice", &["ml-engineers"]),
+        TRAINER,
+        &[("DurationSeconds", "900")],
+    )
+    .await;
+    let xml = r.text();
+    let creds = SessionCreds {
+        access_key_id: element(&xml, "AccessKeyId").to_string(),
+        secret_access_key: element(&xml, "SecretAccessKey").to_string(),
+        session_token: element(&xml, "SessionToken").to_string(),
+    };
+    clock.advance(901);
+    let at = SystemTime::now() + Duration::from_secs(901);
+    let r = p
+        .client
+        .send(
+            Sign {
+                at,
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", "/datasets?list-type=2", b""),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.s3_code(), "ExpiredToken");
+    assert_eq!(s3.requests(), 0);
+}
+
+#[tokio::test]
+async fn revoking_a_session_access_key_cuts_it_off_at_once() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .files(&[("revoked.toml", "")])
+        .extra(&format!("{STS_ON}\n[revocations]\nfile = \"revoked.toml\"\n"))
+        .start()
+        .await;
+    let creds = session(&p, &idp.token("alice", &["ml-engineers"])).await;
+    let list = || Sign::new(&creds).request(&p, "GET", "/datasets?list-type=2", b"");
+    assert_eq!(p.client.send(list()).await.status, 200);
+    let entry = format!(
+        "[[revoked]]\naccess_key_id = \"{}\"\nreason = \"session pasted into a public notebook\"\n",
+        creds.access_key_id
+    );
+    std::fs::write(p.config_dir().join("revoked.toml"), entry).unwrap();
+    let before = s3.requests();
+    let mut status = 200;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = p.client.send(list()).await.status;
+        if status == 403 {
+            break;
+        }
+    }
+    assert_eq!(status, 403);
+    let audit = p.audit(3).await;
+    let last = audit.last().unwrap();
+    assert_eq!(last["reason"], "revoked");
+    assert_eq!(last["identity"]["session"], creds.access_key_id.as_str());
+    assert!(last["detail"].as_str().unwrap().contains("public notebook"));
+    assert!(
+        s3.requests() - before < 50,
+        "revoked requests kept reaching the upstream"
+    );
+}

@@ -168,3 +168,23 @@ async fn a_revoked_subject_gets_no_session_and_no_data() {
     }
     assert_eq!(status, 403, "the new revocation was not picked up");
 }
+
+#[tokio::test]
+async fn the_query_form_works_too() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).extra(STS).start().await;
+    let q = form(&[
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", TRAINER),
+        ("RoleSessionName", "query-form"),
+        ("WebIdentityToken", &idp.token("alice", &["ml-engineers"])),
+    ]);
+    let r = p
+        .client
+        .get(&p.url(&format!("/?{}", String::from_utf8_lossy(&q))), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(element(&r.text(), "AccessKeyId").starts_with("ASIA"));
+}

@@ -315,8 +315,9 @@ name = "trainer"
 description = "ML engineers' training jobs"
 members = [ { claim = "groups", contains = "ml-engineers" } ]
 allow = [
-  { actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"], resources = ["s3://datasets/*"] },
+  { actions = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"], resources = ["s3://datasets/*"] },
   { actions = ["s3:ListBucket"], resources = ["s3://datasets", "s3://datasets/*"] },
+  { actions = ["s3:ListBucketMultipartUploads"], resources = ["s3://datasets"] },
   { actions = ["s3:PutObject", "s3:GetObject"], resources = ["s3://checkpoints/${sub}/*"] },
   { actions = ["s3:ListAllMyBuckets"], resources = ["s3://"] },
 ]
@@ -356,6 +357,7 @@ pub struct ProxyBuilder {
     policies_lines: String,
     files: Vec<(String, String)>,
     tls: bool,
+    clock: Option<claimgate::clock::SharedClock>,
 }
 
 pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
@@ -370,6 +372,7 @@ pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
         policies_lines: String::new(),
         files: Vec::new(),
         tls: false,
+        clock: None,
     }
 }
 
@@ -404,6 +407,11 @@ impl ProxyBuilder {
     /// Extra top-level tables appended at the end.
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra = toml.to_string();
+        self
+    }
+    /// Runs the proxy on this clock instead of the system's.
+    pub fn clock(mut self, clock: claimgate::clock::SharedClock) -> Self {
+        self.clock = Some(clock);
         self
     }
     /// Extra lines inside `[policies]`.
@@ -477,7 +485,7 @@ impl ProxyBuilder {
         let audit = SharedBuf::default();
         let server = Server::bind_with(
             config,
-            Arc::new(SystemClock),
+            self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
             AuditLog::with_writer(Box::new(audit.clone())),
         )
         .await
