@@ -192,7 +192,61 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+    session_benches(c, &f, now);
     let _ = SystemTime::now();
+}
+
+/// An SDK request signed with STS session credentials: parse the signature, open the sealed
+/// session, verify the signature — what the session path adds over a cached bearer token.
+fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
+    use base64::Engine;
+    use claimgate::identity::session::{Keyring, Session, new_credentials};
+    use claimgate::identity::sigv4;
+    let ring = Keyring::new(&[claimgate::secret::Secret::new(
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+    )])
+    .unwrap();
+    let (ak, sk) = new_credentials().unwrap();
+    let session = Session {
+        access_key_id: ak.clone(),
+        secret_access_key: sk.clone(),
+        issuer: ISSUER.into(),
+        subject: "alice".into(),
+        token_id: "bench-1".into(),
+        role: "trainer".into(),
+        session_name: "bench".into(),
+        claims: serde_json::json!({"sub": "alice", "groups": ["ml-engineers", "staff"], "email": "alice@example.com"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        issued_at: NOW,
+        expires_at: NOW + 3600,
+    };
+    let token = ring.seal(&session).unwrap();
+    let mut parts = get_request();
+    let creds = aws_credential_types::Credentials::new(&ak, &sk, Some(token.clone()), None, "bench");
+    claimgate::upstream::sign::sign_v4(
+        &mut parts,
+        &creds,
+        "us-east-1",
+        "s3",
+        aws_sigv4::http_request::SignableBody::UnsignedPayload,
+        now,
+        claimgate::upstream::sign::s3_settings(),
+        |_| true,
+    )
+    .unwrap();
+    let _ = f;
+    let mut g = c.benchmark_group("sts session");
+    g.bench_function("parse + unseal + verify SigV4", |b| {
+        b.iter(|| {
+            let claim = sigv4::parse(&parts).unwrap().unwrap();
+            let s = ring.unseal(claim.session_token.as_deref().unwrap()).unwrap();
+            sigv4::verify(&claim, &parts, &s.secret_access_key, NOW).unwrap();
+            s
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(hot_path, benches);
