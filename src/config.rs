@@ -703,6 +703,12 @@ fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
     }
     let default_session = c.duration(s.default_session.as_ref(), Duration::from_secs(3600));
     let max_session = c.duration(s.max_session.as_ref(), Duration::from_secs(12 * 3600));
+    if max_session > Duration::from_secs(12 * 3600) {
+        c.at(
+            raw,
+            "max_session is longer than 12h, AWS's own limit for role sessions",
+        );
+    }
     if default_session > max_session {
         c.at(raw, "default_session is longer than max_session");
     }

@@ -153,6 +153,11 @@ async fn run(
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<Response<Reply>, Rejection> {
+    // Connection-scoped headers go first: a header that `Connection` names is removed
+    // before anything (signature verification included) looks at the request, so it
+    // cannot be verified and then dropped.
+    crate::upstream::sign::strip_hop_by_hop(&mut parts.headers);
+
     // STS: AssumeRoleWithWebIdentity on the main listener, before any S3 routing
     if let Some(keyring) = &proxy.keyring
         && sts::is_sts_request(&parts)
@@ -179,6 +184,14 @@ async fn run(
         .await
         .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
     ctx.record.identity = Some(audit_identity(&identity, &[]));
+    if identity.method == AuthMethod::Session && route.config.kind == RouteKind::Http {
+        // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
+        // session-signed body to its signature: sessions are for S3 routes.
+        return Err(AuthError::UnsupportedScheme {
+            scheme: "AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)".into(),
+        }
+        .into());
+    }
     if let Some(list) = &proxy.revocations
         && let Some(reason) = list.current().check(&identity, proxy.clock.unix())
     {
@@ -190,8 +203,19 @@ async fn run(
         .into());
     }
 
-    // classify
-    let operation = classify(proxy, &route, &parts)?;
+    let mut inspected: Option<Bytes> = None;
+    // classify (DeleteObjects: from its size-capped body, which is then sent on as read)
+    let (operation, body) = match classify(proxy, &route, &parts)? {
+        Classified::Op(op) => (op, Some(body)),
+        Classified::NeedsBody(pending) => {
+            let xml = read_capped(body, proxy.config.server.max_inspected_body).await?;
+            ctx.bytes_in.bytes.store(xml.len() as u64, Ordering::Relaxed);
+            let keys = classify::parse_delete_objects(&xml)?;
+            let op = pending.finish(keys.iter().map(|(k, v)| (k.as_str(), v.as_deref())))?;
+            inspected = Some(xml);
+            (op, None)
+        }
+    };
     record_operation(&mut ctx.record, &operation);
     check_buckets(&route, &operation)?;
 
@@ -216,10 +240,16 @@ async fn run(
     )?;
 
     // forward
-    let bodyless = body.is_end_stream();
-    let body = UpstreamBody::Stream {
-        inner: body,
-        counter: ctx.bytes_in.clone(),
+    let (body, bodyless) = match (body, inspected) {
+        (Some(body), _) => {
+            let bodyless = body.is_end_stream();
+            let body = UpstreamBody::Stream {
+                inner: body,
+                counter: ctx.bytes_in.clone(),
+            };
+            (body, bodyless)
+        }
+        (None, xml) => (UpstreamBody::Full(xml), false),
     };
     let stats = ctx.bytes_in.clone();
     let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
@@ -372,7 +402,7 @@ async fn assume_role(
             session_name: req.session_name.clone(),
             claims: identity.claims.clone(),
             issued_at: now,
-            expires_at: now + length.as_secs() as i64,
+            expires_at: now.saturating_add(i64::try_from(length.as_secs()).unwrap_or(i64::MAX)),
         };
         let token = keyring.seal(&session).map_err(|e| {
             tracing::error!(error = %e, "cannot seal a session");
@@ -412,6 +442,9 @@ async fn assume_role(
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    // the answer carries a secret
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -485,26 +518,47 @@ fn authenticate_session(
     })
 }
 
-fn classify(proxy: &Proxy, route: &Route, parts: &http::request::Parts) -> Result<Operation, Rejection> {
+/// What classification needs before authorization.
+enum Classified {
+    /// Classified from the request head.
+    Op(Operation),
+    /// DeleteObjects: the keys are in the body.
+    NeedsBody(classify::PendingDeleteObjects),
+}
+
+fn classify(proxy: &Proxy, route: &Route, parts: &http::request::Parts) -> Result<Classified, Rejection> {
     match route.config.kind {
-        RouteKind::S3 => {
-            match classify::classify_s3(parts, &s3_target(proxy)) {
-                Ok(op) => Ok(op),
-                // DeleteObjects needs its body read and parsed before it can be authorized;
-                // until that lands it is refused rather than forwarded unclassified.
-                Err(ClassifyError::BodyRequired(_)) => Err(ClassifyError::NotImplemented {
-                    what: "DeleteObjects (multi-object delete)".into(),
-                }
-                .into()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        RouteKind::Http => Ok(classify::classify_http(
+        RouteKind::S3 => match classify::classify_s3(parts, &s3_target(proxy)) {
+            Ok(op) => Ok(Classified::Op(op)),
+            Err(ClassifyError::BodyRequired(pending)) => Ok(Classified::NeedsBody(pending)),
+            Err(e) => Err(e.into()),
+        },
+        RouteKind::Http => Ok(Classified::Op(classify::classify_http(
             &route.config.name,
             route.config.path_prefix.as_deref(),
             parts,
-        )?),
+        )?)),
     }
+}
+
+/// Reads a body that must be inspected whole, refusing one larger than `max`.
+async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Rejection> {
+    use http_body_util::{BodyExt, Limited};
+    Limited::new(body, max)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Rejection::BadBody {
+                    reason: format!(
+                        "the request body is larger than the {max} bytes claimgate reads to authorize it"
+                    ),
+                }
+            } else {
+                Rejection::IncompleteBody
+            }
+        })
 }
 
 fn s3_target(proxy: &Proxy) -> S3Target<'_> {
@@ -592,7 +646,16 @@ fn respond_rejection(rejection: &Rejection, mut ctx: Ctx) -> Response<ProxyBody>
     if matches!(rejection, Rejection::Internal) {
         tracing::error!(request_id = %ctx.record.request_id, "internal error");
     }
-    let wire = rejection.wire_for(ctx.style);
+    let mut wire = rejection.wire_for(ctx.style);
+    // Messages can quote what the caller sent; keep echoes (and audit lines) bounded.
+    if wire.message.len() > 512 {
+        let cut = (0..=512)
+            .rev()
+            .find(|&i| wire.message.is_char_boundary(i))
+            .unwrap_or(0);
+        wire.message.truncate(cut);
+        wire.message.push('…');
+    }
     let resp = rejection::render(&wire, ctx.style, &ctx.record.path, &ctx.record.request_id);
     ctx.record.status = wire.status.as_u16();
     // `decision` stays what authorize said (allow, deny), or `error` when no decision was

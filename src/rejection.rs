@@ -203,6 +203,7 @@ fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
         ClassifyError::InvalidBucketName { .. } => (StatusCode::BAD_REQUEST, "InvalidBucketName"),
         ClassifyError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         ClassifyError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        ClassifyError::MalformedXml { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
         ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
     }
 }

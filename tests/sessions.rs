@@ -22,6 +22,10 @@ struct Sign<'a> {
     access_key: Option<&'a str>,
     token: Option<&'a str>,
     at: SystemTime,
+    /// Headers set before signing (and so signed).
+    headers: Vec<(&'a str, &'a str)>,
+    /// Sign without the session token, as if the keys were long-lived.
+    no_token: bool,
 }
 
 impl<'a> Sign<'a> {
@@ -32,22 +36,25 @@ impl<'a> Sign<'a> {
             access_key: None,
             token: None,
             at: SystemTime::now(),
+            headers: Vec::new(),
+            no_token: false,
         }
     }
 
     /// A request to the proxy signed as an SDK would sign it.
     fn request(&self, p: &TestProxy, method: &str, path: &str, body: &[u8]) -> http::Request<Body> {
-        let (mut parts, ()) = http::Request::builder()
+        let mut b = http::Request::builder()
             .method(method)
             .uri(p.url(path))
-            .header("host", format!("localhost:{}", p.addr.port()))
-            .body(())
-            .unwrap()
-            .into_parts();
+            .header("host", format!("localhost:{}", p.addr.port()));
+        for (n, v) in &self.headers {
+            b = b.header(*n, *v);
+        }
+        let (mut parts, ()) = b.body(()).unwrap().into_parts();
         let creds = Credentials::new(
             self.access_key.unwrap_or(&self.creds.access_key_id),
             self.secret.unwrap_or(&self.creds.secret_access_key),
-            Some(self.token.unwrap_or(&self.creds.session_token).to_string()),
+            (!self.no_token).then(|| self.token.unwrap_or(&self.creds.session_token).to_string()),
             None,
             "test",
         );
@@ -343,4 +350,66 @@ async fn revoking_a_session_access_key_cuts_it_off_at_once() {
         s3.requests() - before < 50,
         "revoked requests kept reaching the upstream"
     );
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_cannot_be_dropped_after_verification() {
+    let (_idp, s3, p, creds) = setup().await;
+    let before = s3.requests();
+    let mut req = Sign {
+        headers: vec![("if-none-match", "*"), ("x-amz-meta-owner", "alice")],
+        ..Sign::new(&creds)
+    }
+    .request(&p, "PUT", "/datasets/guarded.bin", b"v1");
+    // a replayer asks the proxy to strip a signed header as if it were hop-by-hop
+    req.headers_mut()
+        .insert("connection", "x-amz-meta-owner".parse().unwrap());
+    let r = p.client.send(req).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.s3_code(), "SignatureDoesNotMatch");
+    assert_eq!(s3.requests(), before);
+}
+
+#[tokio::test]
+async fn keys_without_a_session_token_are_unknown() {
+    let (_idp, s3, p, creds) = setup().await;
+    let r = p
+        .client
+        .send(
+            Sign {
+                no_token: true,
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", "/datasets?list-type=2", b""),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.s3_code(), "InvalidAccessKeyId");
+    assert_eq!(s3.requests(), 0);
+}
+
+#[tokio::test]
+async fn sessions_are_for_s3_routes_only() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let feast = TestHttp::start().await;
+    let route = format!(
+        "[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"t\" }}\n",
+        feast.url
+    );
+    let policy = format!(
+        "{POLICY}\n[[roles]]\nname = \"feature-reader\"\nmembers = [ {{ claim = \"groups\", contains = \"ml-engineers\" }} ]\nallow = [ {{ actions = [\"http:POST\"], resources = [\"http://features/*\"] }} ]\n"
+    );
+    let p = proxy(&idp, &s3)
+        .policy(&policy)
+        .extra(&format!("{route}\n{STS_ON}"))
+        .start()
+        .await;
+    let creds = session(&p, &idp.token("alice", &["ml-engineers"])).await;
+    let r = p
+        .client
+        .send(Sign::new(&creds).request(&p, "POST", "/features/get-online-features", b"{}"))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(feast.seen().is_empty());
 }

@@ -23,9 +23,11 @@
 //! finishes once it has read (and size-capped) the XML body.
 
 mod decode;
+mod delete_objects;
 mod http;
 mod s3;
 
+pub use self::delete_objects::parse_delete_objects;
 pub use self::http::classify_http;
 pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3, virtual_bucket};
 
@@ -63,6 +65,13 @@ pub enum ClassifyError {
     #[error("invalid argument: {reason}")]
     InvalidArgument {
         /// What was wrong and how to fix it.
+        reason: String,
+    },
+    /// A body claimgate must read to authorize (DeleteObjects) is not the XML it should be
+    /// (S3 code `MalformedXML`, 400).
+    #[error("malformed XML: {reason}")]
+    MalformedXml {
+        /// What is wrong.
         reason: String,
     },
     /// The method is not one this kind of resource accepts (S3 code `MethodNotAllowed`, 405).

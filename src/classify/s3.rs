@@ -808,6 +808,7 @@ mod tests {
             ClassifyError::InvalidArgument { .. } => "InvalidArgument",
             ClassifyError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ClassifyError::BodyRequired(_) => "BodyRequired",
+            ClassifyError::MalformedXml { .. } => "MalformedXml",
         }
     }
 

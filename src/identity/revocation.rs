@@ -14,13 +14,14 @@
 //! access_key_id = "ASIAEXAMPLE123456789" # one STS session
 //! ```
 //!
-//! The file is re-read when its modification time changes (checked every second). A file
+//! The file is read every second and re-parsed when its contents change (compared by hash,
+//! not modification time, which `cp -p` or two edits within one tick would fool). A file
 //! that fails to parse is reported and the previous list stays in force: a typo must not
 //! silently un-revoke everyone.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -169,16 +170,19 @@ impl RevocationList {
 /// The live list, reloaded when the file changes.
 pub struct Revocations {
     path: PathBuf,
-    state: RwLock<(Arc<RevocationList>, Option<SystemTime>)>,
+    /// The list in force and the SHA-256 of the text it came from (or of the last bad text,
+    /// so a bad edit is reported once).
+    state: RwLock<(Arc<RevocationList>, [u8; 32])>,
 }
 
 impl Revocations {
     /// Loads the file now; a missing or bad file is an error at start-up.
     pub fn load(path: &Path) -> Result<Revocations, Vec<Problem>> {
-        let (list, mtime) = read(path)?;
+        let source = read_text(path)?;
+        let list = RevocationList::parse(path, &source)?;
         Ok(Revocations {
             path: path.to_path_buf(),
-            state: RwLock::new((Arc::new(list), mtime)),
+            state: RwLock::new((Arc::new(list), crate::identity::token_digest(&source))),
         })
     }
 
@@ -187,24 +191,32 @@ impl Revocations {
         self.state.read().unwrap_or_else(|e| e.into_inner()).0.clone()
     }
 
-    /// Re-reads the file if it changed. Returns whether a new list took effect.
+    /// Re-reads the file if its contents changed. Returns whether a new list took effect.
     pub fn reload_if_changed(&self) -> bool {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        if mtime == self.state.read().unwrap_or_else(|e| e.into_inner()).1 {
+        let source = match read_text(&self.path) {
+            Ok(s) => s,
+            Err(problems) => {
+                for p in &problems {
+                    tracing::warn!("{p} (keeping the previous revocation list)");
+                }
+                return false;
+            }
+        };
+        let digest = crate::identity::token_digest(&source);
+        if digest == self.state.read().unwrap_or_else(|e| e.into_inner()).1 {
             return false;
         }
-        match read(&self.path) {
-            Ok((list, mtime)) => {
+        match RevocationList::parse(&self.path, &source) {
+            Ok(list) => {
                 tracing::info!(path = %self.path.display(), entries = list.len(), "revocation list reloaded");
-                *self.state.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(list), mtime);
+                *self.state.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(list), digest);
                 true
             }
             Err(problems) => {
                 for p in &problems {
                     tracing::error!("{p} (keeping the previous revocation list)");
                 }
-                // Remember the bad version so the error is logged once per change.
-                self.state.write().unwrap_or_else(|e| e.into_inner()).1 = mtime;
+                self.state.write().unwrap_or_else(|e| e.into_inner()).1 = digest;
                 false
             }
         }
@@ -222,11 +234,9 @@ impl Revocations {
     }
 }
 
-fn read(path: &Path) -> Result<(RevocationList, Option<SystemTime>), Vec<Problem>> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| vec![Problem::file(path, format!("cannot read revocation list: {e}"))])?;
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((RevocationList::parse(path, &source)?, mtime))
+fn read_text(path: &Path) -> Result<String, Vec<Problem>> {
+    std::fs::read_to_string(path)
+        .map_err(|e| vec![Problem::file(path, format!("cannot read revocation list: {e}"))])
 }
 
 #[cfg(test)]
@@ -277,22 +287,20 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_edit_keeps_the_previous_list() {
+    fn a_bad_edit_keeps_the_previous_list_and_same_second_edits_count() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
         std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n").unwrap();
         let r = Revocations::load(&path).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(!r.reload_if_changed());
         std::fs::write(&path, "[[revoked]]\nsubjekt = \"a\"\n").unwrap();
-        let later = SystemTime::now() + Duration::from_secs(5);
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(later).unwrap();
         assert!(!r.reload_if_changed());
         assert_eq!(r.current().len(), 1);
+        // written twice within the same instant: contents decide, not timestamps
         std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n[[revoked]]\njti = \"b\"\n").unwrap();
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(later + Duration::from_secs(5)).unwrap();
         assert!(r.reload_if_changed());
-        assert_eq!(r.current().len(), 2);
+        std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n[[revoked]]\njti = \"c\"\n").unwrap();
+        assert!(r.reload_if_changed());
+        assert_eq!(r.current().check_parts("i", "x", "c", None, 0), Some("revoked"));
     }
 }

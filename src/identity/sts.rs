@@ -287,7 +287,8 @@ pub fn success_xml(i: &Issued<'_>) -> String {
         "arn:aws:sts::{}:assumed-role/{}/{}",
         r.account, r.role, r.session_name
     );
-    let role_id = format!("AROA{}:{}", &i.access_key_id[4..], r.session_name);
+    let unique = i.access_key_id.strip_prefix("ASIA").unwrap_or(i.access_key_id);
+    let role_id = format!("AROA{unique}:{}", r.session_name);
     let e = xml_escape;
     format!(
         "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">

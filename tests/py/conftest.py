@@ -36,6 +36,16 @@ class Dev:
             raise RuntimeError("claimgate dev did not start:\n" + "\n".join(self.lines))
         proxy = next(l.split()[1] for l in self.lines if l.strip().startswith("proxy "))
         self.url = proxy
+        # the variables exactly as `claimgate dev` prints them for a newcomer to paste
+        self.printed = dict(
+            l.strip()[len("export "):].split("=", 1) for l in self.lines if l.strip().startswith("export AWS_")
+        )
+        assert set(self.printed) >= {
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+            "AWS_ENDPOINT_URL_STS",
+            "AWS_ENDPOINT_URL_S3",
+        }, self.printed
         self.tls = tls
         self.ca = str(self.dir / "tls" / "cert.pem") if tls else None
 
@@ -51,19 +61,16 @@ class Dev:
     def env(self, token_file=None, role=TRAINER):
         """Exactly what a job gets: the four variables (plus region, and the CA over TLS)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(self.printed)
+        if token_file:
+            env["AWS_WEB_IDENTITY_TOKEN_FILE"] = token_file
+        env["AWS_ROLE_ARN"] = role
+        # keep whatever the machine has out of the picture
         env.update(
-            AWS_WEB_IDENTITY_TOKEN_FILE=token_file or self.token_file(),
-            AWS_ROLE_ARN=role,
-            AWS_ENDPOINT_URL_STS=self.url,
-            AWS_ENDPOINT_URL_S3=self.url,
-            AWS_DEFAULT_REGION="us-east-1",
-            # keep whatever the machine has out of the picture
             AWS_CONFIG_FILE=os.devnull,
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
             AWS_EC2_METADATA_DISABLED="true",
         )
-        if self.ca:
-            env["AWS_CA_BUNDLE"] = self.ca
         return env
 
     def audit(self):
