@@ -569,3 +569,55 @@ async fn multipart_uploads_work_on_the_bearer_path() {
         ]
     );
 }
+
+#[tokio::test]
+async fn delete_objects_is_authorized_key_by_key_from_its_body() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    for k in ["a.bin", "b.bin", "pii/users.csv"] {
+        std::fs::create_dir_all(s3.path("datasets", k).parent().unwrap()).unwrap();
+        std::fs::write(s3.path("datasets", k), b"x").unwrap();
+    }
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let delete = |keys: &[&str]| {
+        let objects: String = keys
+            .iter()
+            .map(|k| format!("<Object><Key>{k}</Key></Object>"))
+            .collect();
+        let body = format!(
+            "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{objects}<Quiet>false</Quiet></Delete>"
+        );
+        http::Request::post(p.url("/datasets?delete"))
+            .header("authorization", format!("Bearer {t}"))
+            .header("content-type", "application/xml")
+            .body(full(Bytes::from(body)))
+            .unwrap()
+    };
+    let before = s3.requests();
+    // one forbidden key refuses the whole request
+    let r = p.client.send(delete(&["a.bin", "pii/users.csv"])).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("s3://datasets/pii/users.csv"), "{}", r.text());
+    assert_eq!(s3.requests(), before);
+    assert!(s3.path("datasets", "a.bin").exists());
+    // a body that is not the expected XML is refused before the upstream
+    let mut bad = delete(&["a.bin"]);
+    *bad.body_mut() = full(Bytes::from_static(
+        b"<Delete><Object><Key>a.bin</Key></Object><Bucket>x</Bucket></Delete>",
+    ));
+    let r = p.client.send(bad).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.s3_code(), "MalformedXML");
+    // all allowed: forwarded as read, and the store deletes them
+    let r = p.client.send(delete(&["a.bin", "b.bin"])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!s3.path("datasets", "a.bin").exists() && !s3.path("datasets", "b.bin").exists());
+    let audit = p.audit(3).await;
+    assert_eq!(audit[2]["operation"], "DeleteObjects");
+    assert_eq!(audit[2]["resource"], "s3://datasets/a.bin");
+    assert_eq!(
+        audit[2]["also"],
+        serde_json::json!(["s3:DeleteObject s3://datasets/b.bin"])
+    );
+}

@@ -56,3 +56,15 @@ def test_sts_assume_role_with_web_identity(dev):
     assert doc["Credentials"]["AccessKeyId"].startswith("ASIA")
     assert doc["SubjectFromWebIdentityToken"] == "alice"
     assert doc["AssumedRoleUser"]["Arn"].endswith(":assumed-role/trainer/cli-session")
+
+
+def test_recursive_rm(dev, tmp_path):
+    for i in range(3):
+        f = tmp_path / f"ckpt-{i}.pt"
+        f.write_bytes(b"w" * 1024)
+        aws(dev, "s3", "cp", str(f), f"s3://checkpoints/alice/sweep/ckpt-{i}.pt")
+    aws(dev, "s3", "rm", "--recursive", "s3://checkpoints/alice/sweep/")
+    assert aws(dev, "s3", "ls", "s3://checkpoints/alice/sweep/", check=False).stdout.strip() == ""
+    # the AWS CLI v1 deletes key by key; each one is authorized and audited
+    deleted = [r for r in dev.audit() if r.get("operation") == "DeleteObject" and "/sweep/" in r.get("resource", "")]
+    assert len(deleted) == 3 and all(r["decision"] == "allow" for r in deleted)

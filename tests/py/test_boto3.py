@@ -97,3 +97,17 @@ def test_credentials_refresh_with_a_rotated_token_file(dev, tmp_path, monkeypatc
         if r.get("operation") == "AssumeRoleWithWebIdentity" and r["decision"] == "allow"
     }
     assert len(sessions) >= 3, f"expected several refreshes, saw {len(sessions)} sessions"
+
+
+def test_delete_objects_refuses_a_batch_holding_a_forbidden_key(aws_env):
+    c = s3()
+    c.put_object(Bucket="checkpoints", Key="alice/batch/1.pt", Body=b"1")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        c.delete_objects(
+            Bucket="checkpoints",
+            Delete={"Objects": [{"Key": "alice/batch/1.pt"}, {"Key": "bob/1.pt"}]},
+        )
+    assert e.value.response["Error"]["Code"] == "AccessDenied"
+    assert c.head_object(Bucket="checkpoints", Key="alice/batch/1.pt")["ContentLength"] == 1
+    out = c.delete_objects(Bucket="checkpoints", Delete={"Objects": [{"Key": "alice/batch/1.pt"}]})
+    assert [d["Key"] for d in out["Deleted"]] == ["alice/batch/1.pt"]
