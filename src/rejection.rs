@@ -224,7 +224,7 @@ pub fn render(err: &WireError, style: ErrorStyle, resource: &str, request_id: &s
         ErrorStyle::S3 => (
             "application/xml",
             format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>{}</RequestId></Error>",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>{}</RequestId></Error>\n",
                 err.code,
                 xml_escape(&err.message),
                 xml_escape(resource),

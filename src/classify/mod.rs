@@ -31,6 +31,27 @@ pub use self::delete_objects::parse_delete_objects;
 pub use self::http::classify_http;
 pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3, virtual_bucket};
 
+/// Every S3 action the classifier can ask authorization for. A policy action outside this
+/// set (without a `*`) could never match a request: `validate` refuses it as a likely typo.
+pub const S3_ACTIONS: [&str; 16] = [
+    "s3:AbortMultipartUpload",
+    "s3:BypassGovernanceRetention",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:GetBucketLocation",
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:ListAllMyBuckets",
+    "s3:ListBucket",
+    "s3:ListBucketMultipartUploads",
+    "s3:ListMultipartUploadParts",
+    "s3:PutObject",
+    "s3:PutObjectAcl",
+    "s3:PutObjectLegalHold",
+    "s3:PutObjectRetention",
+    "s3:PutObjectTagging",
+];
+
 /// Refusals of the classify stage.
 ///
 /// Each variant maps to the S3 error code an S3 client understands (named per variant) or

@@ -481,6 +481,22 @@ fn check_role_name(name: &str) -> Result<(), String> {
 }
 
 /// `s3:<Name>` (IAM action names, case-sensitive, `*` allowed) or `http:<METHOD>` (uppercase).
+/// Levenshtein distance, for "did you mean" on short action names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn check_action(action: &str) -> Result<(), String> {
     if has_var(action) {
         return Err(format!(
@@ -503,6 +519,19 @@ fn check_action(action: &str) -> Result<(), String> {
                 return Err(format!(
                     "invalid S3 action `{action}`: write IAM action names as AWS spells them, e.g. `s3:GetObject`, `s3:Get*`"
                 ));
+            }
+            if !name.contains('*') && !crate::classify::S3_ACTIONS.contains(&action) {
+                let near = crate::classify::S3_ACTIONS
+                    .iter()
+                    .min_by_key(|known| edit_distance(known, action))
+                    .filter(|known| edit_distance(known, action) <= 3);
+                return Err(match near {
+                    Some(n) => format!("unknown S3 action `{action}`: did you mean `{n}`?"),
+                    None => format!(
+                        "S3 action `{action}` is not one claimgate ever checks, so this rule could never match (known: {})",
+                        crate::classify::S3_ACTIONS.join(", ")
+                    ),
+                });
             }
         }
         "http" => {
@@ -586,6 +615,16 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(problems) => problems.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn actions_claimgate_never_checks_are_refused_with_a_suggestion() {
+        let found = problems(&rule_src(
+            "{ actions = [\"s3:GetObjekt\", \"s3:PutBucketPolicy\", \"s3:Get*\"], resources = [\"s3://b/*\"] }",
+        ));
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("did you mean `s3:GetObject`"), "{found:#?}");
+        assert!(found[1].contains("never match"), "{found:#?}");
     }
 
     #[test]
