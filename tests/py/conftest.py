@@ -20,9 +20,9 @@ TRAINER = "arn:aws:iam::000000000000:role/trainer"
 
 
 class Dev:
-    def __init__(self, tmp, tls):
+    def __init__(self, tmp, tls, session="15m"):
         self.dir = tmp / ("tls" if tls else "plain")
-        args = [BIN, "dev", "--port", "0", "--dir", str(self.dir), "--session", "15m"]
+        args = [BIN, "dev", "--port", "0", "--dir", str(self.dir), "--session", session]
         if tls:
             args.append("--tls")
         env = dict(os.environ, CLAIMGATE_LOG="warn")

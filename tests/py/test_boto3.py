@@ -111,3 +111,37 @@ def test_delete_objects_refuses_a_batch_holding_a_forbidden_key(aws_env):
     assert c.head_object(Bucket="checkpoints", Key="alice/batch/1.pt")["ContentLength"] == 1
     out = c.delete_objects(Bucket="checkpoints", Delete={"Objects": [{"Key": "alice/batch/1.pt"}]})
     assert [d["Key"] for d in out["Deleted"]] == ["alice/batch/1.pt"]
+
+
+def test_a_long_running_loop_survives_several_session_expiries(tmp_path, monkeypatch):
+    """Sessions of 3 s expire several times during the loop; botocore refreshes them from
+    the (rotated) token file by itself and no call fails."""
+    import time
+    from conftest import Dev
+
+    dev = Dev(tmp_path, tls=False, session="3s")
+    try:
+        token_file = tmp_path / "token"
+        token_file.write_text(dev.mint("alice", "groups=ml-engineers"))
+        for k in list(os.environ):
+            if k.startswith("AWS_"):
+                monkeypatch.delenv(k)
+        for k, v in dev.env(token_file=str(token_file)).items():
+            monkeypatch.setenv(k, v)
+        c = s3()
+        failures, calls = 0, 0
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                c.head_object(Bucket="datasets", Key="imagenet/train/0001.tar")
+            except botocore.exceptions.ClientError:
+                failures += 1
+            calls += 1
+            if calls % 5 == 0:
+                token_file.write_text(dev.mint("alice", "groups=ml-engineers"))
+            time.sleep(0.5)
+        assert failures == 0 and calls >= 15
+        issued = [r for r in dev.audit() if r.get("operation") == "AssumeRoleWithWebIdentity"]
+        assert len(issued) >= 4, "sessions were not renewed across their expiry"
+    finally:
+        dev.stop()
