@@ -16,8 +16,10 @@ use hyper::body::Incoming;
 /// What happened to the caller's request body on its way upstream.
 #[derive(Debug, Default)]
 pub struct BodyStats {
-    /// Bytes read from the caller.
+    /// Bytes read from the caller (for signed chunk uploads: the object's bytes).
     pub bytes: AtomicU64,
+    /// A signed aws-chunked upload broke its signature chain mid-stream.
+    pub bad_chunk_signature: std::sync::atomic::AtomicBool,
     /// The caller's body broke off (connection closed mid-upload): the upstream's failure
     /// that follows is the caller's doing, not the upstream's.
     pub aborted: std::sync::atomic::AtomicBool,
@@ -32,18 +34,28 @@ pub enum UpstreamBody {
         /// Bytes read so far.
         counter: Arc<BodyStats>,
     },
+    /// A signed aws-chunked upload, verified chunk by chunk and forwarded de-framed.
+    Chunked {
+        /// The verifying de-framer over the caller's body.
+        inner: crate::identity::chunked::VerifiedChunks<Incoming>,
+        /// Bytes passed on so far.
+        counter: Arc<BodyStats>,
+    },
     /// A body already read whole (small, size-capped bodies we had to inspect).
     Full(Option<Bytes>),
 }
 
+/// Errors of bodies we send upstream (the caller's I/O, or a broken chunk signature).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Stream { inner, counter } => {
                 let polled = Pin::new(inner).poll_frame(cx);
@@ -56,6 +68,27 @@ impl Body for UpstreamBody {
                     Poll::Ready(Some(Err(_))) => counter.aborted.store(true, Ordering::Relaxed),
                     _ => {}
                 }
+                polled.map(|o| o.map(|r| r.map_err(Into::into)))
+            }
+            UpstreamBody::Chunked { inner, counter } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            counter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        let broken_chain = e.downcast_ref::<crate::identity::chunked::ChunkError>().is_some();
+                        let flag = if broken_chain {
+                            &counter.bad_chunk_signature
+                        } else {
+                            &counter.aborted
+                        };
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
                 polled
             }
             UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -65,6 +98,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Chunked { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Full(d) => d.is_none(),
         }
     }
@@ -72,6 +106,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Stream { inner, .. } => inner.size_hint(),
+            UpstreamBody::Chunked { inner, .. } => inner.size_hint(),
             UpstreamBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -21,6 +21,7 @@ use crate::body::{BodyStats, OnFinish, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, S3Target};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
+use crate::identity::chunked::{self, ChunkChain};
 use crate::identity::revocation::Revocations;
 use crate::identity::session::{Keyring, Session};
 use crate::identity::sigv4;
@@ -180,7 +181,7 @@ async fn run(
     }
 
     // authenticate
-    let identity = authenticate(proxy, &parts)
+    let (identity, chunk_chain) = authenticate(proxy, &parts)
         .await
         .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
     ctx.record.identity = Some(audit_identity(&identity, &[]));
@@ -227,6 +228,9 @@ async fn run(
     })?;
 
     // sign
+    if chunk_chain.is_some() {
+        unframe_signed_chunks(&mut parts.headers);
+    }
     let vhost_bucket = match route.config.kind {
         RouteKind::S3 => classify::virtual_bucket(&parts, &s3_target(proxy))?,
         RouteKind::Http => None,
@@ -241,6 +245,14 @@ async fn run(
 
     // forward
     let (body, bodyless) = match (body, inspected) {
+        (Some(body), _) if chunk_chain.is_some() => {
+            let chain = chunk_chain.ok_or(Rejection::Internal)?;
+            let body = UpstreamBody::Chunked {
+                inner: chunked::VerifiedChunks::new(body, chain),
+                counter: ctx.bytes_in.clone(),
+            };
+            (body, false)
+        }
         (Some(body), _) => {
             let bodyless = body.is_end_stream();
             let body = UpstreamBody::Stream {
@@ -257,7 +269,9 @@ async fn run(
         .map_err(|e| {
             // The upstream failed because the caller's upload broke off: say so, and do
             // not count it against the upstream.
-            if stats.aborted.load(Ordering::Relaxed) {
+            if stats.bad_chunk_signature.load(Ordering::Relaxed) {
+                Rejection::Auth(AuthError::SigV4(sigv4::SigV4Error::SignatureDoesNotMatch))
+            } else if stats.aborted.load(Ordering::Relaxed) {
                 Rejection::IncompleteBody
             } else {
                 e
@@ -450,9 +464,13 @@ async fn assume_role(
 
 /// Who is calling: a SigV4 signature made with a claimgate STS session (AWS SDKs), or an
 /// OIDC bearer token (everything that can set a header).
-async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc<Identity>, AuthError> {
+/// The identity, and for a signed aws-chunked upload the chain its chunks must continue.
+async fn authenticate(
+    proxy: &Proxy,
+    parts: &http::request::Parts,
+) -> Result<(Arc<Identity>, Option<ChunkChain>), AuthError> {
     if let Some(claim) = sigv4::parse(parts)? {
-        return authenticate_session(proxy, parts, &claim).map(Arc::new);
+        return authenticate_session(proxy, parts, &claim).map(|(id, chain)| (Arc::new(id), chain));
     }
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         if parts.uri.query().is_some_and(|q| q.contains("AWSAccessKeyId=")) {
@@ -477,7 +495,7 @@ async fn authenticate(proxy: &Proxy, parts: &http::request::Parts) -> Result<Arc
             reason: "the Bearer token is empty".into(),
         });
     }
-    proxy.auth.authenticate_bearer(token).await
+    Ok((proxy.auth.authenticate_bearer(token).await?, None))
 }
 
 /// Opens the sealed session named by the request, checks it belongs to the signing access
@@ -486,7 +504,7 @@ fn authenticate_session(
     proxy: &Proxy,
     parts: &http::request::Parts,
     claim: &sigv4::SigV4Claim,
-) -> Result<Identity, AuthError> {
+) -> Result<(Identity, Option<ChunkChain>), AuthError> {
     let keyring = proxy.keyring.as_ref().ok_or(AuthError::UnknownAccessKey)?;
     let token = claim
         .session_token
@@ -507,7 +525,28 @@ fn authenticate_session(
         });
     }
     sigv4::verify(claim, parts, &session.secret_access_key, now)?;
-    Ok(Identity {
+    let payload = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok());
+    let chain = match payload {
+        Some(p) if !claim.presigned && (p == chunked::SIGNED || p == chunked::SIGNED_TRAILER) => {
+            Some(ChunkChain::new(
+                sigv4::signing_key(
+                    &session.secret_access_key,
+                    &claim.scope_date,
+                    &claim.region,
+                    &claim.service,
+                ),
+                &claim.amz_date,
+                &claim.credential_scope(),
+                &claim.signature,
+                p == chunked::SIGNED_TRAILER,
+            ))
+        }
+        _ => None,
+    };
+    let identity = Identity {
         issuer: session.issuer,
         subject: session.subject,
         claims: session.claims,
@@ -515,7 +554,41 @@ fn authenticate_session(
         token_id: session.token_id,
         session_role: Some(session.role),
         session_id: Some(session.access_key_id),
-    })
+    };
+    Ok((identity, chain))
+}
+
+/// A verified signed-chunk upload goes upstream as its bare bytes: the framing, the chunk
+/// signatures and the trailers are consumed here, so the headers describing them go too.
+fn unframe_signed_chunks(headers: &mut http::HeaderMap) {
+    headers.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static(sigv4::UNSIGNED_PAYLOAD),
+    );
+    match headers.remove("x-amz-decoded-content-length") {
+        Some(len) => {
+            headers.insert(header::CONTENT_LENGTH, len);
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+    let encodings: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::CONTENT_ENCODING);
+    if !encodings.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&encodings.join(","))
+    {
+        headers.insert(header::CONTENT_ENCODING, v);
+    }
+    headers.remove("x-amz-trailer");
 }
 
 /// What classification needs before authorization.

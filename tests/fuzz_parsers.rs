@@ -221,3 +221,34 @@ fn policy_and_revocation_files_never_panic() {
         let _ = RevocationList::parse(Path::new("r.toml"), &lossy(&mutate(&mut rng, revoked)));
     }
 }
+
+#[tokio::test]
+async fn signed_chunk_deframing_never_panics() {
+    use bytes::Bytes;
+    use claimgate::identity::chunked::{ChunkChain, VerifiedChunks};
+    use http_body_util::BodyExt;
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"k");
+    let seed = b"10;chunk-signature=ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648\r\naaaaaaaaaaaaaaaa\r\n0;chunk-signature=b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\nx-amz-checksum-crc32:AAAA\r\nx-amz-trailer-signature:00\r\n\r\n";
+    for i in 0..ROUNDS / 4 {
+        let body = mutate(&mut rng, seed);
+        let split = 1 + rng.below(40);
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = body
+            .chunks(split)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let chain = ChunkChain::new(
+            key.clone(),
+            "20261128T000000Z",
+            "20261128/us-east-1/s3/aws4_request",
+            "00",
+            i % 2 == 0,
+        );
+        let _ = VerifiedChunks::new(
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+            chain,
+        )
+        .collect()
+        .await;
+    }
+}

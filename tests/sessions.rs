@@ -413,3 +413,105 @@ async fn sessions_are_for_s3_routes_only() {
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(feast.seen().is_empty());
 }
+
+/// Frames `data` as a signed aws-chunked body (written here from the S3 documentation,
+/// independently of claimgate's verifier), chained from `seed`.
+fn signed_chunks(
+    secret: &str,
+    amz_date: &str,
+    scope: &str,
+    seed: &str,
+    data: &[u8],
+    chunk: usize,
+) -> Vec<u8> {
+    use aws_lc_rs::{digest, hmac};
+    let date = &amz_date[..8];
+    let mut k = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret}").as_bytes()),
+        date.as_bytes(),
+    );
+    for part in ["us-east-1", "s3", "aws4_request"] {
+        k = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k.as_ref()), part.as_bytes());
+    }
+    let key = hmac::Key::new(hmac::HMAC_SHA256, k.as_ref());
+    let empty = hex::encode(digest::digest(&digest::SHA256, b""));
+    let mut prev = seed.to_string();
+    let mut out = Vec::new();
+    let pieces: Vec<&[u8]> = data.chunks(chunk).chain(std::iter::once(&b""[..])).collect();
+    for piece in pieces {
+        let sts = format!(
+            "AWS4-HMAC-SHA256-PAYLOAD\n{amz_date}\n{scope}\n{prev}\n{empty}\n{}",
+            hex::encode(digest::digest(&digest::SHA256, piece))
+        );
+        let sig = hex::encode(hmac::sign(&key, sts.as_bytes()));
+        out.extend_from_slice(format!("{:x};chunk-signature={sig}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+        prev = sig;
+    }
+    out
+}
+
+#[tokio::test]
+async fn signed_chunk_uploads_are_verified_chunk_by_chunk_and_forwarded_bare() {
+    let (_idp, s3, p, creds) = setup().await;
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let upload = |body_of: &dyn Fn(&str, &str, &str) -> Vec<u8>| {
+        let (mut parts, ()) = http::Request::put(p.url("/datasets/chunked.bin"))
+            .header("host", format!("localhost:{}", p.addr.port()))
+            .header("content-encoding", "aws-chunked")
+            .header("x-amz-decoded-content-length", data.len().to_string())
+            .body(())
+            .unwrap()
+            .into_parts();
+        let c = Credentials::new(
+            &creds.access_key_id,
+            &creds.secret_access_key,
+            Some(creds.session_token.clone()),
+            None,
+            "t",
+        );
+        sign_v4(
+            &mut parts,
+            &c,
+            "us-east-1",
+            "s3",
+            SignableBody::Precomputed("STREAMING-AWS4-HMAC-SHA256-PAYLOAD".into()),
+            SystemTime::now(),
+            s3_settings(),
+            |_| true,
+        )
+        .unwrap();
+        let auth = parts.headers["authorization"].to_str().unwrap().to_string();
+        let seed = auth.rsplit("Signature=").next().unwrap().to_string();
+        let amz_date = parts.headers["x-amz-date"].to_str().unwrap().to_string();
+        let scope = format!("{}/us-east-1/s3/aws4_request", &amz_date[..8]);
+        let body = body_of(&amz_date, &scope, &seed);
+        parts
+            .headers
+            .insert("content-length", body.len().to_string().parse().unwrap());
+        http::Request::from_parts(parts, full(Bytes::from(body)))
+    };
+    let good = upload(&|d, s, seed| signed_chunks(&creds.secret_access_key, d, s, seed, &data, 65_536));
+    let r = p.client.send(good).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(std::fs::read(s3.path("datasets", "chunked.bin")).unwrap(), data);
+
+    // one flipped byte in the second chunk's data breaks the chain: refused, nothing stored
+    std::fs::remove_file(s3.path("datasets", "chunked.bin")).unwrap();
+    let bad = upload(&|d, s, seed| {
+        let mut b = signed_chunks(&creds.secret_access_key, d, s, seed, &data, 65_536);
+        let n = b.len();
+        b[n - 200] ^= 1;
+        b
+    });
+    let r = p.client.send(bad).await;
+    assert_ne!(r.status, 200, "{}", r.text());
+    assert!(
+        !s3.path("datasets", "chunked.bin").exists(),
+        "a tampered upload was stored"
+    );
+    let audit = p.audit(3).await;
+    assert_eq!(audit[1]["bytes_in"], data.len());
+    assert_eq!(audit[2]["reason"], "signature_mismatch");
+}

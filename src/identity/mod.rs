@@ -5,6 +5,7 @@
 //! signature verification; only a token naming an unknown key can cause I/O, and that is
 //! single-flight and rate-limited per issuer (see [`jwks`]).
 
+pub mod chunked;
 pub mod jwks;
 pub mod jwt;
 pub mod revocation;

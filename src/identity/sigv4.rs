@@ -423,7 +423,7 @@ fn signatures_equal(computed: &[u8], sent: &[u8]) -> bool {
 
 /// The SigV4 signing key: HMAC chain from `"AWS4" + secret` over date, region, service and
 /// `aws4_request`.
-fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
+pub(crate) fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
     let mut k = hmac::sign(
         &hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret}").as_bytes()),
         date.as_bytes(),
