@@ -37,7 +37,7 @@ pub enum UpstreamBody {
     /// A signed aws-chunked upload, verified chunk by chunk and forwarded de-framed.
     Chunked {
         /// The verifying de-framer over the caller's body.
-        inner: crate::identity::chunked::VerifiedChunks<Incoming>,
+        inner: Box<crate::identity::chunked::VerifiedChunks<Incoming>>,
         /// Bytes passed on so far.
         counter: Arc<BodyStats>,
     },
@@ -71,7 +71,7 @@ impl Body for UpstreamBody {
                 polled.map(|o| o.map(|r| r.map_err(Into::into)))
             }
             UpstreamBody::Chunked { inner, counter } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {

@@ -248,7 +248,7 @@ async fn run(
         (Some(body), _) if chunk_chain.is_some() => {
             let chain = chunk_chain.ok_or(Rejection::Internal)?;
             let body = UpstreamBody::Chunked {
-                inner: chunked::VerifiedChunks::new(body, chain),
+                inner: Box::new(chunked::VerifiedChunks::new(body, chain)),
                 counter: ctx.bytes_in.clone(),
             };
             (body, false)
