@@ -47,12 +47,18 @@ def test_sts_assume_role_with_web_identity(dev):
         "cli-session",
         "--web-identity-token",
         token,
+        "--duration-seconds",
+        "900",
         "--output",
         "json",
     ).stdout
+    import datetime
     import json
 
     doc = json.loads(out)
+    expires = datetime.datetime.fromisoformat(doc["Credentials"]["Expiration"].replace("Z", "+00:00"))
+    left = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    assert 850 <= left <= 900, left
     assert doc["Credentials"]["AccessKeyId"].startswith("ASIA")
     assert doc["SubjectFromWebIdentityToken"] == "alice"
     assert doc["AssumedRoleUser"]["Arn"].endswith(":assumed-role/trainer/cli-session")
