@@ -794,12 +794,7 @@ fn record_operation(record: &mut AuditRecord, op: &Operation) {
 fn record_decision(proxy: &Proxy, route: &Route, identity: &Identity, decision: &Decision, ctx: &mut Ctx) {
     let (roles, rule) = match &decision.outcome {
         Ok(permit) => (
-            proxy
-                .policies
-                .roles_for(identity)
-                .iter()
-                .map(|r| r.name.to_string())
-                .collect(),
+            decision.roles.iter().map(|r| r.to_string()).collect(),
             permit.rules().first().map(|r| r.to_string()),
         ),
         Err(denial) => (denial.roles.clone(), denial.rule.as_ref().map(|r| r.to_string())),

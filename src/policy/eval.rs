@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -138,6 +139,7 @@ impl PolicySet {
     /// `accesses` should never be empty; if it is, the request is refused.
     pub fn decide(&self, id: &Identity, accesses: &[Access]) -> Decision {
         let held = self.held(id);
+        let roles = held.iter().map(|h| Arc::clone(&h.role.name)).collect();
         if self.shadow_all {
             let shadow = match decide_all(&held, Counted::All, accesses, &id.claims) {
                 Ok(rules) => ShadowOutcome::WouldAllow { rules },
@@ -146,6 +148,7 @@ impl PolicySet {
             return Decision {
                 outcome: Ok(Permit { rules: Vec::new() }),
                 shadow: Some(shadow),
+                roles,
             };
         }
         let outcome =
@@ -156,7 +159,11 @@ impl PolicySet {
                 Err(denial) => ShadowOutcome::WouldDeny(denial),
             }
         });
-        Decision { outcome, shadow }
+        Decision {
+            outcome,
+            shadow,
+            roles,
+        }
     }
 
     /// Everything `claimgate check` prints: every role and whether (and through which member

@@ -258,6 +258,10 @@ pub struct Decision {
     /// `Some` when the identity holds any shadow role: the decision with enforced and shadow
     /// roles counted together, for the audit record.
     pub shadow: Option<ShadowOutcome>,
+    /// Every role the identity holds (enforced and shadow), in file order — what
+    /// [`PolicySet::roles_for`] would return, kept here so the audit record need not
+    /// evaluate membership a second time.
+    pub roles: Vec<Arc<str>>,
 }
 
 impl Decision {
