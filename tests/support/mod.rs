@@ -2,6 +2,8 @@
 //! all on 127.0.0.1 port 0, talking over real sockets.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod vectors;
+
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
