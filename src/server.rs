@@ -226,17 +226,30 @@ async fn serve_connection(
 }
 
 async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
+    serve_simple(listener, move |req| admin_response(&proxy, req.uri().path())).await;
+}
+
+/// Serves a small HTTP/1.1 endpoint (admin port, `claimgate dev`'s issuer and feature
+/// store) whose answers are computed from the request head alone.
+pub async fn serve_simple<F, B>(listener: TcpListener, answer: F)
+where
+    F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<B> + Send + Sync + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let answer = Arc::new(answer);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let proxy = proxy.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(admin_response(&proxy, req.uri().path())) }
+                let resp = answer(&req);
+                async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -3,7 +3,6 @@
 //!
 //! Development only: it issues whatever it is asked to, to whoever can read the key file.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,8 +11,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -151,35 +149,23 @@ pub async fn serve(listener: TcpListener, issuer: String, key: Arc<DevKey>) {
         .to_string(),
     );
     let jwks = Bytes::from(json!({ "keys": [key.jwk] }).to_string());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+    crate::server::serve_simple(listener, move |req| {
+        let body = match req.uri().path() {
+            "/.well-known/openid-configuration" => discovery.clone(),
+            "/jwks" => jwks.clone(),
+            _ => {
+                return http::Response::builder()
+                    .status(404)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_default();
+            }
         };
-        let (discovery, jwks) = (discovery.clone(), jwks.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = match req.uri().path() {
-                    "/.well-known/openid-configuration" => Some(discovery.clone()),
-                    "/jwks" => Some(jwks.clone()),
-                    _ => None,
-                };
-                async move {
-                    let resp = match body {
-                        Some(b) => http::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(b)),
-                        None => http::Response::builder()
-                            .status(404)
-                            .body(Full::new(Bytes::new())),
-                    };
-                    Ok::<_, Infallible>(resp.unwrap_or_default())
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap_or_default()
+    })
+    .await;
 }
 
 /// Parses `--claim k=v` (comma-separated values become an array) and `--claim k:=<json>`.

@@ -1,12 +1,10 @@
 //! The dev S3 store: s3s-fs (a real S3 implementation that verifies SigV4) over a folder,
 //! seeded with demo data; and a stand-in feature store for the example HTTP route.
 
-use std::convert::Infallible;
 use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
@@ -84,39 +82,25 @@ pub async fn serve_s3(
 /// presenting `token` — so the dev proxy's credential swap is really checked.
 pub async fn serve_features(listener: TcpListener, token: String) {
     let expected = format!("Bearer {token}");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+    crate::server::serve_simple(listener, move |req| {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == expected.as_str());
+        let found = req.uri().path() == "/get-online-features";
+        let (status, body) = match (authorized, found) {
+            (false, _) => (401, r#"{"error":"missing or wrong feature-store credential"}"#),
+            (true, false) => (404, r#"{"error":"no such endpoint"}"#),
+            (true, true) => (
+                200,
+                r#"{"metadata":{"feature_names":["user_id","avg_session_minutes"]},"results":[{"values":[1001,37.5]}]}"#,
+            ),
         };
-        let expected = expected.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let authorized = req
-                    .headers()
-                    .get("authorization")
-                    .is_some_and(|v| v == expected.as_str());
-                let found = req.uri().path() == "/get-online-features";
-                async move {
-                    let (status, body) = match (authorized, found) {
-                        (false, _) => (401, r#"{"error":"missing or wrong feature-store credential"}"#),
-                        (true, false) => (404, r#"{"error":"no such endpoint"}"#),
-                        (true, true) => (
-                            200,
-                            r#"{"metadata":{"feature_names":["user_id","avg_session_minutes"]},"results":[{"values":[1001,37.5]}]}"#,
-                        ),
-                    };
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(body.as_bytes())))
-                            .unwrap_or_default(),
-                    )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap_or_default()
+    })
+    .await;
 }
