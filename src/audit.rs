@@ -186,14 +186,6 @@ impl AuditLog {
         AuditLog { tx }
     }
 
-    /// Queues a record; waits for room when the queue is full.
-    pub async fn write(&self, record: AuditRecord) {
-        let msg = Msg::Record(Box::new(record));
-        if let Err(mpsc::error::TrySendError::Full(msg)) = self.tx.try_send(msg) {
-            let _ = self.tx.send(msg).await;
-        }
-    }
-
     /// Queues a record from synchronous code (a body's `Drop`). Never blocks: when the
     /// queue is full it hands the record to a task that waits for room.
     pub fn write_now(&self, record: AuditRecord) {

@@ -131,17 +131,12 @@ struct RawJwks {
     keys: Vec<serde_json::Value>,
 }
 
-struct State {
-    keys: Option<Arc<KeySet>>,
-    /// When keys were last fetched successfully.
-    fetched_at: Option<Instant>,
-}
-
 /// The signing keys of one issuer, with their refresh machinery.
 pub struct IssuerKeys {
     config: IssuerConfig,
     client: Client<Connector, Empty<Bytes>>,
-    state: RwLock<State>,
+    /// The keys in force; `None` until the first successful fetch.
+    keys: RwLock<Option<Arc<KeySet>>>,
     /// Serializes fetches: one in flight per issuer.
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     /// Least time between two on-demand fetches.
@@ -157,10 +152,7 @@ impl IssuerKeys {
             min_refetch: config.min_refetch,
             config,
             client: client::client(connector),
-            state: RwLock::new(State {
-                keys: None,
-                fetched_at: None,
-            }),
+            keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(None),
             metrics,
         })
@@ -173,7 +165,7 @@ impl IssuerKeys {
 
     /// The keys we have, if any were ever fetched.
     pub fn current(&self) -> Option<Arc<KeySet>> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).keys.clone()
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether keys have been loaded (readiness).
@@ -210,18 +202,14 @@ impl IssuerKeys {
 
     /// Replaces the key set as a successful fetch would.
     pub fn install(&self, keys: KeySet) {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        state.keys = Some(Arc::new(keys));
-        state.fetched_at = Some(Instant::now());
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
     }
 
     async fn fetch_and_store(&self) -> Result<(), FetchError> {
         match self.fetch().await {
             Ok(set) => {
                 self.metrics.jwks_fetch(&self.config.issuer, "ok");
-                let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-                state.keys = Some(Arc::new(set));
-                state.fetched_at = Some(Instant::now());
+                self.install(set);
                 Ok(())
             }
             Err(e) => {
@@ -296,15 +284,6 @@ impl IssuerKeys {
             url: url.to_string(),
             reason: format!("not the expected JSON: {e}"),
         })
-    }
-
-    /// Age of the keys, for logs.
-    pub fn age(&self) -> Option<Duration> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .fetched_at
-            .map(|t| t.elapsed())
     }
 }
 
