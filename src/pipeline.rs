@@ -799,7 +799,11 @@ fn record_decision(proxy: &Proxy, route: &Route, identity: &Identity, decision: 
         ),
         Err(denial) => (denial.roles.clone(), denial.rule.as_ref().map(|r| r.to_string())),
     };
-    ctx.record.identity = Some(audit_identity(identity, &roles));
+    // The identity was recorded right after authentication; only the roles are new.
+    match ctx.record.identity.as_mut() {
+        Some(recorded) => recorded.roles = roles,
+        None => ctx.record.identity = Some(audit_identity(identity, &roles)),
+    }
     ctx.record.decision = if decision.is_allowed() { "allow" } else { "deny" };
     ctx.record.rule = rule;
     if let Some(shadow) = &decision.shadow {
