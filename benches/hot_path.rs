@@ -14,7 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation, jwk::Jwk};
 use serde_json::json;
 
-use claimgate::classify::{S3Target, classify_s3};
+use claimgate::classify::{RequestTarget, S3Target, classify_s3};
 use claimgate::clock::{ManualClock, SharedClock};
 use claimgate::config::Config;
 use claimgate::identity::Authenticator;
@@ -120,7 +120,7 @@ fn benches(c: &mut Criterion) {
         .select(Some("claimgate.example.com"), "/datasets/x")
         .unwrap()
         .clone();
-    let target = S3Target { virtual_host: None };
+    let target = S3Target::default();
     // warm the verified-token cache
     let identity = f.rt.block_on(f.auth.authenticate_bearer(&f.token)).unwrap();
 
@@ -131,9 +131,10 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("classify (GetObject)", |b| {
         let parts = get_request();
-        b.iter(|| classify_s3(&parts, &target).unwrap())
+        b.iter(|| classify_s3(&parts, &RequestTarget::read(&parts).unwrap(), &target).unwrap())
     });
-    let op = classify_s3(&get_request(), &target).unwrap();
+    let head = get_request();
+    let op = classify_s3(&head, &RequestTarget::read(&head).unwrap(), &target).unwrap();
     g.bench_function("authorize", |b| {
         b.iter(|| f.config.policies.decide(&identity, &op.accesses))
     });
@@ -142,7 +143,7 @@ fn benches(c: &mut Criterion) {
             get_request,
             |mut parts| {
                 let permit = f.config.policies.decide(&identity, &op.accesses).outcome.unwrap();
-                sign_upstream(&permit, &mut parts, &route, now).unwrap();
+                sign_upstream(&permit, &op, &mut parts, &route, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,
@@ -156,9 +157,9 @@ fn benches(c: &mut Criterion) {
             get_request,
             |mut parts| {
                 let id = f.rt.block_on(f.auth.authenticate_bearer(&f.token)).unwrap();
-                let op = classify_s3(&parts, &target).unwrap();
+                let op = classify_s3(&parts, &RequestTarget::read(&parts).unwrap(), &target).unwrap();
                 let permit = f.config.policies.decide(&id, &op.accesses).outcome.unwrap();
-                sign_upstream(&permit, &mut parts, &route, now).unwrap();
+                sign_upstream(&permit, &op, &mut parts, &route, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,

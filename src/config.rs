@@ -14,6 +14,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::classify::KeyRule;
 use crate::diag::Problem;
 use crate::policy::{Mode, PolicySet};
 use crate::secret::{self, Secret};
@@ -134,6 +135,8 @@ struct RawRoute {
     path_prefix: Option<Spanned<String>>,
     host: Option<String>,
     ca_file: Option<Spanned<String>>,
+    /// S3 routes: forward keys with `.`, `..` or empty segments literally (default: refuse).
+    literal_dot_keys: Option<Spanned<bool>>,
     credentials: Spanned<RawCredentials>,
 }
 
@@ -276,6 +279,10 @@ pub struct RouteConfig {
     pub host: Option<String>,
     /// Extra CA for the upstream.
     pub ca_file: Option<PathBuf>,
+    /// S3 routes: whether object keys with `.`, `..` or empty segments are refused (the
+    /// default: filesystem-backed stores resolve them to other objects) or forwarded
+    /// literally (`literal_dot_keys = true`, for stores that keep them literal, like AWS S3).
+    pub keys: KeyRule,
     /// How claimgate authenticates to the upstream.
     pub credentials: Credentials,
 }
@@ -798,6 +805,14 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
             format!("route {name:?}: HTTP routes need `path_prefix` or `host`"),
         );
     }
+    let keys = match &r.literal_dot_keys {
+        Some(flag) if kind == RouteKind::Http => {
+            c.at(flag, format!("route {name:?}: literal_dot_keys applies to S3 routes only (HTTP routes always refuse dot segments)"));
+            KeyRule::Canonical
+        }
+        Some(flag) if *flag.get_ref() => KeyRule::Literal,
+        _ => KeyRule::Canonical,
+    };
     let credentials = compile_credentials(c, &r.credentials, kind)?;
     Some(RouteConfig {
         name,
@@ -809,6 +824,7 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
         path_prefix,
         host: r.host.clone().map(|h| h.to_ascii_lowercase()),
         ca_file: r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file")),
+        keys,
         credentials,
     })
 }

@@ -115,6 +115,24 @@ impl Access {
     }
 }
 
+/// What an S3 request acts on, as the classify stage read it. The signer builds the
+/// upstream path from this value (never from the caller's spelling), so the object the
+/// store is asked for is byte for byte the object that was authorized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Address {
+    /// The account (`GET /`).
+    Service,
+    /// A bucket.
+    Bucket(String),
+    /// An object: `key` is the decoded key the policy was checked against.
+    Object {
+        /// The bucket.
+        bucket: String,
+        /// The key, percent-decoded once.
+        key: String,
+    },
+}
+
 /// What a request wants, as the classify stage understood it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
@@ -122,6 +140,8 @@ pub struct Operation {
     pub name: &'static str,
     /// Every permission the request needs; never empty.
     pub accesses: Vec<Access>,
+    /// For S3 requests, what the upstream request must address; `None` on HTTP routes.
+    pub s3: Option<S3Address>,
 }
 
 impl Operation {

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 
 use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
 use crate::body::{BodyStats, OnFinish, ProxyBody, UpstreamBody};
-use crate::classify::{self, ClassifyError, S3Target};
+use crate::classify::{self, ClassifyError, RequestTarget, S3Target};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
 use crate::identity::chunked::{self, ChunkChain};
@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::{AuthMethod, Identity, Operation};
 use crate::policy::{Decision, PolicySet, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
-use crate::upstream::sign::sign_upstream_for;
+use crate::upstream::sign::sign_upstream;
 use crate::upstream::{Route, Router};
 
 /// How long the upstream may take to send a response head.
@@ -166,13 +166,13 @@ async fn run(
         return Ok(assume_role(proxy, keyring, parts, body, ctx).await);
     }
 
-    // route
-    let host = request_host(&parts);
+    // route: the target is read once, and routing, classification and signing all use it
+    let target = RequestTarget::read(&parts)?;
     let route = proxy
         .router
-        .select(host.as_deref(), parts.uri.path())
+        .select(target.host(), target.path())
         .ok_or_else(|| Rejection::NoRoute {
-            path: parts.uri.path().to_string(),
+            path: target.path().to_string(),
         })?
         .clone();
     ctx.record.route = route.config.name.clone();
@@ -206,7 +206,7 @@ async fn run(
 
     let mut inspected: Option<Bytes> = None;
     // classify (DeleteObjects: from its size-capped body, which is then sent on as read)
-    let (operation, body) = match classify(proxy, &route, &parts)? {
+    let (operation, body) = match classify(proxy, &route, &parts, &target)? {
         Classified::Op(op) => (op, Some(body)),
         Classified::NeedsBody(pending) => {
             let xml = read_capped(body, proxy.config.server.max_inspected_body).await?;
@@ -231,17 +231,7 @@ async fn run(
     if chunk_chain.is_some() {
         unframe_signed_chunks(&mut parts.headers);
     }
-    let vhost_bucket = match route.config.kind {
-        RouteKind::S3 => classify::virtual_bucket(&parts, &s3_target(proxy))?,
-        RouteKind::Http => None,
-    };
-    sign_upstream_for(
-        &permit,
-        &mut parts,
-        &route,
-        vhost_bucket.as_deref(),
-        proxy.clock.now(),
-    )?;
+    sign_upstream(&permit, &operation, &mut parts, &route, proxy.clock.now())?;
 
     // forward
     let (body, bodyless) = match (body, inspected) {
@@ -469,6 +459,13 @@ async fn authenticate(
     proxy: &Proxy,
     parts: &http::request::Parts,
 ) -> Result<(Arc<Identity>, Option<ChunkChain>), AuthError> {
+    // With two, which one a hop or the upstream honours is not ours to guess ("valid, then
+    // `alg: none`" must not be served on the strength of the first).
+    if parts.headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(AuthError::Ambiguous {
+            reason: "the request has more than one Authorization header".into(),
+        });
+    }
     if let Some(claim) = sigv4::parse(parts)? {
         return authenticate_session(proxy, parts, &claim).map(|(id, chain)| (Arc::new(id), chain));
     }
@@ -599,9 +596,14 @@ enum Classified {
     NeedsBody(classify::PendingDeleteObjects),
 }
 
-fn classify(proxy: &Proxy, route: &Route, parts: &http::request::Parts) -> Result<Classified, Rejection> {
+fn classify(
+    proxy: &Proxy,
+    route: &Route,
+    parts: &http::request::Parts,
+    target: &RequestTarget,
+) -> Result<Classified, Rejection> {
     match route.config.kind {
-        RouteKind::S3 => match classify::classify_s3(parts, &s3_target(proxy)) {
+        RouteKind::S3 => match classify::classify_s3(parts, target, &s3_target(proxy, route)) {
             Ok(op) => Ok(Classified::Op(op)),
             Err(ClassifyError::BodyRequired(pending)) => Ok(Classified::NeedsBody(pending)),
             Err(e) => Err(e.into()),
@@ -634,9 +636,10 @@ async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Rejection> {
         })
 }
 
-fn s3_target(proxy: &Proxy) -> S3Target<'_> {
+fn s3_target<'a>(proxy: &'a Proxy, route: &Route) -> S3Target<'a> {
     S3Target {
         virtual_host: proxy.config.server.public_host.as_deref(),
+        keys: route.config.keys,
     }
 }
 
@@ -832,16 +835,6 @@ fn audit_identity(identity: &Identity, roles: &[String]) -> AuditIdentity {
         token_id: identity.token_id.clone(),
         session: identity.session_id.clone(),
     }
-}
-
-/// `Host` for HTTP/1.1, `:authority` for HTTP/2.
-fn request_host(parts: &http::request::Parts) -> Option<String> {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
 }
 
 fn set_request_id(headers: &mut http::HeaderMap, id: &str) {

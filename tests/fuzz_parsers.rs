@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use claimgate::classify::{S3Target, classify_http, classify_s3, parse_delete_objects};
+use claimgate::classify::{RequestTarget, S3Target, classify_http, classify_s3, parse_delete_objects};
 use claimgate::identity::jwt::parse_unverified;
 use claimgate::identity::revocation::RevocationList;
 use claimgate::identity::{sigv4, sts};
@@ -141,12 +141,16 @@ fn s3_and_http_classification_never_panic() {
         }
         let Ok(req) = b.body(()) else { continue };
         let (parts, ()) = req.into_parts();
-        let _ = classify_s3(
-            &parts,
-            &S3Target {
-                virtual_host: Some("s3.example.com"),
-            },
-        );
+        if let Ok(target) = RequestTarget::read(&parts) {
+            let _ = classify_s3(
+                &parts,
+                &target,
+                &S3Target {
+                    virtual_host: Some("s3.example.com"),
+                    ..S3Target::default()
+                },
+            );
+        }
         let _ = classify_http("features", Some("/datasets/"), &parts);
     }
 }

@@ -51,6 +51,7 @@ pub fn classify_http(
             format!("http:{method}"),
             format!("http://{route}/{path}"),
         )],
+        s3: None,
     })
 }
 

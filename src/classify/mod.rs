@@ -8,15 +8,18 @@
 //!   subresources and query parameters, unsupported methods and malformed URIs each have
 //!   their own [`ClassifyError`].
 //! - **Resources are what the upstream will act on.** S3 keys are percent-decoded exactly
-//!   once and kept literal (S3 does not normalise `.`, `..` or `//`); anything whose meaning
-//!   depends on the upstream (a raw `+` in an S3 path, dot segments or encoded slashes on an
-//!   HTTP route) is refused rather than guessed.
+//!   once; a key or prefix whose meaning depends on the store (`.`, `..` or empty segments,
+//!   which filesystem-backed stores resolve; a raw `+` in an S3 path; dot segments or
+//!   encoded slashes on an HTTP route) is refused rather than guessed. The classified
+//!   [`S3Address`](crate::model::S3Address) is what the signer forwards.
 //!
 //! | file        | classifies                                                        |
 //! |-------------|-------------------------------------------------------------------|
 //! | `s3.rs`     | S3 REST requests, path-style and virtual-hosted → S3 operations   |
 //! | `http.rs`   | requests to HTTP routes → `http:<METHOD>` on `http://route/path`  |
 //! | `decode.rs` | strict, single percent-decoding shared by both                    |
+//! | `key.rs`    | the canonical-key rule: no `.`, `..` or empty segments             |
+//! | `target.rs` | the request's host and path, read once for every stage            |
 //!
 //! DeleteObjects is the one operation whose accesses depend on the body: [`classify_s3`]
 //! answers [`ClassifyError::BodyRequired`] with a [`PendingDeleteObjects`] that the caller
@@ -25,11 +28,15 @@
 mod decode;
 mod delete_objects;
 mod http;
+mod key;
 mod s3;
+mod target;
 
 pub use self::delete_objects::parse_delete_objects;
 pub use self::http::classify_http;
-pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3, virtual_bucket};
+pub use self::key::KeyRule;
+pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
+pub use self::target::RequestTarget;
 
 /// Every S3 action the classifier can ask authorization for. A policy action outside this
 /// set (without a `*`) could never match a request: `validate` refuses it as a likely typo.

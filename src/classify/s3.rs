@@ -33,27 +33,36 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use http::header::{HOST, HeaderMap};
+use http::Method;
+use http::header::HeaderMap;
 use http::request::Parts;
-use http::{HeaderValue, Method};
 
 use super::ClassifyError;
 use super::decode::{Plus, decode};
-use crate::model::{Access, Operation};
+use super::key::{self, KeyRule, KeyUse};
+use super::target::{RequestTarget, hostname};
+use crate::model::{Access, Operation, S3Address};
 
-/// How S3 requests reach claimgate.
+/// How S3 requests reach claimgate, per route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct S3Target<'a> {
     /// `server.public_host`. When set, `Host: <bucket>.<virtual_host>` (any port) addresses
     /// `<bucket>` virtual-hosted style; any other Host, including `virtual_host` itself, is
     /// path-style. `None`: path-style only.
     pub virtual_host: Option<&'a str>,
+    /// Whether keys with `.`, `..` or empty segments are refused (the default) or forwarded
+    /// literally (`literal_dot_keys`, for stores that never resolve them).
+    pub keys: KeyRule,
 }
 
 /// Classifies an S3 request from its head (the body is not available yet).
 ///
 /// DeleteObjects answers [`ClassifyError::BodyRequired`]: its accesses are in the body.
-pub fn classify_s3(parts: &Parts, target: &S3Target<'_>) -> Result<Operation, ClassifyError> {
+pub fn classify_s3(
+    parts: &Parts,
+    target: &RequestTarget,
+    s3: &S3Target<'_>,
+) -> Result<Operation, ClassifyError> {
     let method = &parts.method;
     if !matches!(
         *method,
@@ -61,17 +70,22 @@ pub fn classify_s3(parts: &Parts, target: &S3Target<'_>) -> Result<Operation, Cl
     ) {
         return Err(method_not_allowed(method));
     }
-    let addressed = address(parts, target)?;
+    let addressed = address(target, s3)?;
     let req = Request {
         method,
         query: Query::parse(parts.uri.query().unwrap_or_default())?,
         headers: &parts.headers,
+        keys: s3.keys,
     };
-    match addressed {
-        Addressed::Service => service_op(&req),
-        Addressed::Bucket(bucket) => bucket_op(&req, &bucket),
-        Addressed::Object { bucket, key } => object_op(&req, &bucket, &key),
-    }
+    let (mut op, address) = match addressed {
+        Addressed::Service => (service_op(&req)?, S3Address::Service),
+        Addressed::Bucket(bucket) => (bucket_op(&req, &bucket)?, S3Address::Bucket(bucket)),
+        Addressed::Object { bucket, key } => {
+            (object_op(&req, &bucket, &key)?, S3Address::Object { bucket, key })
+        }
+    };
+    op.s3 = Some(address);
+    Ok(op)
 }
 
 /// A DeleteObjects request (`POST /b?delete`) waiting for its body.
@@ -87,6 +101,8 @@ pub struct PendingDeleteObjects {
     /// `x-amz-bypass-governance-retention` was sent: every key also needs
     /// `s3:BypassGovernanceRetention`.
     bypass_governance: bool,
+    /// The route's rule for dot and empty segments, applied to every listed key.
+    keys: KeyRule,
 }
 
 impl PendingDeleteObjects {
@@ -121,6 +137,7 @@ impl PendingDeleteObjects {
                     "DeleteObjects lists an empty key or a key holding NUL",
                 ));
             }
+            key::check(key, KeyUse::Key, self.keys, "a DeleteObjects key")?;
             let resource = object_resource(&self.bucket, key);
             let action = match non_empty_version(version)? {
                 Some(_) => "s3:DeleteObjectVersion",
@@ -141,6 +158,7 @@ impl PendingDeleteObjects {
         Ok(Operation {
             name: "DeleteObjects",
             accesses,
+            s3: Some(S3Address::Bucket(self.bucket.clone())),
         })
     }
 }
@@ -152,38 +170,37 @@ enum Addressed {
     Service,
     /// A bucket (`/b`, `/b/`, or `/` on `b.<virtual_host>`).
     Bucket(String),
-    /// An object; `key` is percent-decoded, otherwise literal.
+    /// An object; `key` is percent-decoded once and canonical (see [`key`]).
     Object { bucket: String, key: String },
 }
 
 /// Splits the request into service / bucket / object, virtual-hosted or path-style.
-fn address(parts: &Parts, target: &S3Target<'_>) -> Result<Addressed, ClassifyError> {
-    let path = parts.uri.path();
-    let rest = path
+fn address(target: &RequestTarget, s3: &S3Target<'_>) -> Result<Addressed, ClassifyError> {
+    let rest = target
+        .path()
         .strip_prefix('/')
         .ok_or_else(|| ClassifyError::invalid_uri("an S3 request path must start with `/`"))?;
-    if let Some(bucket) = virtual_bucket(parts, target)? {
-        return in_bucket(bucket, rest);
+    if let Some(bucket) = virtual_bucket(target, s3)? {
+        return in_bucket(bucket, rest, s3.keys);
     }
     if rest.is_empty() {
         return Ok(Addressed::Service);
     }
     let (bucket, raw_key) = rest.split_once('/').unwrap_or((rest, ""));
-    in_bucket(valid_bucket(bucket)?, raw_key)
+    in_bucket(valid_bucket(bucket)?, raw_key, s3.keys)
 }
 
 /// The bucket itself when the key part is empty, else the object.
-fn in_bucket(bucket: String, raw_key: &str) -> Result<Addressed, ClassifyError> {
+fn in_bucket(bucket: String, raw_key: &str, keys: KeyRule) -> Result<Addressed, ClassifyError> {
     if raw_key.is_empty() {
         return Ok(Addressed::Bucket(bucket));
     }
-    Ok(Addressed::Object {
-        bucket,
-        key: object_key(raw_key)?,
-    })
+    let key = object_key(raw_key)?;
+    key::check(&key, KeyUse::Key, keys, "the object key")?;
+    Ok(Addressed::Object { bucket, key })
 }
 
-/// Percent-decodes a key from the path, once, keeping `.`, `..` and `//` literal as S3 does.
+/// Percent-decodes a key from the path, once, as S3 does.
 ///
 /// A raw `+` is refused: AWS S3 reads it as a space while other S3-compatible stores read a
 /// `+`, so the policy could be checked against a different key than the one served. SDKs
@@ -198,17 +215,12 @@ fn object_key(raw: &str) -> Result<String, ClassifyError> {
     decode(raw, Plus::Literal).map_err(|e| ClassifyError::invalid_uri(format!("the object key {e}")))
 }
 
-/// The bucket named by `Host: <bucket>.<virtual_host>`, if the request is virtual-hosted.
+/// The bucket a virtual-hosted request names in its Host (`<bucket>.<public_host>`), if any.
 ///
 /// The suffix compares case-insensitively (DNS names); the bucket label is validated as
 /// sent, so `MyBucket.<virtual_host>` is refused rather than silently lowercased.
-/// The bucket a virtual-hosted request names in its Host (`<bucket>.<public_host>`), if any.
-/// The forward stage uses the same answer to put the bucket back into the upstream path.
-pub fn virtual_bucket(parts: &Parts, target: &S3Target<'_>) -> Result<Option<String>, ClassifyError> {
-    let Some(public) = target.virtual_host else {
-        return Ok(None);
-    };
-    let Some(host) = request_host(parts)? else {
+fn virtual_bucket(target: &RequestTarget, s3: &S3Target<'_>) -> Result<Option<String>, ClassifyError> {
+    let (Some(public), Some(host)) = (s3.virtual_host, target.host()) else {
         return Ok(None);
     };
     match bucket_label(host, hostname(public)) {
@@ -225,47 +237,6 @@ fn bucket_label<'h>(host: &'h str, public: &str) -> Option<&'h str> {
         return None;
     }
     host.get(..cut)?.strip_suffix('.')
-}
-
-/// The host the request is addressed to, without port or trailing dot.
-///
-/// HTTP/2's `:authority` (and an HTTP/1 absolute-form target) live in the URI, HTTP/1's in
-/// `Host`; when both are present they must agree, so that the bucket cannot be read from one
-/// while something downstream reads the other.
-fn request_host(parts: &Parts) -> Result<Option<&str>, ClassifyError> {
-    let mut headers = parts.headers.get_all(HOST).iter();
-    let header = headers.next().map(header_host).transpose()?;
-    if headers.next().is_some() {
-        return Err(ClassifyError::invalid_argument(
-            "the request has more than one Host header",
-        ));
-    }
-    match (parts.uri.host().map(hostname), header) {
-        (Some(authority), Some(header)) if !authority.eq_ignore_ascii_case(header) => {
-            Err(ClassifyError::invalid_argument(format!(
-                "the request target names host `{authority}` but the Host header `{header}`"
-            )))
-        }
-        (Some(authority), _) => Ok(Some(authority)),
-        (None, header) => Ok(header),
-    }
-}
-
-/// The host part of a `Host` header value.
-fn header_host(value: &HeaderValue) -> Result<&str, ClassifyError> {
-    value
-        .to_str()
-        .map(hostname)
-        .map_err(|_| ClassifyError::invalid_argument("the Host header is not visible ASCII"))
-}
-
-/// Drops a `:port` (keeping bracketed IPv6 literals whole) and one trailing dot.
-fn hostname(host: &str) -> &str {
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// The name, owned, if it is a valid S3 bucket name.
@@ -378,6 +349,8 @@ struct Request<'r> {
     method: &'r Method,
     query: Query,
     headers: &'r HeaderMap,
+    /// The route's rule for dot and empty segments in keys and prefixes.
+    keys: KeyRule,
 }
 
 impl Request<'_> {
@@ -521,6 +494,7 @@ fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError
             Err(ClassifyError::BodyRequired(PendingDeleteObjects {
                 bucket: bucket.to_owned(),
                 bypass_governance: req.headers.contains_key(BYPASS_GOVERNANCE),
+                keys: req.keys,
             }))
         }
         Method::POST => Err(req.unsupported(kind, "PostObject (browser form upload)")),
@@ -544,6 +518,7 @@ fn list_objects(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyEr
     };
     req.allow_only(Kind::Bucket, LIST_OBJECTS_PARAMS)?;
     let prefix = req.query.get("prefix").unwrap_or_default();
+    key::check(prefix, KeyUse::Prefix, req.keys, "the listing prefix")?;
     Ok(single(name, "s3:ListBucket", object_resource(bucket, prefix)))
 }
 
@@ -597,7 +572,7 @@ fn read_object(req: &Request<'_>, name: &'static str, target: String) -> Result<
 /// PutObject, or CopyObject when `x-amz-copy-source` is present.
 fn put_object(req: &Request<'_>, target: String) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, &[])?;
-    let mut op = match copy_source(req.headers)? {
+    let mut op = match copy_source(req.headers, req.keys)? {
         Some(source) => copied("CopyObject", target, &source),
         None => single("PutObject", "s3:PutObject", target),
     };
@@ -615,7 +590,7 @@ fn upload_part(req: &Request<'_>, target: String) -> Result<Operation, ClassifyE
         ));
     }
     upload_id(&req.query)?;
-    Ok(match copy_source(req.headers)? {
+    Ok(match copy_source(req.headers, req.keys)? {
         Some(source) => copied("UploadPartCopy", target, &source),
         None => single("UploadPart", "s3:PutObject", target),
     })
@@ -657,11 +632,12 @@ fn copied(name: &'static str, target: String, source: &CopySource) -> Operation 
             Access::new("s3:PutObject", target),
             Access::new(read, object_resource(&source.bucket, &source.key)),
         ],
+        s3: None,
     }
 }
 
 /// The `x-amz-copy-source` header, parsed, if present.
-fn copy_source(headers: &HeaderMap) -> Result<Option<CopySource>, ClassifyError> {
+fn copy_source(headers: &HeaderMap, keys: KeyRule) -> Result<Option<CopySource>, ClassifyError> {
     let mut values = headers.get_all("x-amz-copy-source").iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -674,7 +650,9 @@ fn copy_source(headers: &HeaderMap) -> Result<Option<CopySource>, ClassifyError>
     let raw = value.to_str().map_err(|_| {
         ClassifyError::invalid_argument("x-amz-copy-source must be ASCII: percent-encode the key")
     })?;
-    parse_copy_source(raw).map(Some)
+    let source = parse_copy_source(raw)?;
+    key::check(&source.key, KeyUse::Key, keys, "the x-amz-copy-source key")?;
+    Ok(Some(source))
 }
 
 /// Parses `[/]bucket/url-encoded-key[?versionId=id]`.
@@ -765,6 +743,7 @@ fn single(name: &'static str, action: &str, resource: String) -> Operation {
     Operation {
         name,
         accesses: vec![Access::new(action, resource)],
+        s3: None,
     }
 }
 
@@ -800,6 +779,11 @@ mod tests {
         builder.body(()).expect("valid test request").into_parts().0
     }
 
+    /// Reads the target, then classifies: what the pipeline does.
+    fn classify_parts(parts: &Parts, s3: &S3Target<'_>) -> Result<Operation, ClassifyError> {
+        classify_s3(parts, &RequestTarget::read(parts)?, s3)
+    }
+
     fn variant(e: &ClassifyError) -> &'static str {
         match e {
             ClassifyError::NotImplemented { .. } => "NotImplemented",
@@ -826,8 +810,11 @@ mod tests {
     }
 
     fn classify(vhost: Option<&str>, request: &str, headers: &[(&str, &str)]) -> String {
-        let target = S3Target { virtual_host: vhost };
-        render(&classify_s3(&parts(request, headers), &target))
+        let target = S3Target {
+            virtual_host: vhost,
+            ..S3Target::default()
+        };
+        render(&classify_parts(&parts(request, headers), &target))
     }
 
     /// Request headers, as `(name, value)`.
@@ -935,10 +922,10 @@ mod tests {
                     "GET /bkt?list-type=2&prefix=",
                     "ListObjectsV2: s3:ListBucket s3://bkt/",
                 ),
-                (
-                    "GET /bkt?list-type=2&prefix=../x/*",
-                    "ListObjectsV2: s3:ListBucket s3://bkt/../x/*",
-                ),
+                ("GET /bkt?list-type=2&prefix=../x/*", "!InvalidArgument"),
+                ("GET /bkt?list-type=2&prefix=%2Fpii%2F", "!InvalidArgument"),
+                ("GET /bkt?prefix=a/%2e/", "!InvalidArgument"),
+                ("GET /bkt?prefix=a/.h", "ListObjects: s3:ListBucket s3://bkt/a/.h"),
                 (
                     "GET /bkt?list-type=2&continuation-token=abc%3D&start-after=x&fetch-owner=true",
                     "ListObjectsV2: s3:ListBucket s3://bkt/",
@@ -985,7 +972,7 @@ mod tests {
         for sub in subresources {
             for query in [sub.to_owned(), format!("list-type=2&{sub}"), format!("{sub}=1")] {
                 let uri = format!("/bkt?{query}");
-                let result = classify_s3(&parts(&format!("GET {uri}"), &[]), &S3Target::default());
+                let result = classify_parts(&parts(&format!("GET {uri}"), &[]), &S3Target::default());
                 let Err(ClassifyError::NotImplemented { what }) = result else {
                     panic!("GET {uri}: {result:?}");
                 };
@@ -1053,6 +1040,34 @@ mod tests {
     }
 
     #[test]
+    fn literal_routes_keep_dot_segments_and_address_the_authorized_key() {
+        let literal = S3Target {
+            keys: KeyRule::Literal,
+            ..S3Target::default()
+        };
+        for (request, key) in [
+            ("GET /bkt/a//b/../c/./d", "a//b/../c/./d"),
+            ("GET /bkt/a/%2e%2E/b", "a/../b"),
+            ("GET /bkt/..", ".."),
+            ("GET /bkt//", "/"),
+        ] {
+            let op = classify_parts(&parts(request, &[]), &literal).unwrap();
+            let want = S3Address::Object {
+                bucket: "bkt".into(),
+                key: key.into(),
+            };
+            assert_eq!(op.s3, Some(want), "{request}");
+            assert_eq!(op.primary().resource, format!("s3://bkt/{key}"), "{request}");
+        }
+        let copy = [("x-amz-copy-source", "src/a/../b")];
+        let op = classify_parts(&parts("PUT /bkt/k", &copy), &literal).unwrap();
+        assert_eq!(op.accesses[1].resource, "s3://src/a/../b");
+        assert!(classify_parts(&parts("PUT /bkt/k", &copy), &S3Target::default()).is_err());
+        let op = classify_parts(&parts("GET /bkt?prefix=../x", &[]), &literal).unwrap();
+        assert_eq!(op.primary().resource, "s3://bkt/../x");
+    }
+
+    #[test]
     fn keys_are_decoded_once_and_kept_literal() {
         run(
             None,
@@ -1061,12 +1076,14 @@ mod tests {
                 ("GET /bkt/a%2Bb", "GetObject: s3:GetObject s3://bkt/a+b"),
                 ("GET /bkt/%252F", "GetObject: s3:GetObject s3://bkt/%2F"),
                 ("GET /bkt/caf%C3%A9", "GetObject: s3:GetObject s3://bkt/café"),
-                (
-                    "GET /bkt/a//b/../c/./d",
-                    "GetObject: s3:GetObject s3://bkt/a//b/../c/./d",
-                ),
-                ("GET /bkt/..", "GetObject: s3:GetObject s3://bkt/.."),
-                ("GET /bkt//", "GetObject: s3:GetObject s3://bkt//"),
+                ("GET /bkt/dir/", "GetObject: s3:GetObject s3://bkt/dir/"),
+                ("GET /bkt/.hidden/..x", "GetObject: s3:GetObject s3://bkt/.hidden/..x"),
+                ("GET /bkt/a//b/../c/./d", "!InvalidUri"),
+                ("GET /bkt/..", "!InvalidUri"),
+                ("GET /bkt//", "!InvalidUri"),
+                ("GET /bkt/a/%2e%2E/b", "!InvalidUri"),
+                ("GET /bkt/a%2F..%2Fb", "!InvalidUri"),
+                ("GET /bkt/a/.%2e", "!InvalidUri"),
                 ("GET /bkt/*", "GetObject: s3:GetObject s3://bkt/*"),
                 ("GET /bkt/a+b", "!InvalidUri"),
                 ("PUT /bkt/dir/a+b", "!InvalidUri"),
@@ -1130,7 +1147,7 @@ mod tests {
                 assert_eq!(classify(None, &request, &[]), "!NotImplemented", "{request}");
             }
         }
-        let result = classify_s3(&parts("GET /bkt/k?acl", &[]), &S3Target::default());
+        let result = classify_parts(&parts("GET /bkt/k?acl", &[]), &S3Target::default());
         let what = "query parameter `acl` on a GET request to an object".to_owned();
         assert_eq!(result, Err(ClassifyError::NotImplemented { what }));
     }
@@ -1213,9 +1230,13 @@ mod tests {
                 "CopyObject: s3:PutObject s3://bkt/k | s3:GetObject s3://src/a?b",
             ),
             (
-                "src/a%2Bb//../c",
-                "CopyObject: s3:PutObject s3://bkt/k | s3:GetObject s3://src/a+b//../c",
+                "src/a%2Bb/c",
+                "CopyObject: s3:PutObject s3://bkt/k | s3:GetObject s3://src/a+b/c",
             ),
+            ("src/a%2Bb//../c", "!InvalidUri"),
+            ("src/alice/../bob/secret", "!InvalidUri"),
+            ("src/alice/%2e%2e/bob/secret", "!InvalidUri"),
+            ("src/alice%2F..%2Fbob/secret", "!InvalidUri"),
         ];
         for (source, want) in cases {
             assert_eq!(copy(source, "PUT /bkt/k"), want, "{source}");
@@ -1258,9 +1279,9 @@ mod tests {
         assert_eq!(classify(None, "PUT /bkt/k", &twice), "!InvalidArgument");
 
         let mut head = parts("PUT /bkt/k", &[]);
-        let value = HeaderValue::from_bytes("src/café".as_bytes()).expect("obs-text is valid");
+        let value = http::HeaderValue::from_bytes("src/café".as_bytes()).expect("obs-text is valid");
         head.headers.insert(COPY, value);
-        let result = classify_s3(&head, &S3Target::default());
+        let result = classify_parts(&head, &S3Target::default());
         assert_eq!(render(&result), "!InvalidArgument");
     }
 
@@ -1390,11 +1411,9 @@ mod tests {
                     &[(HOST, "bkt.s3.example.com")],
                     "GetObject: s3:GetObject s3://bkt/otherbkt/k",
                 ),
-                (
-                    "GET //",
-                    &[(HOST, "bkt.s3.example.com")],
-                    "GetObject: s3:GetObject s3://bkt//",
-                ),
+                ("GET //", &[(HOST, "bkt.s3.example.com")], "!InvalidUri"),
+                ("GET /../x", &[(HOST, "bkt.s3.example.com")], "!InvalidUri"),
+                ("GET /a/%2E%2E/x", &[(HOST, "bkt.s3.example.com")], "!InvalidUri"),
                 (
                     "GET /k",
                     &[(HOST, "my.bucket.s3.example.com")],
@@ -1515,7 +1534,7 @@ mod tests {
     }
 
     fn pending(request: &str, headers: &[(&str, &str)]) -> PendingDeleteObjects {
-        match classify_s3(&parts(request, headers), &S3Target::default()) {
+        match classify_parts(&parts(request, headers), &S3Target::default()) {
             Err(ClassifyError::BodyRequired(pending)) => pending,
             other => panic!("{request}: {other:?}"),
         }
@@ -1525,12 +1544,16 @@ mod tests {
     fn delete_objects_is_finished_from_the_body() {
         let p = pending("POST /bkt?delete", &[]);
         assert_eq!(p.bucket(), "bkt");
-        let op = p.finish([("a", None), ("dir/b%20c", Some("v1")), ("../x", None)]);
+        let op = p.finish([("a", None), ("dir/b%20c", Some("v1")), ("..x", None)]);
         assert_eq!(
             render(&op),
             "DeleteObjects: s3:DeleteObject s3://bkt/a | s3:DeleteObjectVersion s3://bkt/dir/b%20c \
-             | s3:DeleteObject s3://bkt/../x"
+             | s3:DeleteObject s3://bkt/..x"
         );
+        for bad in ["../x", "a/./b", "a//b", "/a"] {
+            let op = p.finish([("a", None), (bad, None)]);
+            assert_eq!(render(&op), "!InvalidUri", "{bad}");
+        }
 
         let bypass = [("x-amz-bypass-governance-retention", "true")];
         let op = pending("POST /bkt?delete", &bypass).finish([("a", None)]);
@@ -1579,7 +1602,7 @@ mod tests {
             ),
         ];
         for (request, want) in cases {
-            let result = classify_s3(&parts(request, &[]), &S3Target::default());
+            let result = classify_parts(&parts(request, &[]), &S3Target::default());
             assert_eq!(
                 result.map_err(|e| e.to_string()),
                 Err(want.to_owned()),

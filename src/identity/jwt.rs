@@ -50,7 +50,16 @@ pub fn parse_unverified(token: &str) -> Result<Unverified, AuthError> {
     let header_bytes = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| malformed("the header is not base64url"))?;
-    let header: RawHeader = serde_json::from_slice(&header_bytes)
+    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
+        .map_err(|_| malformed("the header is not a JOSE header object"))?;
+    // A JWE's content encryption (RFC 7516 §4.1.2): a signed token never has one, whatever
+    // its value (even `null`), so a token naming it is not the JWS we verify.
+    if header.contains_key("enc") {
+        return Err(malformed(
+            "the header has `enc`: the token claims to be encrypted (JWE); claimgate accepts only signed JWTs (JWS)",
+        ));
+    }
+    let header: RawHeader = serde_json::from_value(Value::Object(header))
         .map_err(|_| malformed("the header is not a JOSE header object"))?;
     let payload = URL_SAFE_NO_PAD
         .decode(p)
@@ -256,6 +265,22 @@ mod tests {
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"logout+jwt"}"#);
         let p = URL_SAFE_NO_PAD.encode(b"{}");
         assert!(parse_unverified(&format!("{h}.{p}.sig")).is_err());
+    }
+
+    #[test]
+    fn tokens_claiming_to_be_jwe_are_refused() {
+        let p = URL_SAFE_NO_PAD.encode(b"{}");
+        for header in [
+            r#"{"alg":"RS256","enc":"A256GCM"}"#,
+            r#"{"alg":"RS256","enc":null}"#,
+            r#"{"alg":"dir","enc":"A128CBC-HS256","typ":"JWT"}"#,
+        ] {
+            let h = URL_SAFE_NO_PAD.encode(header.as_bytes());
+            let Err(AuthError::Malformed { reason }) = parse_unverified(&format!("{h}.{p}.sig")) else {
+                panic!("{header} was accepted");
+            };
+            assert!(reason.contains("JWE"), "{reason}");
+        }
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub enum AuthError {
         /// The scheme the caller used.
         scheme: String,
     },
+    /// The request carries credentials that could be read two ways (two `Authorization`
+    /// headers): refused rather than picking one.
+    #[error("ambiguous credentials: {reason}")]
+    Ambiguous {
+        /// What is ambiguous.
+        reason: String,
+    },
     /// Not a well-formed JWT, or required claims missing or mistyped.
     #[error("malformed token: {reason}")]
     Malformed {
@@ -134,6 +141,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::UnsupportedScheme { .. } => "unsupported_scheme",
             AuthError::Malformed { .. } => "malformed",
+            AuthError::Ambiguous { .. } => "ambiguous",
             AuthError::UnknownIssuer { .. } => "unknown_issuer",
             AuthError::UnknownKey { .. } => "unknown_key",
             AuthError::BadSignature => "bad_signature",

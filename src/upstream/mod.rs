@@ -73,17 +73,10 @@ impl Router {
         Ok(Router { http, s3 })
     }
 
-    /// The route serving `host` + `path`.
+    /// The route serving `host` (without port, as [`RequestTarget`] reads it) + `path`.
+    ///
+    /// [`RequestTarget`]: crate::classify::RequestTarget
     pub fn select(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        let host = host.map(|h| {
-            h.rsplit_once(':').map_or(h, |(name, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    name
-                } else {
-                    h
-                }
-            })
-        });
         self.http
             .iter()
             .find(|r| {

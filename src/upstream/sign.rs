@@ -18,6 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
 use crate::config::Credentials;
+use crate::model::{Operation, S3Address};
 use crate::policy::Permit;
 use crate::rejection::SignError;
 use crate::upstream::Route;
@@ -62,23 +63,15 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Prepares `parts` to go to the route's upstream: URI rewritten, caller credentials
 /// stripped, route credentials added. Requires the [`Permit`] of the authorize stage, so
 /// an unauthorized request cannot be signed.
+///
+/// S3 requests are addressed from the classified [`Operation`] (its [`S3Address`]), never
+/// from the caller's spelling of the path or Host: the bucket and key the upstream receives
+/// are byte for byte the ones that were authorized.
 pub fn sign_upstream(
-    permit: &Permit,
-    parts: &mut Parts,
-    route: &Route,
-    now: SystemTime,
-) -> Result<(), SignError> {
-    sign_upstream_for(permit, parts, route, None, now)
-}
-
-/// [`sign_upstream`] for a virtual-hosted S3 request: `vhost_bucket` (from the caller's
-/// Host) moves into the upstream path, since the upstream is addressed path-style and its
-/// Host is its own.
-pub fn sign_upstream_for(
     _permit: &Permit,
+    op: &Operation,
     parts: &mut Parts,
     route: &Route,
-    vhost_bucket: Option<&str>,
     now: SystemTime,
 ) -> Result<(), SignError> {
     let caller_payload = parts
@@ -87,7 +80,7 @@ pub fn sign_upstream_for(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     strip_caller_credentials(&mut parts.headers);
-    let path_and_query = upstream_path_and_query(parts, route, vhost_bucket)?;
+    let path_and_query = upstream_path_and_query(parts, route, op.s3.as_ref())?;
     let uri = http::Uri::builder()
         .scheme(route.config.upstream.scheme())
         .authority(route.authority.clone())
@@ -197,12 +190,13 @@ fn payload_for(caller: Option<&str>) -> Result<SignableBody<'static>, SignError>
     })
 }
 
-/// The upstream path: the route's base path, then the caller's path exactly as sent
-/// (S3 routes) or with the route prefix removed (HTTP routes); presign parameters dropped.
+/// The upstream path: the route's base path, then the classified bucket and key (S3
+/// routes) or the caller's path with the route prefix removed (HTTP routes); presign
+/// parameters dropped.
 fn upstream_path_and_query(
     parts: &Parts,
     route: &Route,
-    vhost_bucket: Option<&str>,
+    address: Option<&S3Address>,
 ) -> Result<http::uri::PathAndQuery, SignError> {
     let path = parts.uri.path();
     let rest = match route.config.kind {
@@ -213,11 +207,11 @@ fn upstream_path_and_query(
                 .unwrap_or_else(|| path.to_string()),
             None => path.to_string(),
         },
-        crate::config::RouteKind::S3 => match vhost_bucket {
-            Some(bucket) if path == "/" => format!("/{bucket}"),
-            Some(bucket) => format!("/{bucket}{}", canonical_s3_path(path)),
-            None => canonical_s3_path(path),
-        },
+        crate::config::RouteKind::S3 => {
+            let address =
+                address.ok_or_else(|| unsignable("an S3 request reached signing unclassified".into()))?;
+            s3_path(address)
+        }
     };
     let mut out = format!("{}{}", route.base_path, rest);
     if let Some(q) = parts.uri.query() {
@@ -229,6 +223,27 @@ fn upstream_path_and_query(
     }
     out.parse()
         .map_err(|e| unsignable(format!("bad upstream path: {e}")))
+}
+
+/// The path-style upstream path of an S3 address, encoded the way SigV4 canonicalizes it:
+/// every byte but the unreserved ones (and the `/` between segments) percent-encoded. The
+/// upstream decodes it once, so it acts on exactly the decoded key we authorized, and
+/// computes the same canonical URI we signed, whatever spelling the caller used.
+pub fn s3_path(address: &S3Address) -> String {
+    match address {
+        S3Address::Service => "/".to_owned(),
+        S3Address::Bucket(bucket) => format!("/{bucket}"),
+        S3Address::Object { bucket, key } => {
+            let mut out = format!("/{bucket}/");
+            for (i, segment) in key.split('/').enumerate() {
+                if i > 0 {
+                    out.push('/');
+                }
+                out.extend(percent_encoding::utf8_percent_encode(segment, UNRESERVED));
+            }
+            out
+        }
+    }
 }
 
 /// Drops presign parameters, keeping every other parameter byte for byte.
@@ -259,16 +274,10 @@ pub fn s3_signed_header(name: &str) -> bool {
     name == "host" || name == "content-md5" || name == "content-type" || name.starts_with("x-amz-")
 }
 
-/// Re-encodes an S3 path the way SigV4 canonicalizes it: each segment percent-decoded, then
-/// encoded with only the unreserved characters left bare. The upstream computes its
-/// canonical URI this way from the key, so forwarding this form (same key, same meaning)
-/// makes our signature match whatever spelling the caller used (`%41` for `A`, a bare `!`).
+/// Re-encodes a raw S3 path the way SigV4 canonicalizes it: each segment percent-decoded,
+/// then encoded with only the unreserved characters left bare. The verifier of callers'
+/// signatures computes their canonical URI with it.
 pub fn canonical_s3_path(path: &str) -> String {
-    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
     path.split('/')
         .map(|seg| {
             let raw = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
@@ -277,6 +286,13 @@ pub fn canonical_s3_path(path: &str) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+/// SigV4's unreserved set: everything else is percent-encoded in canonical URIs.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Signs `parts` in place with SigV4: adds `authorization`, `x-amz-date` and, per
 /// `settings`, `x-amz-content-sha256` and `x-amz-security-token`. Signs the headers
@@ -342,10 +358,18 @@ mod tests {
     }
 
     #[test]
-    fn s3_paths_are_re_encoded_canonically() {
-        assert_eq!(canonical_s3_path("/b/a%41!b/c d"), "/b/aA%21b/c%20d");
-        assert_eq!(canonical_s3_path("/b//x/./y/../z"), "/b//x/./y/../z");
-        assert_eq!(canonical_s3_path("/b/%E1%88%B4"), "/b/%E1%88%B4");
+    fn s3_paths_are_built_from_the_authorized_key() {
+        let object = |key: &str| S3Address::Object {
+            bucket: "b".into(),
+            key: key.into(),
+        };
+        assert_eq!(s3_path(&object("aA!b/c d")), "/b/aA%21b/c%20d");
+        assert_eq!(s3_path(&object("x//./y/../z")), "/b/x//./y/../z");
+        assert_eq!(s3_path(&object("\u{1234}")), "/b/%E1%88%B4");
+        assert_eq!(s3_path(&object("a%2Fb+c")), "/b/a%252Fb%2Bc");
+        assert_eq!(s3_path(&object("dir/")), "/b/dir/");
+        assert_eq!(s3_path(&S3Address::Bucket("b".into())), "/b");
+        assert_eq!(s3_path(&S3Address::Service), "/");
     }
 
     #[test]
