@@ -13,6 +13,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::digest::{Declared, DigestError, Hasher};
+
 /// What happened to the caller's request body on its way upstream.
 #[derive(Debug, Default)]
 pub struct BodyStats {
@@ -23,6 +25,37 @@ pub struct BodyStats {
     /// The caller's body broke off (connection closed mid-upload): the upstream's failure
     /// that follows is the caller's doing, not the upstream's.
     pub aborted: std::sync::atomic::AtomicBool,
+    /// The body did not match a digest its request declared; the upstream body was ended
+    /// with an error short of its length.
+    pub digest_mismatch: std::sync::Mutex<Option<DigestError>>,
+}
+
+impl BodyStats {
+    /// The digest the body failed, if it failed one.
+    pub fn digest_failure(&self) -> Option<DigestError> {
+        self.digest_mismatch.lock().ok().and_then(|g| *g)
+    }
+}
+
+/// A body checked against its declared digests as it streams: each data frame is held back
+/// until the next one arrives, so when the body ends the last frame is released only if the
+/// digests match. On a mismatch the upstream sees an error before its `Content-Length` (or
+/// its final chunk) and discards the upload.
+pub struct Checked {
+    hasher: Option<Hasher>,
+    held: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Checked {
+    /// Checks the body against `declared`.
+    pub fn new(declared: &Declared) -> Box<Checked> {
+        Box::new(Checked {
+            hasher: Some(declared.hasher()),
+            held: None,
+            trailers: None,
+        })
+    }
 }
 
 /// What the body type of a request forwarded upstream can be.
@@ -33,6 +66,8 @@ pub enum UpstreamBody {
         inner: Incoming,
         /// Bytes read so far.
         counter: Arc<BodyStats>,
+        /// The declared digests it must match, if any.
+        check: Option<Box<Checked>>,
     },
     /// A signed aws-chunked upload, verified chunk by chunk and forwarded de-framed.
     Chunked {
@@ -57,7 +92,12 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Stream { inner, counter } => {
+            UpstreamBody::Stream {
+                inner,
+                counter,
+                check: Some(check),
+            } => poll_checked(Pin::new(inner), counter, check, cx),
+            UpstreamBody::Stream { inner, counter, .. } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -97,6 +137,9 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
+            UpstreamBody::Stream {
+                check: Some(check), ..
+            } => check.hasher.is_none() && check.held.is_none() && check.trailers.is_none(),
             UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Chunked { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Full(d) => d.is_none(),
@@ -109,6 +152,54 @@ impl Body for UpstreamBody {
             UpstreamBody::Chunked { inner, .. } => inner.size_hint(),
             UpstreamBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// One step of a digest-checked body (see [`Checked`]).
+fn poll_checked(
+    mut inner: Pin<&mut Incoming>,
+    counter: &BodyStats,
+    check: &mut Checked,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    loop {
+        // Verified: release what was held back, then the trailers, then the end.
+        let Some(hasher) = check.hasher.as_mut() else {
+            if let Some(data) = check.held.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            return Poll::Ready(check.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        };
+        let frame = match inner.as_mut().poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(e))) => {
+                counter.aborted.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(None) => {
+                let verdict = check.hasher.take().map(Hasher::finish).unwrap_or(Ok(()));
+                if let Err(e) = verdict {
+                    check.held = None;
+                    if let Ok(mut slot) = counter.digest_mismatch.lock() {
+                        *slot = Some(e);
+                    }
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                continue;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                counter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                hasher.update(&data);
+                if let Some(previous) = check.held.replace(data) {
+                    return Poll::Ready(Some(Ok(Frame::data(previous))));
+                }
+            }
+            // Trailers end the data: hold them until the verdict.
+            Err(frame) => check.trailers = frame.into_trailers().ok(),
         }
     }
 }

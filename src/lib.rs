@@ -15,6 +15,7 @@
 //! | authorize    | [`policy`]             | [`policy::Permit`] or a denial |
 //! | sign         | [`upstream::sign`]     | an upstream request            |
 //! | forward      | [`upstream::forward`]  | the streamed response          |
+//! |  (integrity) | [`digest`]             | bodies held to their digests   |
 //! | audit        | [`audit`], [`metrics`] | one record + counters          |
 //!
 //! Refusals from any stage become a [`rejection::Rejection`], rendered the way the caller's
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod diag;
+pub mod digest;
 pub mod identity;
 pub mod metrics;
 pub mod model;

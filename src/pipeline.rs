@@ -17,10 +17,11 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
-use crate::body::{BodyStats, OnFinish, ProxyBody, UpstreamBody};
+use crate::body::{BodyStats, Checked, OnFinish, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, RequestTarget, S3Target};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
+use crate::digest::Declared;
 use crate::identity::chunked::{self, ChunkChain};
 use crate::identity::revocation::Revocations;
 use crate::identity::session::{Keyring, Session};
@@ -227,6 +228,9 @@ async fn run(
         message: denial.message(proxy.config.server.verbose_denials),
     })?;
 
+    // The digests the body must match, read before signing replaces the caller's headers.
+    let declared = Declared::from_headers(&parts.headers)?;
+
     // sign
     if chunk_chain.is_some() {
         unframe_signed_chunks(&mut parts.headers);
@@ -245,13 +249,26 @@ async fn run(
         }
         (Some(body), _) => {
             let bodyless = body.is_end_stream();
+            let check = if declared.is_empty() {
+                None
+            } else if bodyless {
+                // Nothing will stream: the empty body is checked here and now.
+                declared.check(b"")?;
+                None
+            } else {
+                Some(Checked::new(&declared))
+            };
             let body = UpstreamBody::Stream {
                 inner: body,
                 counter: ctx.bytes_in.clone(),
+                check,
             };
             (body, bodyless)
         }
-        (None, xml) => (UpstreamBody::Full(xml), false),
+        (None, xml) => {
+            declared.check(xml.as_deref().unwrap_or_default())?;
+            (UpstreamBody::Full(xml), false)
+        }
     };
     let stats = ctx.bytes_in.clone();
     let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
@@ -259,7 +276,9 @@ async fn run(
         .map_err(|e| {
             // The upstream failed because the caller's upload broke off: say so, and do
             // not count it against the upstream.
-            if stats.bad_chunk_signature.load(Ordering::Relaxed) {
+            if let Some(digest) = stats.digest_failure() {
+                Rejection::Digest(digest)
+            } else if stats.bad_chunk_signature.load(Ordering::Relaxed) {
                 Rejection::Auth(AuthError::SigV4(sigv4::SigV4Error::SignatureDoesNotMatch))
             } else if stats.aborted.load(Ordering::Relaxed) {
                 Rejection::IncompleteBody
@@ -461,7 +480,13 @@ async fn authenticate(
 ) -> Result<(Arc<Identity>, Option<ChunkChain>), AuthError> {
     // With two, which one a hop or the upstream honours is not ours to guess ("valid, then
     // `alg: none`" must not be served on the strength of the first).
-    if parts.headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+    if parts
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
         return Err(AuthError::Ambiguous {
             reason: "the request has more than one Authorization header".into(),
         });

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::classify::ClassifyError;
+use crate::digest::DigestError;
 use crate::identity::AuthError;
 
 /// Refusals of the forward stage.
@@ -96,6 +97,10 @@ pub enum Rejection {
     /// mid-upload).
     #[error("the request body ended before the length the request declared")]
     IncompleteBody,
+    /// The body does not match a digest the request declared, or the declaration is
+    /// malformed; nothing was committed upstream.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
     /// A bug or an unexpected failure; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
@@ -127,6 +132,8 @@ impl Rejection {
             Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
             Rejection::BadBody { .. } => "bad_body",
             Rejection::IncompleteBody => "incomplete_body",
+            Rejection::Digest(DigestError::InvalidMd5) => "invalid_digest",
+            Rejection::Digest(DigestError::Sha256Mismatch | DigestError::Md5Mismatch) => "digest_mismatch",
             Rejection::Internal => "internal",
         }
     }
@@ -162,6 +169,11 @@ impl Rejection {
             }
             Rejection::BadBody { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
             Rejection::IncompleteBody => (StatusCode::BAD_REQUEST, "IncompleteBody"),
+            Rejection::Digest(DigestError::Sha256Mismatch) => {
+                (StatusCode::BAD_REQUEST, "XAmzContentSHA256Mismatch")
+            }
+            Rejection::Digest(DigestError::Md5Mismatch) => (StatusCode::BAD_REQUEST, "BadDigest"),
+            Rejection::Digest(DigestError::InvalidMd5) => (StatusCode::BAD_REQUEST, "InvalidDigest"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         let message = match self {
@@ -205,6 +217,7 @@ fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
         ClassifyError::InvalidBucketName { .. } => (StatusCode::BAD_REQUEST, "InvalidBucketName"),
         ClassifyError::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         ClassifyError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        ClassifyError::NeverForwarded { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
         ClassifyError::MalformedXml { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
         ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
     }

@@ -30,6 +30,7 @@ mod delete_objects;
 mod http;
 mod key;
 mod s3;
+mod subresource;
 mod target;
 
 pub use self::delete_objects::parse_delete_objects;
@@ -38,26 +39,46 @@ pub use self::key::KeyRule;
 pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
 pub use self::target::RequestTarget;
 
-/// Every S3 action the classifier can ask authorization for. A policy action outside this
-/// set (without a `*`) could never match a request: `validate` refuses it as a likely typo.
-pub const S3_ACTIONS: [&str; 16] = [
+/// S3 actions the classifier asks for besides those of the subresource table.
+const CORE_S3_ACTIONS: [&str; 18] = [
     "s3:AbortMultipartUpload",
     "s3:BypassGovernanceRetention",
+    "s3:CreateBucket",
+    "s3:DeleteBucket",
     "s3:DeleteObject",
     "s3:DeleteObjectVersion",
-    "s3:GetBucketLocation",
     "s3:GetObject",
     "s3:GetObjectVersion",
     "s3:ListAllMyBuckets",
     "s3:ListBucket",
     "s3:ListBucketMultipartUploads",
     "s3:ListMultipartUploadParts",
+    "s3:PutBucketAcl",
     "s3:PutObject",
     "s3:PutObjectAcl",
     "s3:PutObjectLegalHold",
     "s3:PutObjectRetention",
     "s3:PutObjectTagging",
 ];
+
+/// Whether the classifier can ever ask authorization for this S3 action. A policy action
+/// outside this set (without a `*`) could never match a request: `validate` refuses it as a
+/// likely typo.
+pub fn is_s3_action(action: &str) -> bool {
+    s3_actions().any(|a| a == action)
+}
+
+/// Every S3 action the classifier can ask authorization for.
+pub fn s3_actions() -> impl Iterator<Item = &'static str> {
+    let table = subresource::SUBRESOURCES
+        .iter()
+        .flat_map(|s| s.actions.iter().chain(s.versioned.unwrap_or_default()).copied())
+        .filter(|a| a.starts_with("s3:"));
+    let headers = subresource::SUBRESOURCES
+        .iter()
+        .flat_map(|s| s.headers.iter().map(|(_, a)| *a));
+    CORE_S3_ACTIONS.into_iter().chain(table).chain(headers)
+}
 
 /// Refusals of the classify stage.
 ///
@@ -101,6 +122,16 @@ pub enum ClassifyError {
     MalformedXml {
         /// What is wrong.
         reason: String,
+    },
+    /// An S3 operation claimgate classifies but never forwards, whatever policy says,
+    /// because its answer would leak claimgate's own downstream credentials (S3 code
+    /// `AccessDenied`, 403).
+    #[error("{operation} is never forwarded by claimgate: {reason}")]
+    NeverForwarded {
+        /// The operation.
+        operation: &'static str,
+        /// Why.
+        reason: &'static str,
     },
     /// The method is not one this kind of resource accepts (S3 code `MethodNotAllowed`, 405).
     #[error("method {method} is not allowed here")]

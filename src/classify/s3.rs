@@ -40,6 +40,7 @@ use http::request::Parts;
 use super::ClassifyError;
 use super::decode::{Plus, decode};
 use super::key::{self, KeyRule, KeyUse};
+use super::subresource::{self, Level, Needs, Resource as SubResource, SUBRESOURCES};
 use super::target::{RequestTarget, hostname};
 use crate::model::{Access, Operation, S3Address};
 
@@ -457,6 +458,23 @@ const WRITE_HEADER_ACTIONS: &[(&str, &str)] = &[
     ("x-amz-object-lock-legal-hold", "s3:PutObjectLegalHold"),
 ];
 
+/// Headers that make CreateBucket also set ACLs, object lock or ownership, and the
+/// permissions AWS requires for each.
+const CREATE_BUCKET_HEADER_ACTIONS: &[(&str, &str)] = &[
+    ("x-amz-acl", "s3:PutBucketAcl"),
+    ("x-amz-grant-full-control", "s3:PutBucketAcl"),
+    ("x-amz-grant-read", "s3:PutBucketAcl"),
+    ("x-amz-grant-read-acp", "s3:PutBucketAcl"),
+    ("x-amz-grant-write", "s3:PutBucketAcl"),
+    ("x-amz-grant-write-acp", "s3:PutBucketAcl"),
+    (
+        "x-amz-bucket-object-lock-enabled",
+        "s3:PutBucketObjectLockConfiguration",
+    ),
+    ("x-amz-bucket-object-lock-enabled", "s3:PutBucketVersioning"),
+    ("x-amz-object-ownership", "s3:PutBucketOwnershipControls"),
+];
+
 /// Lets a delete remove an object under governance-mode retention.
 const BYPASS_GOVERNANCE: &str = "x-amz-bypass-governance-retention";
 
@@ -471,16 +489,16 @@ fn service_op(req: &Request<'_>) -> Result<Operation, ClassifyError> {
 
 /// Requests to a bucket.
 fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError> {
+    if let Some(op) = subresource_op(req, Level::Bucket, bucket, "")? {
+        return Ok(op);
+    }
     let q = &req.query;
     let kind = Kind::Bucket;
     match *req.method {
-        Method::GET if q.has("location") => {
-            req.allow_only(kind, &["location"])?;
-            let resource = bucket_resource(bucket);
-            Ok(single("GetBucketLocation", "s3:GetBucketLocation", resource))
-        }
         Method::GET if q.has("uploads") => {
             req.allow_only(kind, LIST_UPLOADS_PARAMS)?;
+            let prefix = q.get("prefix").unwrap_or_default();
+            key::check(prefix, KeyUse::Prefix, req.keys, "the uploads prefix")?;
             let (action, resource) = ("s3:ListBucketMultipartUploads", bucket_resource(bucket));
             Ok(single("ListMultipartUploads", action, resource))
         }
@@ -497,10 +515,108 @@ fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError
                 keys: req.keys,
             }))
         }
-        Method::POST => Err(req.unsupported(kind, "PostObject (browser form upload)")),
-        Method::PUT => Err(req.unsupported(kind, "CreateBucket")),
-        Method::DELETE => Err(req.unsupported(kind, "DeleteBucket")),
+        Method::POST => Err(req.unsupported(
+            kind,
+            "PostObject (browser form upload): its key and POST policy are in a multipart \
+             form signed for the store, which claimgate does not re-sign; use PutObject",
+        )),
+        Method::PUT => {
+            req.allow_only(kind, &[])?;
+            let mut op = single("CreateBucket", "s3:CreateBucket", bucket_resource(bucket));
+            add_header_accesses(&mut op, req.headers, CREATE_BUCKET_HEADER_ACTIONS);
+            Ok(op)
+        }
+        Method::DELETE => {
+            req.allow_only(kind, &[])?;
+            Ok(single("DeleteBucket", "s3:DeleteBucket", bucket_resource(bucket)))
+        }
         _ => Err(method_not_allowed(req.method)),
+    }
+}
+
+/// An operation named by a subresource parameter (see [`subresource`]), if the query has one.
+fn subresource_op(
+    req: &Request<'_>,
+    level: Level,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<Operation>, ClassifyError> {
+    let mut named = (req.query.params.keys()).filter(|p| subresource::is_subresource(level, p));
+    let Some(param) = named.next() else {
+        return Ok(None);
+    };
+    if let Some(other) = named.next() {
+        return Err(ClassifyError::invalid_argument(format!(
+            "the query names two subresources, `{param}` and `{other}`"
+        )));
+    }
+    let kind = match level {
+        Level::Bucket => Kind::Bucket,
+        Level::Object => Kind::Object,
+    };
+    let mut rows = (SUBRESOURCES.iter())
+        .filter(|s| s.level == level && s.param == param && s.method == req.method.as_str())
+        .peekable();
+    if rows.peek().is_none() {
+        return Err(method_not_allowed(req.method));
+    }
+    let mut needed = None;
+    let Some(row) = rows.find(|s| {
+        let holds = needs_hold(s.needs, &req.query);
+        if !holds {
+            needed.get_or_insert(s.needs);
+        }
+        holds
+    }) else {
+        return Err(ClassifyError::invalid_argument(match needed {
+            Some(Needs::Equals(p, v)) => format!("`{param}` on {} needs `{p}={v}`", req.method),
+            Some(Needs::Param(p)) => format!("`{param}` on {} needs the `{p}` parameter", req.method),
+            Some(Needs::NoParam(p)) => format!("`{param}` on {} takes no `{p}` parameter", req.method),
+            _ => format!("`{param}` on {} is not an S3 operation", req.method),
+        }));
+    };
+    let mut allowed = vec![row.param];
+    allowed.extend_from_slice(row.params);
+    if row.versioned.is_some() {
+        allowed.push("versionId");
+    }
+    req.allow_only(kind, &allowed)?;
+    let actions = match (version_id(&req.query)?, row.versioned) {
+        (Some(_), Some(versioned)) => versioned,
+        _ => row.actions,
+    };
+    let resource = match row.resource {
+        SubResource::Bucket => bucket_resource(bucket),
+        SubResource::Object => object_resource(bucket, key),
+        SubResource::Prefix => {
+            let prefix = req.query.get("prefix").unwrap_or_default();
+            key::check(prefix, KeyUse::Prefix, req.keys, "the listing prefix")?;
+            object_resource(bucket, prefix)
+        }
+    };
+    if let Some(reason) = row.never {
+        return Err(ClassifyError::NeverForwarded {
+            operation: row.name,
+            reason,
+        });
+    }
+    let mut op = Operation {
+        name: row.name,
+        accesses: (actions.iter())
+            .map(|a| Access::new(*a, resource.clone()))
+            .collect(),
+        s3: None,
+    };
+    add_header_accesses(&mut op, req.headers, row.headers);
+    Ok(Some(op))
+}
+
+fn needs_hold(needs: Needs, q: &Query) -> bool {
+    match needs {
+        Needs::Nothing => true,
+        Needs::Param(p) => q.has(p),
+        Needs::NoParam(p) => !q.has(p),
+        Needs::Equals(p, v) => q.get(p) == Some(v),
     }
 }
 
@@ -524,6 +640,9 @@ fn list_objects(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyEr
 
 /// Requests to an object.
 fn object_op(req: &Request<'_>, bucket: &str, key: &str) -> Result<Operation, ClassifyError> {
+    if let Some(op) = subresource_op(req, Level::Object, bucket, key)? {
+        return Ok(op);
+    }
     let q = &req.query;
     let target = object_resource(bucket, key);
     match *req.method {
@@ -547,7 +666,10 @@ fn object_op(req: &Request<'_>, bucket: &str, key: &str) -> Result<Operation, Cl
             upload_id(q)?;
             Ok(single("CompleteMultipartUpload", "s3:PutObject", target))
         }
-        Method::POST => Err(req.unsupported(Kind::Object, "POST to an object")),
+        Method::POST => Err(req.unsupported(
+            Kind::Object,
+            "a POST to an object without `uploads`, `uploadId`, `restore` or `select`",
+        )),
         Method::DELETE if q.has("uploadId") => {
             req.allow_only(Kind::Object, &["uploadId"])?;
             upload_id(q)?;
@@ -791,6 +913,7 @@ mod tests {
             ClassifyError::InvalidBucketName { .. } => "InvalidBucketName",
             ClassifyError::InvalidArgument { .. } => "InvalidArgument",
             ClassifyError::MethodNotAllowed { .. } => "MethodNotAllowed",
+            ClassifyError::NeverForwarded { .. } => "NeverForwarded",
             ClassifyError::BodyRequired(_) => "BodyRequired",
             ClassifyError::MalformedXml { .. } => "MalformedXml",
         }
@@ -863,7 +986,7 @@ mod tests {
             &[
                 ("HEAD /bkt", "HeadBucket: s3:ListBucket s3://bkt"),
                 ("HEAD /bkt/", "HeadBucket: s3:ListBucket s3://bkt"),
-                ("HEAD /bkt?acl", "!NotImplemented"),
+                ("HEAD /bkt?acl", "!MethodNotAllowed"),
                 (
                     "GET /bkt?location",
                     "GetBucketLocation: s3:GetBucketLocation s3://bkt",
@@ -883,12 +1006,36 @@ mod tests {
                 ),
                 ("POST /bkt?delete", "!BodyRequired"),
                 ("POST /bkt/?delete=", "!BodyRequired"),
-                ("POST /bkt?delete&acl", "!NotImplemented"),
+                ("POST /bkt?delete&acl", "!MethodNotAllowed"),
+                ("POST /bkt?delete&x=1", "!NotImplemented"),
                 ("POST /bkt", "!NotImplemented"),
-                ("PUT /bkt", "!NotImplemented"),
-                ("PUT /bkt?versioning", "!NotImplemented"),
-                ("DELETE /bkt", "!NotImplemented"),
-                ("DELETE /bkt?policy", "!NotImplemented"),
+                ("PUT /bkt", "CreateBucket: s3:CreateBucket s3://bkt"),
+                ("PUT /bkt?x=1", "!NotImplemented"),
+                (
+                    "PUT /bkt?versioning",
+                    "PutBucketVersioning: s3:PutBucketVersioning s3://bkt",
+                ),
+                ("DELETE /bkt", "DeleteBucket: s3:DeleteBucket s3://bkt"),
+                (
+                    "DELETE /bkt?policy",
+                    "DeleteBucketPolicy: s3:DeleteBucketPolicy s3://bkt",
+                ),
+                (
+                    "DELETE /bkt?lifecycle",
+                    "DeleteBucketLifecycle: s3:PutLifecycleConfiguration s3://bkt",
+                ),
+                (
+                    "GET /bkt?analytics",
+                    "ListBucketAnalyticsConfigurations: s3:GetAnalyticsConfiguration s3://bkt",
+                ),
+                (
+                    "GET /bkt?analytics&id=a",
+                    "GetBucketAnalyticsConfiguration: s3:GetAnalyticsConfiguration s3://bkt",
+                ),
+                ("PUT /bkt?analytics", "!InvalidArgument"),
+                ("GET /bkt?acl&policy", "!InvalidArgument"),
+                ("GET /bkt?session", "!NeverForwarded"),
+                ("POST /bkt?session", "!MethodNotAllowed"),
                 ("PATCH /bkt", "!MethodNotAllowed"),
                 ("OPTIONS /bkt", "!MethodNotAllowed"),
             ],
@@ -942,42 +1089,54 @@ mod tests {
     }
 
     #[test]
-    fn unknown_bucket_subresources_are_not_listings() {
+    fn bucket_subresources_are_classified_never_listings() {
         let subresources = [
-            "acl",
-            "policy",
-            "policyStatus",
-            "versions",
-            "versioning",
-            "cors",
-            "lifecycle",
-            "tagging",
-            "website",
-            "logging",
-            "notification",
-            "replication",
-            "encryption",
-            "object-lock",
-            "ownershipControls",
-            "publicAccessBlock",
-            "requestPayment",
-            "accelerate",
-            "analytics",
-            "inventory",
-            "metrics",
-            "intelligent-tiering",
-            "session",
-            "not-a-subresource",
+            ("acl", "GetBucketAcl"),
+            ("policy", "GetBucketPolicy"),
+            ("policyStatus", "GetBucketPolicyStatus"),
+            ("versioning", "GetBucketVersioning"),
+            ("cors", "GetBucketCors"),
+            ("lifecycle", "GetBucketLifecycleConfiguration"),
+            ("tagging", "GetBucketTagging"),
+            ("website", "GetBucketWebsite"),
+            ("logging", "GetBucketLogging"),
+            ("notification", "GetBucketNotificationConfiguration"),
+            ("replication", "GetBucketReplication"),
+            ("encryption", "GetBucketEncryption"),
+            ("object-lock", "GetObjectLockConfiguration"),
+            ("ownershipControls", "GetBucketOwnershipControls"),
+            ("publicAccessBlock", "GetPublicAccessBlock"),
+            ("requestPayment", "GetBucketRequestPayment"),
+            ("accelerate", "GetBucketAccelerateConfiguration"),
+            ("analytics", "ListBucketAnalyticsConfigurations"),
+            ("inventory", "ListBucketInventoryConfigurations"),
+            ("metrics", "ListBucketMetricsConfigurations"),
+            (
+                "intelligent-tiering",
+                "ListBucketIntelligentTieringConfigurations",
+            ),
         ];
-        for sub in subresources {
-            for query in [sub.to_owned(), format!("list-type=2&{sub}"), format!("{sub}=1")] {
-                let uri = format!("/bkt?{query}");
-                let result = classify_parts(&parts(&format!("GET {uri}"), &[]), &S3Target::default());
-                let Err(ClassifyError::NotImplemented { what }) = result else {
-                    panic!("GET {uri}: {result:?}");
-                };
-                assert!(what.contains(&format!("`{sub}`")), "GET {uri}: {what}");
+        for (sub, name) in subresources {
+            for query in [sub.to_owned(), format!("{sub}=")] {
+                let request = format!("GET /bkt?{query}");
+                let op = classify_parts(&parts(&request, &[]), &S3Target::default()).unwrap();
+                assert_eq!(op.name, name, "{request}");
+                assert_ne!(op.primary().action, "s3:ListBucket", "{request}");
             }
+            // combined with a listing's parameters, still not a listing
+            let request = format!("GET /bkt?list-type=2&{sub}");
+            assert!(
+                classify_parts(&parts(&request, &[]), &S3Target::default()).is_err(),
+                "{request}"
+            );
+        }
+        for query in ["not-a-subresource", "list-type=2&not-a-subresource", "ACL"] {
+            let request = format!("GET /bkt?{query}");
+            let result = classify_parts(&parts(&request, &[]), &S3Target::default());
+            assert!(
+                matches!(result, Err(ClassifyError::NotImplemented { .. })),
+                "{request}: {result:?}"
+            );
         }
     }
 
@@ -1077,7 +1236,10 @@ mod tests {
                 ("GET /bkt/%252F", "GetObject: s3:GetObject s3://bkt/%2F"),
                 ("GET /bkt/caf%C3%A9", "GetObject: s3:GetObject s3://bkt/café"),
                 ("GET /bkt/dir/", "GetObject: s3:GetObject s3://bkt/dir/"),
-                ("GET /bkt/.hidden/..x", "GetObject: s3:GetObject s3://bkt/.hidden/..x"),
+                (
+                    "GET /bkt/.hidden/..x",
+                    "GetObject: s3:GetObject s3://bkt/.hidden/..x",
+                ),
                 ("GET /bkt/a//b/../c/./d", "!InvalidUri"),
                 ("GET /bkt/..", "!InvalidUri"),
                 ("GET /bkt//", "!InvalidUri"),
@@ -1125,31 +1287,64 @@ mod tests {
     }
 
     #[test]
-    fn unknown_object_subresources_are_not_reads_or_writes() {
-        let subresources = [
+    fn object_subresources_are_never_plain_reads_or_writes() {
+        for sub in [
             "acl",
             "tagging",
             "retention",
             "legal-hold",
             "torrent",
-            "select",
-            "restore",
             "attributes",
-            "versions",
-            "renameObject",
-            "ACL",
-            "%61cl",
-            "unknown",
-        ];
-        for sub in subresources {
+            "annotation",
+        ] {
             for method in ["GET", "HEAD", "PUT", "POST", "DELETE"] {
                 let request = format!("{method} /bkt/k?{sub}");
-                assert_eq!(classify(None, &request, &[]), "!NotImplemented", "{request}");
+                let got = classify(None, &request, &[]);
+                let plain = ["GetObject:", "HeadObject:", "PutObject:", "DeleteObject:"];
+                assert!(!plain.iter().any(|p| got.starts_with(p)), "{request}: {got}");
             }
         }
-        let result = classify_parts(&parts("GET /bkt/k?acl", &[]), &S3Target::default());
-        let what = "query parameter `acl` on a GET request to an object".to_owned();
-        assert_eq!(result, Err(ClassifyError::NotImplemented { what }));
+        run(
+            None,
+            &[
+                ("GET /bkt/k?acl", "GetObjectAcl: s3:GetObjectAcl s3://bkt/k"),
+                (
+                    "GET /bkt/k?acl&versionId=3",
+                    "GetObjectAcl: s3:GetObjectVersionAcl s3://bkt/k",
+                ),
+                ("PUT /bkt/k?acl", "PutObjectAcl: s3:PutObjectAcl s3://bkt/k"),
+                ("HEAD /bkt/k?acl", "!MethodNotAllowed"),
+                ("POST /bkt/k?acl", "!MethodNotAllowed"),
+                (
+                    "GET /bkt/k?tagging",
+                    "GetObjectTagging: s3:GetObjectTagging s3://bkt/k",
+                ),
+                (
+                    "DELETE /bkt/k?tagging&versionId=v",
+                    "DeleteObjectTagging: s3:DeleteObjectVersionTagging s3://bkt/k",
+                ),
+                (
+                    "GET /bkt/k?attributes",
+                    "GetObjectAttributes: s3:GetObjectAttributes s3://bkt/k | s3:GetObject s3://bkt/k",
+                ),
+                (
+                    "POST /bkt/k?restore",
+                    "RestoreObject: s3:RestoreObject s3://bkt/k",
+                ),
+                (
+                    "GET /bkt/k?torrent",
+                    "GetObjectTorrent: s3:GetObjectTorrent s3://bkt/k",
+                ),
+                ("GET /bkt/k?torrent&versionId=1", "!NotImplemented"),
+                ("PUT /bkt/k?renameObject", "!NeverForwarded"),
+                ("GET /bkt/k?versions", "!NotImplemented"),
+                ("GET /bkt/k?ACL", "!NotImplemented"),
+                ("GET /bkt/k?%61cl", "GetObjectAcl: s3:GetObjectAcl s3://bkt/k"),
+                ("GET /bkt/k?unknown", "!NotImplemented"),
+                ("GET /bkt/k?acl&tagging", "!InvalidArgument"),
+                ("GET /bkt/k?acl&uploadId=u", "!NotImplemented"),
+            ],
+        );
     }
 
     #[test]
@@ -1189,7 +1384,12 @@ mod tests {
                 ("POST /bkt/k?uploadId=", "!InvalidArgument"),
                 ("POST /bkt/k?uploads&uploadId=abc", "!NotImplemented"),
                 ("POST /bkt/k", "!NotImplemented"),
-                ("POST /bkt/k?select&select-type=2", "!NotImplemented"),
+                (
+                    "POST /bkt/k?select&select-type=2",
+                    "SelectObjectContent: s3:GetObject s3://bkt/k",
+                ),
+                ("POST /bkt/k?select", "!InvalidArgument"),
+                ("POST /bkt/k?select&select-type=1", "!InvalidArgument"),
                 ("DELETE /bkt/k", "DeleteObject: s3:DeleteObject s3://bkt/k"),
                 (
                     "DELETE /bkt/k?versionId=v1",
@@ -1583,13 +1783,14 @@ mod tests {
     fn errors_read_well() {
         let cases = [
             (
-                "GET /bkt/k?tagging",
-                "not implemented by claimgate: query parameter `tagging` on a GET request to an object",
+                "GET /bkt/k?tagging&x=1",
+                "not implemented by claimgate: query parameter `x` on a GET request to an object",
             ),
-            ("PUT /bkt", "not implemented by claimgate: CreateBucket"),
             (
-                "PUT /bkt?policy",
-                "not implemented by claimgate: query parameter `policy` on a PUT request to a bucket",
+                "GET /bkt?session",
+                "CreateSession is never forwarded by claimgate: CreateSession answers with credentials \
+                 of the upstream's identity: forwarding it would hand the caller claimgate's own \
+                 downstream credentials",
             ),
             (
                 "GET /bkt/k?versionId=1&versionId=2",
