@@ -28,6 +28,8 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
     let mut version: Option<String> = None;
     let mut text = String::new();
     let mut buf = Vec::new();
+    let mut root_seen = false;
+    let mut quiet_seen = false;
     loop {
         let event = reader
             .read_event_into(&mut buf)
@@ -37,6 +39,12 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
             Event::Start(e) => {
                 let name = e.local_name().as_ref().to_vec();
                 check_position(&path, &name)?;
+                if path.is_empty() && std::mem::replace(&mut root_seen, true) {
+                    return Err(malformed("the document has more than one root element"));
+                }
+                if name == b"Quiet" && std::mem::replace(&mut quiet_seen, true) {
+                    return Err(malformed("<Quiet> is given more than once"));
+                }
                 if name == b"Object" {
                     key = None;
                     version = None;
@@ -47,6 +55,9 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
             Event::Empty(e) => {
                 let name = e.local_name().as_ref().to_vec();
                 check_position(&path, &name)?;
+                if path.is_empty() {
+                    return Err(malformed("the <Delete> element is empty"));
+                }
                 if name == b"Object" {
                     return Err(malformed("an <Object> without a <Key>"));
                 }
@@ -54,6 +65,9 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
             Event::Text(t) => {
                 let s = t.decode().map_err(|e| malformed(format!("bad text: {e}")))?;
                 let s = quick_xml::escape::unescape(&s).map_err(|e| malformed(format!("bad escape: {e}")))?;
+                if !in_leaf(&path) && !s.trim().is_empty() {
+                    return Err(malformed("text outside the elements that hold values"));
+                }
                 text.push_str(&s);
                 if text.len() > MAX_FIELD {
                     return Err(malformed("a value is longer than any S3 key"));
@@ -79,8 +93,16 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
             Event::End(_) => {
                 let name = path.pop().unwrap_or_default();
                 match (name.as_slice(), path.last().map(Vec::as_slice)) {
-                    (b"Key", Some(b"Object")) => key = Some(std::mem::take(&mut text)),
-                    (b"VersionId", Some(b"Object")) => version = Some(std::mem::take(&mut text)),
+                    (b"Key", Some(b"Object")) => {
+                        if key.replace(std::mem::take(&mut text)).is_some() {
+                            return Err(malformed("an <Object> with more than one <Key>"));
+                        }
+                    }
+                    (b"VersionId", Some(b"Object")) => {
+                        if version.replace(std::mem::take(&mut text)).is_some() {
+                            return Err(malformed("an <Object> with more than one <VersionId>"));
+                        }
+                    }
                     (b"Object", _) => {
                         let k = key
                             .take()
@@ -100,6 +122,14 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
         return Err(malformed("the document ends inside an element"));
     }
     Ok(objects)
+}
+
+/// Whether the innermost open element holds a value (text is meaningful there).
+fn in_leaf(path: &[Vec<u8>]) -> bool {
+    matches!(
+        path.last().map(Vec::as_slice),
+        Some(b"Key" | b"VersionId" | b"Quiet" | b"ETag" | b"LastModifiedTime" | b"Size")
+    )
 }
 
 /// Refuses elements anywhere but where DeleteObjects puts them.
@@ -152,6 +182,13 @@ mod tests {
             b"<!DOCTYPE x [<!ENTITY e \"boom\">]><Delete><Object><Key>&e;</Key></Object></Delete>",
             b"<Delete><Object><Key>&e;</Key></Object></Delete>",
             b"not xml <<<",
+            b"<Delete><Object><Key>a</Key><Key>b</Key></Object></Delete>",
+            b"<Delete><Object><Key>a</Key><VersionId>1</VersionId><VersionId>2</VersionId></Object></Delete>",
+            b"<Delete><Object><Key>a</Key></Object></Delete><Delete><Object><Key>b</Key></Object></Delete>",
+            b"<Delete><Quiet>true</Quiet><Quiet>false</Quiet><Object><Key>a</Key></Object></Delete>",
+            b"<Delete>b<Object><Key>a</Key></Object></Delete>",
+            b"<Delete><Object>b<Key>a</Key></Object></Delete>",
+            b"<Delete/>",
         ] {
             assert!(
                 parse_delete_objects(bad).is_err(),

@@ -822,3 +822,157 @@ pub async fn session(p: &TestProxy, token: &str) -> SessionCreds {
         session_token: element(&xml, "SessionToken").to_string(),
     }
 }
+
+// ------------------------------------------------------------------------------------
+// A recording pass-through upstream: answers 200 to everything, records what arrived
+// ------------------------------------------------------------------------------------
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// The path exactly as it arrived (still percent-encoded).
+    pub path: String,
+    pub query: Option<String>,
+    /// The whole body, when it arrived whole; `None` when it broke off.
+    pub body: Option<Bytes>,
+}
+
+/// An upstream that stores nothing and checks nothing: it shows exactly what claimgate sent.
+pub struct Recorder {
+    pub url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.ok().map(|b| b.to_bytes());
+                            log.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().map(str::to_string),
+                                body,
+                            });
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A proxy in front of any upstream URL (not only a [`TestS3`]).
+pub fn proxy_to(idp: &TestIdp, upstream: &str) -> ProxyBuilder {
+    ProxyBuilder {
+        issuers: vec![idp.issuer.clone()],
+        upstream: upstream.to_string(),
+        policy: POLICY.to_string(),
+        extra_issuer: String::new(),
+        extra_server: String::new(),
+        extra: String::new(),
+        route_lines: String::new(),
+        policies_lines: String::new(),
+        files: Vec::new(),
+        tls: false,
+        clock: None,
+    }
+}
+
+/// A request to the proxy signed with session credentials, as an SDK signs it: `headers`
+/// are set before signing (and so signed), `host` is the proxy's unless given. The signature
+/// covers the path's SigV4 canonical form, whatever spelling `path` uses, as a client that
+/// means to send that spelling would sign it.
+pub fn session_request(
+    p: &TestProxy,
+    creds: &SessionCreds,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> http::Request<Body> {
+    let mut b = http::Request::builder().method(method).uri(p.url(path));
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        b = b.header("host", format!("localhost:{}", p.addr.port()));
+    }
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let (mut parts, ()) = b.body(()).unwrap().into_parts();
+    let sent = parts.uri.clone();
+    let canonical = claimgate::upstream::sign::canonical_s3_path(sent.path());
+    let canonical = match sent.query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    parts.uri = http::Uri::builder()
+        .scheme(sent.scheme().unwrap().clone())
+        .authority(sent.authority().unwrap().clone())
+        .path_and_query(canonical)
+        .build()
+        .unwrap();
+    let aws = aws_credential_types::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        Some(creds.session_token.clone()),
+        None,
+        "test",
+    );
+    claimgate::upstream::sign::sign_v4(
+        &mut parts,
+        &aws,
+        "us-east-1",
+        "s3",
+        aws_sigv4::http_request::SignableBody::Bytes(body),
+        std::time::SystemTime::now(),
+        claimgate::upstream::sign::s3_settings(),
+        |_| true,
+    )
+    .unwrap();
+    parts.uri = sent;
+    http::Request::from_parts(parts, full(Bytes::copy_from_slice(body)))
+}
+
+/// Every file under `root` with its contents: what a store holds, to compare before and after.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
