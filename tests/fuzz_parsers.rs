@@ -256,3 +256,82 @@ async fn signed_chunk_deframing_never_panics() {
         .await;
     }
 }
+
+/// The canonical-key invariant, as an oracle for mutated paths and copy sources: whatever
+/// classification accepts names only keys without `.`, `..` or empty segments, and the path
+/// the upstream is sent decodes (once, as S3 decodes) to exactly the key that was authorized.
+#[test]
+fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
+    use claimgate::model::S3Address;
+    use claimgate::upstream::sign::s3_path;
+
+    fn canonical(key: &str) -> bool {
+        if key.is_empty() {
+            return true; // a listing of the whole bucket
+        }
+        let segments: Vec<&str> = key.split(['/', '\\']).collect();
+        let last = segments.len() - 1;
+        segments.iter().enumerate().all(|(i, s)| match *s {
+            "." | ".." => false,
+            "" => i == last && i > 0,
+            _ => true,
+        })
+    }
+
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let seeds: &[&[u8]] = &[
+        b"/datasets/imagenet/../pii/users.csv",
+        b"/datasets/imagenet/%2e%2E/pii/users.csv",
+        b"/b0b/a%2F..%2Fb",
+        b"/b0b//k",
+        b"/b0b/k/",
+        b"/b0b/.hidden/..x/%2e.",
+        b"/b0b/a%5c..%5cb",
+        b"/b0b/caf%C3%A9/x",
+    ];
+    let sources: &[&[u8]] = &[b"src/a/../b", b"/src/%2e/x", b"src/ok%20key", b"src/a%2F%2E%2E"];
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let seed = seeds[rng.below(seeds.len())];
+        let raw = mutate(&mut rng, seed);
+        let Ok(uri) = http::Uri::try_from(raw.as_slice()) else { continue };
+        let method = ["GET", "PUT", "DELETE", "HEAD"][rng.below(4)];
+        let mut b = http::Request::builder().method(method).uri(uri);
+        if round % 3 == 0 {
+            let source = sources[rng.below(sources.len())];
+            let src = lossy(&mutate(&mut rng, source));
+            if let Ok(v) = http::HeaderValue::from_str(&src) {
+                b = b.header("x-amz-copy-source", v);
+            }
+        }
+        let vhost = round % 5 == 0;
+        if vhost {
+            b = b.header("host", "datasets.s3.example.com");
+        }
+        let Ok(req) = b.body(()) else { continue };
+        let (parts, ()) = req.into_parts();
+        let Ok(target) = RequestTarget::read(&parts) else { continue };
+        let s3 = S3Target {
+            virtual_host: Some("s3.example.com"),
+            ..S3Target::default()
+        };
+        let Ok(op) = classify_s3(&parts, &target, &s3) else {
+            refused += 1;
+            continue;
+        };
+        accepted += 1;
+        for access in &op.accesses {
+            let key = access.resource.strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, k)| k);
+            if let Some(key) = key {
+                assert!(canonical(key), "{raw:?}: authorized non-canonical {}", access.resource);
+            }
+        }
+        if let Some(S3Address::Object { bucket, key }) = &op.s3 {
+            assert_eq!(op.primary().resource, format!("s3://{bucket}/{key}"), "{raw:?}");
+            let sent = s3_path(op.s3.as_ref().unwrap());
+            let decoded = percent_encoding::percent_decode_str(&sent).decode_utf8().unwrap();
+            assert_eq!(decoded, format!("/{bucket}/{key}"), "{raw:?}: forwarded another key");
+        }
+    }
+    assert!(accepted > 1000 && refused > 1000, "{accepted} accepted, {refused} refused");
+}
