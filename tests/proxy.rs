@@ -170,10 +170,12 @@ async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
     let anon = c.get(&p.url("/datasets/curated/x"), None).await;
     assert_eq!(anon.status, 403);
     assert_eq!(anon.s3_code(), "AccessDenied");
-    // an unsupported subresource is refused, never forwarded unclassified
+    // a subresource is its own operation, denied unless a rule grants it (alice may read
+    // the object, not its ACL)
     let acl = c.get(&p.url("/datasets/curated/x?acl"), Some(&alice)).await;
-    assert_eq!(acl.status, 501);
-    assert_eq!(acl.s3_code(), "NotImplemented");
+    assert_eq!(acl.status, 403);
+    assert_eq!(acl.s3_code(), "AccessDenied");
+    assert!(acl.text().contains("s3:GetObjectAcl"), "{}", acl.text());
 
     assert_eq!(s3.requests(), before, "a refused request reached the upstream");
     let audit = p.audit(5).await;
@@ -184,14 +186,15 @@ async fn denied_requests_get_access_denied_and_never_reach_the_upstream() {
     assert_eq!(audit[1]["identity"]["roles"], json!(["analyst"]));
     assert!(audit[1]["rule"].is_null());
     assert_eq!(audit[3]["reason"], "missing");
-    assert_eq!(audit[4]["reason"], "unclassified");
+    assert_eq!(audit[4]["reason"], "policy");
+    assert_eq!(audit[4]["action"], "s3:GetObjectAcl");
     for r in &audit {
         assert!(r["upstream_status"].is_null());
     }
     let m = p.metrics().await;
     assert_eq!(
         metric(&m, "claimgate_requests_total", &[("decision", "deny")]),
-        3.0
+        4.0
     );
     assert_eq!(
         metric(&m, "claimgate_auth_failures_total", &[("reason", "missing")]),

@@ -184,17 +184,17 @@ async fn tampered_credentials_are_refused_before_the_upstream() {
         assert_eq!(r.status, status, "{what}: {}", r.text());
         assert_eq!(r.s3_code(), code, "{what}");
     }
-    // a body swapped under a signed hash: the upstream checks the hash we pass on
+    // a body swapped under a signed hash: claimgate checks it while streaming and ends the
+    // upstream body short, so not even the start of it can be committed
     let mut req = Sign::new(&creds).request(&p, "PUT", "/datasets/swap.bin", b"original");
     *req.body_mut() = full(Bytes::from_static(b"tampered"));
     let r = p.client.send(req).await;
-    assert_ne!(r.status, 200, "{}", r.text());
+    assert_eq!((r.status, r.s3_code().as_str()), (400, "XAmzContentSHA256Mismatch"), "{}", r.text());
     assert!(!s3.path("datasets", "swap.bin").exists());
 
-    assert_eq!(
-        s3.requests() - before,
-        1,
-        "only the body-swap reached the upstream (which refused it)"
+    assert!(
+        s3.requests() - before <= 1,
+        "only the body-swap may have reached the upstream (cut short)"
     );
     let audit = p.audit(6).await;
     assert!(
