@@ -130,7 +130,14 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
 
     let seeded = store::seed(&dir.join("data"))?;
     tokio::spawn(idp::serve(idp_listener, issuer.clone(), key.clone()));
-    store::serve_s3(s3_listener, &dir.join("data"), STORE_ACCESS_KEY, &store_secret).await?;
+    store::serve_s3(
+        s3_listener,
+        &dir.join("data"),
+        &dir.join("meta"),
+        STORE_ACCESS_KEY,
+        &store_secret,
+    )
+    .await?;
     tokio::spawn(store::serve_features(
         features_listener,
         FEATURES_TOKEN.to_string(),

@@ -2,6 +2,7 @@
 //! all on 127.0.0.1 port 0, talking over real sockets.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod literal_store;
 pub mod vectors;
 
 use std::convert::Infallible;
