@@ -294,7 +294,9 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
     for round in 0..ROUNDS {
         let seed = seeds[rng.below(seeds.len())];
         let raw = mutate(&mut rng, seed);
-        let Ok(uri) = http::Uri::try_from(raw.as_slice()) else { continue };
+        let Ok(uri) = http::Uri::try_from(raw.as_slice()) else {
+            continue;
+        };
         let method = ["GET", "PUT", "DELETE", "HEAD"][rng.below(4)];
         let mut b = http::Request::builder().method(method).uri(uri);
         if round % 3 == 0 {
@@ -310,7 +312,9 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
         }
         let Ok(req) = b.body(()) else { continue };
         let (parts, ()) = req.into_parts();
-        let Ok(target) = RequestTarget::read(&parts) else { continue };
+        let Ok(target) = RequestTarget::read(&parts) else {
+            continue;
+        };
         let s3 = S3Target {
             virtual_host: Some("s3.example.com"),
             ..S3Target::default()
@@ -321,17 +325,32 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
         };
         accepted += 1;
         for access in &op.accesses {
-            let key = access.resource.strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, k)| k);
+            let key = access
+                .resource
+                .strip_prefix("s3://")
+                .and_then(|r| r.split_once('/'))
+                .map(|(_, k)| k);
             if let Some(key) = key {
-                assert!(canonical(key), "{raw:?}: authorized non-canonical {}", access.resource);
+                assert!(
+                    canonical(key),
+                    "{raw:?}: authorized non-canonical {}",
+                    access.resource
+                );
             }
         }
         if let Some(S3Address::Object { bucket, key }) = &op.s3 {
             assert_eq!(op.primary().resource, format!("s3://{bucket}/{key}"), "{raw:?}");
             let sent = s3_path(op.s3.as_ref().unwrap());
             let decoded = percent_encoding::percent_decode_str(&sent).decode_utf8().unwrap();
-            assert_eq!(decoded, format!("/{bucket}/{key}"), "{raw:?}: forwarded another key");
+            assert_eq!(
+                decoded,
+                format!("/{bucket}/{key}"),
+                "{raw:?}: forwarded another key"
+            );
         }
     }
-    assert!(accepted > 1000 && refused > 1000, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 1000 && refused > 1000,
+        "{accepted} accepted, {refused} refused"
+    );
 }

@@ -189,7 +189,12 @@ async fn tampered_credentials_are_refused_before_the_upstream() {
     let mut req = Sign::new(&creds).request(&p, "PUT", "/datasets/swap.bin", b"original");
     *req.body_mut() = full(Bytes::from_static(b"tampered"));
     let r = p.client.send(req).await;
-    assert_eq!((r.status, r.s3_code().as_str()), (400, "XAmzContentSHA256Mismatch"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.s3_code().as_str()),
+        (400, "XAmzContentSHA256Mismatch"),
+        "{}",
+        r.text()
+    );
     assert!(!s3.path("datasets", "swap.bin").exists());
 
     assert!(

@@ -93,16 +93,14 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
             Event::End(_) => {
                 let name = path.pop().unwrap_or_default();
                 match (name.as_slice(), path.last().map(Vec::as_slice)) {
-                    (b"Key", Some(b"Object")) => {
-                        if key.replace(std::mem::take(&mut text)).is_some() {
-                            return Err(malformed("an <Object> with more than one <Key>"));
-                        }
+                    (b"Key", Some(b"Object")) if key.is_some() => {
+                        return Err(malformed("an <Object> with more than one <Key>"));
                     }
-                    (b"VersionId", Some(b"Object")) => {
-                        if version.replace(std::mem::take(&mut text)).is_some() {
-                            return Err(malformed("an <Object> with more than one <VersionId>"));
-                        }
+                    (b"Key", Some(b"Object")) => key = Some(std::mem::take(&mut text)),
+                    (b"VersionId", Some(b"Object")) if version.is_some() => {
+                        return Err(malformed("an <Object> with more than one <VersionId>"));
                     }
+                    (b"VersionId", Some(b"Object")) => version = Some(std::mem::take(&mut text)),
                     (b"Object", _) => {
                         let k = key
                             .take()
