@@ -122,6 +122,8 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Auth(e) => e.reason(),
+            Rejection::Classify(ClassifyError::NeverForwarded { .. }) => "never_forwarded",
+            Rejection::Classify(ClassifyError::InvalidUri { .. }) => "invalid_uri",
             Rejection::Classify(_) => "unclassified",
             Rejection::Denied { .. } => "policy",
             Rejection::NoRoute { .. } => "no_route",

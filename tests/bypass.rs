@@ -295,6 +295,10 @@ async fn every_attack_is_refused(store: &impl Store) {
     for r in refusals {
         assert_ne!(r["decision"], "allow", "{r}");
         assert_eq!(r["status"], 400, "{r}");
+        assert!(
+            ["invalid_uri", "unclassified"].contains(&r["reason"].as_str().unwrap()),
+            "{r}"
+        );
     }
 
     // The same proxy still serves what alice may read, from both stores: the refusals above
