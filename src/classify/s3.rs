@@ -128,10 +128,10 @@ impl PendingDeleteObjects {
         let mut accesses = Vec::new();
         for (count, (key, version)) in objects.into_iter().enumerate() {
             if count == Self::MAX_OBJECTS {
-                return Err(ClassifyError::invalid_argument(format!(
-                    "DeleteObjects lists more than {} objects",
-                    Self::MAX_OBJECTS
-                )));
+                // S3 answers MalformedXML: the schema allows at most 1000 <Object>s.
+                return Err(ClassifyError::MalformedXml {
+                    reason: format!("DeleteObjects lists more than {} objects", Self::MAX_OBJECTS),
+                });
             }
             if key.is_empty() || key.contains('\0') {
                 return Err(ClassifyError::invalid_argument(
@@ -152,9 +152,9 @@ impl PendingDeleteObjects {
             }
         }
         if accesses.is_empty() {
-            return Err(ClassifyError::invalid_argument(
-                "DeleteObjects must list at least one object",
-            ));
+            return Err(ClassifyError::MalformedXml {
+                reason: "DeleteObjects must list at least one object".into(),
+            });
         }
         Ok(Operation {
             name: "DeleteObjects",
@@ -1766,7 +1766,7 @@ mod tests {
     #[test]
     fn delete_objects_bodies_are_bounded_and_checked() {
         let p = pending("POST /bkt?delete", &[]);
-        assert_eq!(render(&p.finish([])), "!InvalidArgument");
+        assert_eq!(render(&p.finish([])), "!MalformedXml");
         assert_eq!(render(&p.finish([("", None)])), "!InvalidArgument");
         assert_eq!(render(&p.finish([("a\0b", None)])), "!InvalidArgument");
         assert_eq!(render(&p.finish([("a", Some(""))])), "!InvalidArgument");
@@ -1774,7 +1774,7 @@ mod tests {
         let max = PendingDeleteObjects::MAX_OBJECTS;
         let keys: Vec<String> = (0..=max).map(|i| format!("k{i}")).collect();
         let too_many = p.finish(keys.iter().map(|k| (k.as_str(), None)));
-        assert_eq!(render(&too_many), "!InvalidArgument");
+        assert_eq!(render(&too_many), "!MalformedXml");
         let at_limit = p.finish(keys[..max].iter().map(|k| (k.as_str(), None)));
         assert_eq!(at_limit.map(|op| op.accesses.len()), Ok(max));
     }
