@@ -205,16 +205,18 @@ async fn run(
         .into());
     }
 
-    let mut inspected: Option<Bytes> = None;
-    // classify (DeleteObjects: from its size-capped body, which is then sent on as read)
+    // (the caller's body, the body forwarded in its place)
+    let mut inspected: Option<(Bytes, Bytes)> = None;
+    // classify (DeleteObjects: from its size-capped body; what is forwarded is a body written
+    // from the authorized entries, never the caller's XML)
     let (operation, body) = match classify(proxy, &route, &parts, &target)? {
         Classified::Op(op) => (op, Some(body)),
         Classified::NeedsBody(pending) => {
             let xml = read_capped(body, proxy.config.server.max_inspected_body).await?;
             ctx.bytes_in.bytes.store(xml.len() as u64, Ordering::Relaxed);
-            let keys = classify::parse_delete_objects(&xml)?;
-            let op = pending.finish(keys.iter().map(|(k, v)| (k.as_str(), v.as_deref())))?;
-            inspected = Some(xml);
+            let list = classify::parse_delete_objects(&xml)?;
+            let op = pending.finish(list.keys())?;
+            inspected = Some((xml, Bytes::from(list.render())));
             (op, None)
         }
     };
@@ -230,6 +232,10 @@ async fn run(
 
     // The digests the body must match, read before signing replaces the caller's headers.
     let declared = Declared::from_headers(&parts.headers)?;
+    if let Some((original, rewritten)) = &inspected {
+        declared.check(original)?;
+        describe_rewritten_body(&mut parts.headers, rewritten)?;
+    }
 
     // sign
     if chunk_chain.is_some() {
@@ -265,10 +271,10 @@ async fn run(
             };
             (body, bodyless)
         }
-        (None, xml) => {
-            declared.check(xml.as_deref().unwrap_or_default())?;
-            (UpstreamBody::Full(xml), false)
-        }
+        (None, inspected) => (
+            UpstreamBody::Full(inspected.map(|(_, rewritten)| rewritten)),
+            false,
+        ),
     };
     let stats = ctx.bytes_in.clone();
     let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
@@ -611,6 +617,36 @@ fn unframe_signed_chunks(headers: &mut http::HeaderMap) {
         headers.insert(header::CONTENT_ENCODING, v);
     }
     headers.remove("x-amz-trailer");
+}
+
+/// Headers describing a body claimgate wrote in place of the caller's: its length, MD5 and
+/// SHA-256 (which the upstream signature then covers); the caller's checksums described the
+/// caller's bytes and go.
+fn describe_rewritten_body(headers: &mut http::HeaderMap, body: &[u8]) -> Result<(), Rejection> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    for name in [
+        "content-md5",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-crc32c",
+        "x-amz-checksum-crc64nvme",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+        "x-amz-sdk-checksum-algorithm",
+        "x-amz-trailer",
+        "x-amz-decoded-content-length",
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::TRANSFER_ENCODING);
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body));
+    let sha = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body));
+    let value = |v: String| HeaderValue::try_from(v).map_err(|_| Rejection::Internal);
+    headers.insert(header::CONTENT_LENGTH, value(body.len().to_string())?);
+    headers.insert("content-md5", value(md5)?);
+    headers.insert("x-amz-content-sha256", value(sha)?);
+    Ok(())
 }
 
 /// What classification needs before authorization.

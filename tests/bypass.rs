@@ -526,3 +526,87 @@ async fn the_authorized_key_is_the_forwarded_key_for_arbitrary_paths() {
         "{forwarded} forwarded, {refused} refused"
     );
 }
+
+/// DeleteObjects bodies whose XML two parsers could read differently (CDATA, references,
+/// namespace prefixes, comments): the store deletes exactly the keys claimgate authorized,
+/// because what it receives is a body claimgate wrote from them.
+async fn delete_bodies_mean_what_was_authorized(store: &impl Store, seen: impl Fn() -> Option<Vec<String>>) {
+    seed(store);
+    let idp = TestIdp::start().await;
+    let p = proxy_to(&idp, store.url()).start().await;
+    let token = idp.token("alice", &["ml-engineers"]);
+    let before = snapshot(store.root());
+    let bodies = [
+        "<Delete><Object><Key><![CDATA[imagenet/]]>pii/users.csv</Key></Object></Delete>",
+        "<Delete><Object><Key><![CDATA[imagenet/]]>..<![CDATA[x]]>/../pii/users.csv</Key></Object></Delete>",
+        "<Delete><Object><Key>imagenet/<!-- hidden -->../pii/users.csv</Key></Object></Delete>",
+        "<s3:Delete xmlns:s3=\"http://s3.amazonaws.com/doc/2006-03-01/\"><s3:Object><s3:Key>imagenet/x&#47;..&#47;..&#47;pii/users.csv</s3:Key></s3:Object></s3:Delete>",
+        "<Delete><Object><Key><![CDATA[imagenet/]]>x</Key></Object><Object><Key>imagenet/y</Key></Object></Delete>",
+    ];
+    let mut authorized = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let r = p
+            .client
+            .request(
+                "POST",
+                &p.url("/datasets?delete"),
+                Some(&token),
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        let records = p.audit(i + 1).await;
+        let record = &records[i];
+        if r.status == 200 {
+            assert_eq!(record["decision"], "allow", "{body}");
+            authorized.push(record["resource"].as_str().unwrap().to_string());
+            for also in record["also"].as_array().into_iter().flatten() {
+                authorized.push(also.as_str().unwrap().split_once(' ').unwrap().1.to_string());
+            }
+        } else {
+            assert_eq!(r.status, 400, "{body}: {}", r.text());
+        }
+    }
+    assert_eq!(
+        snapshot(store.root()),
+        before,
+        "a file outside alice's grant was deleted"
+    );
+    assert_eq!(
+        authorized,
+        [
+            "s3://datasets/imagenet/pii/users.csv",
+            "s3://datasets/imagenet/x",
+            "s3://datasets/imagenet/y"
+        ],
+        "what was authorized"
+    );
+    if let Some(deleted) = seen() {
+        let deleted: Vec<String> = deleted
+            .into_iter()
+            .map(|k| format!("s3://datasets/{k}"))
+            .collect();
+        assert_eq!(deleted, authorized, "what the store was asked to delete");
+    }
+}
+
+#[tokio::test]
+async fn delete_bodies_mean_what_was_authorized_to_a_resolving_store() {
+    let store = TestS3::start(&BUCKETS).await;
+    delete_bodies_mean_what_was_authorized(&store, || None).await;
+}
+
+#[tokio::test]
+async fn delete_bodies_mean_what_was_authorized_to_a_literal_store() {
+    let store = LiteralS3::start(&BUCKETS).await;
+    let deleted = || {
+        Some(
+            store
+                .seen()
+                .into_iter()
+                .filter(|(op, _, _)| op == "DeleteObjects")
+                .map(|(_, _, key)| key)
+                .collect(),
+        )
+    };
+    delete_bodies_mean_what_was_authorized(&store, deleted).await;
+}

@@ -354,3 +354,46 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+/// DeleteObjects, differentially: for every mutated body claimgate accepts, the body it
+/// forwards reads back — with the store's own XML parser (s3s's) — as exactly the keys and
+/// versions claimgate authorized, or not at all (a refused body deletes nothing).
+#[test]
+fn forwarded_delete_bodies_mean_to_the_store_what_was_authorized() {
+    use s3s::xml::{Deserialize, Deserializer};
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let seeds: &[&[u8]] = &[
+        br#"<Delete><Object><Key><![CDATA[alice/]]>bob/x</Key></Object><Quiet>true</Quiet></Delete>"#,
+        br#"<s3:Delete xmlns:s3="http://s3.amazonaws.com/doc/2006-03-01/"><s3:Object><s3:Key>a &amp; b&#9;</s3:Key><s3:VersionId>v1</s3:VersionId></s3:Object></s3:Delete>"#,
+        b"<Delete><Object><Key>a\r\nb <!-- c --> d</Key><ETag>\"e\"</ETag><Size>3</Size></Object><Object><Key>x</Key></Object></Delete>",
+    ];
+    let (mut accepted, mut compared) = (0, 0);
+    for _ in 0..ROUNDS {
+        let seed = seeds[rng.below(seeds.len())];
+        let Ok(list) = parse_delete_objects(&mutate(&mut rng, seed)) else {
+            continue;
+        };
+        accepted += 1;
+        let rendered = list.render();
+        let mut d = Deserializer::new(rendered.as_bytes());
+        // A body the store refuses deletes nothing; one it reads must read as authorized.
+        let Ok(theirs) = s3s::dto::Delete::deserialize(&mut d) else {
+            continue;
+        };
+        compared += 1;
+        let theirs: Vec<(String, Option<String>)> = theirs
+            .objects
+            .into_iter()
+            .map(|o| (o.key, o.version_id))
+            .collect();
+        let ours: Vec<(String, Option<String>)> = list
+            .keys()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        assert_eq!(ours, theirs, "{rendered}");
+    }
+    assert!(
+        accepted > 500 && compared > accepted / 2,
+        "{accepted} accepted, {compared} compared"
+    );
+}

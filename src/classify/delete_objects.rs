@@ -1,9 +1,17 @@
-//! The body of a DeleteObjects request: which keys it deletes, read strictly.
+//! The body of a DeleteObjects request: which keys it deletes, read strictly, and the body
+//! claimgate forwards in its place.
 //!
 //! Only `<Delete>` with `<Object><Key>…</Key>[<VersionId>…</VersionId>]</Object>` entries and
 //! `<Quiet>` is understood; a DTD, another root, or any other element at the `<Delete>` level
-//! is refused, so the keys authorized are exactly the keys the upstream will delete. Children
-//! of `<Object>` that only add conditions (`ETag`, `LastModifiedTime`, `Size`) are allowed.
+//! is refused. Children of `<Object>` that only add conditions (`ETag`, `LastModifiedTime`,
+//! `Size`) are kept.
+//!
+//! Two XML parsers never agree on everything (CDATA, entities, namespaces, whitespace): the
+//! store's parser could read another key out of the very bytes claimgate authorized — s3s
+//! drops CDATA sections that quick-xml keeps, so `<Key><![CDATA[alice/]]>bob/x</Key>` would be
+//! authorized as `alice/bob/x` and delete `bob/x`. So the caller's body is never forwarded:
+//! [`DeleteList::render`] writes a new one, plain and escaped, from exactly the entries that
+//! were authorized.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -19,17 +27,96 @@ fn malformed(reason: impl Into<String>) -> ClassifyError {
     }
 }
 
-/// `(key, version id)` for every `<Object>` of a DeleteObjects body.
-pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>, ClassifyError> {
+/// One `<Object>` of a DeleteObjects body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteEntry {
+    /// The key, as the XML holds it (not percent-encoded).
+    pub key: String,
+    /// `<VersionId>`, when given.
+    pub version: Option<String>,
+    /// Conditional-delete children (`ETag`, `LastModifiedTime`, `Size`), kept in order.
+    conditions: Vec<(&'static str, String)>,
+}
+
+/// A parsed DeleteObjects body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteList {
+    /// The objects, in order.
+    pub objects: Vec<DeleteEntry>,
+    /// `<Quiet>`, when given.
+    quiet: Option<bool>,
+}
+
+impl DeleteList {
+    /// `(key, version id)` of every object.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.version.as_deref()))
+    }
+
+    /// The body forwarded upstream: the same request, written by claimgate.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        if let Some(quiet) = self.quiet {
+            out.push_str(if quiet {
+                "<Quiet>true</Quiet>"
+            } else {
+                "<Quiet>false</Quiet>"
+            });
+        }
+        for o in &self.objects {
+            out.push_str("<Object>");
+            element(&mut out, "Key", &o.key);
+            if let Some(v) = &o.version {
+                element(&mut out, "VersionId", v);
+            }
+            for (name, value) in &o.conditions {
+                element(&mut out, name, value);
+            }
+            out.push_str("</Object>");
+        }
+        out.push_str("</Delete>");
+        out
+    }
+}
+
+/// `<name>value</name>`, the value escaped so that any XML parser reads it back exactly:
+/// markup characters and the whitespace XML would normalize become references.
+fn element(out: &mut String, name: &str, value: &str) {
+    out.push('<');
+    out.push_str(name);
+    out.push('>');
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("</");
+    out.push_str(name);
+    out.push('>');
+}
+
+/// Parses a DeleteObjects body.
+pub fn parse_delete_objects(xml: &[u8]) -> Result<DeleteList, ClassifyError> {
     let mut reader = Reader::from_reader(xml);
     let mut path: Vec<Vec<u8>> = Vec::new();
     let mut objects = Vec::new();
-    let mut key: Option<String> = None;
-    let mut version: Option<String> = None;
+    let mut current: Option<DeleteEntry> = None;
+    let mut quiet = None;
     let mut text = String::new();
     let mut buf = Vec::new();
     let mut root_seen = false;
-    let mut quiet_seen = false;
     loop {
         let event = reader
             .read_event_into(&mut buf)
@@ -42,12 +129,12 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
                 if path.is_empty() && std::mem::replace(&mut root_seen, true) {
                     return Err(malformed("the document has more than one root element"));
                 }
-                if name == b"Quiet" && std::mem::replace(&mut quiet_seen, true) {
-                    return Err(malformed("<Quiet> is given more than once"));
-                }
                 if name == b"Object" {
-                    key = None;
-                    version = None;
+                    current = Some(DeleteEntry {
+                        key: String::new(),
+                        version: None,
+                        conditions: Vec::new(),
+                    });
                 }
                 path.push(name);
                 text.clear();
@@ -58,9 +145,10 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
                 if path.is_empty() {
                     return Err(malformed("the <Delete> element is empty"));
                 }
-                if name == b"Object" {
-                    return Err(malformed("an <Object> without a <Key>"));
-                }
+                return Err(malformed(format!(
+                    "an empty <{}/> element",
+                    String::from_utf8_lossy(&name)
+                )));
             }
             Event::Text(t) => {
                 let s = t.decode().map_err(|e| malformed(format!("bad text: {e}")))?;
@@ -68,10 +156,7 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
                 if !in_leaf(&path) && !s.trim().is_empty() {
                     return Err(malformed("text outside the elements that hold values"));
                 }
-                text.push_str(&s);
-                if text.len() > MAX_FIELD {
-                    return Err(malformed("a value is longer than any S3 key"));
-                }
+                push_text(&mut text, &s, &path)?;
             }
             Event::GeneralRef(r) => {
                 // `&amp;` and friends arrive as references; only XML's five are allowed.
@@ -87,39 +172,97 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<Vec<(String, Option<String>)>,
                         _ => return Err(malformed(format!("unknown entity &{other};"))),
                     },
                 };
-                text.push(c);
+                push_text(&mut text, c.encode_utf8(&mut [0; 4]), &path)?;
             }
-            Event::CData(t) => text.push_str(&String::from_utf8_lossy(&t.into_inner())),
+            Event::CData(t) => {
+                let s = String::from_utf8(t.into_inner().into_owned())
+                    .map_err(|_| malformed("a CDATA section is not UTF-8"))?;
+                push_text(&mut text, &s, &path)?;
+            }
             Event::End(_) => {
                 let name = path.pop().unwrap_or_default();
-                match (name.as_slice(), path.last().map(Vec::as_slice)) {
-                    (b"Key", Some(b"Object")) if key.is_some() => {
+                let value = std::mem::take(&mut text);
+                match (name.as_slice(), current.as_mut()) {
+                    (b"Object", _) => {
+                        let entry = current.take().ok_or_else(|| malformed("an unopened <Object>"))?;
+                        if entry.key.is_empty() {
+                            return Err(malformed("an <Object> without a <Key>"));
+                        }
+                        objects.push(entry);
+                    }
+                    (b"Key", Some(entry)) if !entry.key.is_empty() => {
                         return Err(malformed("an <Object> with more than one <Key>"));
                     }
-                    (b"Key", Some(b"Object")) => key = Some(std::mem::take(&mut text)),
-                    (b"VersionId", Some(b"Object")) if version.is_some() => {
+                    (b"Key", Some(entry)) => {
+                        if value.is_empty() {
+                            return Err(malformed("an empty <Key>"));
+                        }
+                        entry.key = value;
+                    }
+                    (b"VersionId", Some(entry)) if entry.version.is_some() => {
                         return Err(malformed("an <Object> with more than one <VersionId>"));
                     }
-                    (b"VersionId", Some(b"Object")) => version = Some(std::mem::take(&mut text)),
-                    (b"Object", _) => {
-                        let k = key
-                            .take()
-                            .ok_or_else(|| malformed("an <Object> without a <Key>"))?;
-                        objects.push((k, version.take()));
+                    (b"VersionId", Some(entry)) => entry.version = Some(value),
+                    (b"ETag" | b"LastModifiedTime" | b"Size", Some(entry)) => {
+                        let name = match name.as_slice() {
+                            b"ETag" => "ETag",
+                            b"LastModifiedTime" => "LastModifiedTime",
+                            _ => "Size",
+                        };
+                        if entry.conditions.iter().any(|(n, _)| *n == name) {
+                            return Err(malformed(format!("an <Object> with more than one <{name}>")));
+                        }
+                        if name == "Size" && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()))
+                        {
+                            return Err(malformed("<Size> must be a whole number of bytes"));
+                        }
+                        entry.conditions.push((name, value));
+                    }
+                    (b"Quiet", _) if quiet.is_some() => {
+                        return Err(malformed("<Quiet> is given more than once"));
+                    }
+                    (b"Quiet", _) => {
+                        quiet = Some(match value.trim() {
+                            "true" => true,
+                            "false" => false,
+                            other => {
+                                return Err(malformed(format!(
+                                    "<Quiet> must be true or false, not `{other}`"
+                                )));
+                            }
+                        });
                     }
                     _ => {}
                 }
-                text.clear();
             }
             Event::Eof => break,
+            // Comments and processing instructions carry nothing; the body is rewritten anyway.
             _ => {}
         }
         buf.clear();
     }
-    if !path.is_empty() {
+    if !path.is_empty() || !root_seen {
         return Err(malformed("the document ends inside an element"));
     }
-    Ok(objects)
+    Ok(DeleteList { objects, quiet })
+}
+
+/// Adds decoded text to the current value, refusing what no key can hold: control characters
+/// other than tab and line breaks (XML 1.0 cannot carry them) and oversized values.
+fn push_text(text: &mut String, s: &str, path: &[Vec<u8>]) -> Result<(), ClassifyError> {
+    if !in_leaf(path) {
+        return Ok(());
+    }
+    if s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(malformed("a value holds a control character"));
+    }
+    text.push_str(s);
+    if text.len() > MAX_FIELD {
+        return Err(malformed("a value is longer than any S3 key"));
+    }
+    Ok(())
 }
 
 /// Whether the innermost open element holds a value (text is meaningful there).
@@ -160,12 +303,29 @@ mod tests {
         let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
 <Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>a/b&amp;c.txt</Key></Object><Object><Key>x</Key><VersionId>v1</VersionId></Object><Quiet>true</Quiet></Delete>"#;
         let got = parse_delete_objects(xml).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                ("a/b&c.txt".to_string(), None),
-                ("x".to_string(), Some("v1".to_string()))
-            ]
+        let keys: Vec<_> = got.keys().collect();
+        assert_eq!(keys, vec![("a/b&c.txt", None), ("x", Some("v1"))]);
+    }
+
+    /// What claimgate forwards reads back, with any parser, as exactly what it authorized —
+    /// whatever spelling (CDATA, references, namespaces, comments) the caller used.
+    #[test]
+    fn the_forwarded_body_is_written_from_the_authorized_entries() {
+        let tricky = br#"<?xml version="1.0"?><!-- c --><s3:Delete xmlns:s3="http://s3.amazonaws.com/doc/2006-03-01/"><s3:Quiet>true</s3:Quiet><s3:Object><s3:Key><![CDATA[alice/]]>bob/&lt;x&gt;&#9;'"</s3:Key><s3:ETag>"e"</s3:ETag></s3:Object><Object><Key>a&#13;&#10;b</Key><VersionId>v&amp;1</VersionId><Size>3</Size></Object></s3:Delete>"#;
+        let parsed = parse_delete_objects(tricky).unwrap();
+        let keys: Vec<_> = parsed.keys().collect();
+        assert_eq!(keys, vec![("alice/bob/<x>\t'\"", None), ("a\r\nb", Some("v&1"))]);
+        let rendered = parsed.render();
+        assert!(
+            !rendered.contains("CDATA") && !rendered.contains("s3:"),
+            "{rendered}"
+        );
+        assert_eq!(parse_delete_objects(rendered.as_bytes()).unwrap(), parsed);
+        assert!(rendered.contains("<Quiet>true</Quiet>"), "{rendered}");
+        assert!(rendered.contains("<ETag>&quot;e&quot;</ETag>"), "{rendered}");
+        assert!(
+            rendered.contains("<Key>a&#13;&#10;b</Key><VersionId>v&amp;1</VersionId><Size>3</Size>"),
+            "{rendered}"
         );
     }
 
@@ -187,6 +347,12 @@ mod tests {
             b"<Delete>b<Object><Key>a</Key></Object></Delete>",
             b"<Delete><Object>b<Key>a</Key></Object></Delete>",
             b"<Delete/>",
+            b"<Delete><Object><Key/></Object></Delete>",
+            b"<Delete><Object><Key></Key></Object></Delete>",
+            b"<Delete><Object><Key>a&#1;b</Key></Object></Delete>",
+            b"<Delete><Quiet>maybe</Quiet><Object><Key>a</Key></Object></Delete>",
+            b"<Delete><Object><Key>a</Key><ETag>1</ETag><ETag>2</ETag></Object></Delete>",
+            b"",
         ] {
             assert!(
                 parse_delete_objects(bad).is_err(),

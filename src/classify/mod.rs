@@ -33,7 +33,7 @@ mod s3;
 mod subresource;
 mod target;
 
-pub use self::delete_objects::parse_delete_objects;
+pub use self::delete_objects::{DeleteEntry, DeleteList, parse_delete_objects};
 pub use self::http::classify_http;
 pub use self::key::KeyRule;
 pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
