@@ -222,3 +222,40 @@ async fn a_token_claiming_to_be_encrypted_is_refused() {
     assert!(r.text().contains("JWE"), "{}", r.text());
     assert!(upstream.seen().is_empty());
 }
+
+/// Over HTTP/2 a body commonly ends with an empty DATA frame carrying END_STREAM: the check
+/// must still hold back real bytes until the verdict, so a swapped body never arrives whole.
+#[tokio::test]
+async fn a_swapped_body_over_http2_never_reaches_the_upstream_whole() {
+    use http_body_util::BodyExt as _;
+    let upstream = Recorder::start().await;
+    let idp = TestIdp::start().await;
+    let p = proxy_to(&idp, &upstream.url).tls().start().await;
+    let token = idp.token("alice", &["ml-engineers"]);
+    for (body, declared, want) in [(b"evil", b"good", 400), (b"good", b"good", 200)] {
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> =
+            vec![Ok(http_body::Frame::data(Bytes::from_static(body)))];
+        // a streamed body: hyper cannot know the end in advance, so it closes the h2 stream
+        // with an empty END_STREAM frame after the data
+        let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let req = http::Request::put(p.url("/datasets/h2.bin"))
+            .version(http::Version::HTTP_2)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-length", "4")
+            .header("x-amz-content-sha256", sha256_hex(declared))
+            .body(streamed)
+            .unwrap();
+        let before = upstream.seen().len();
+        let r = p.client.send(req).await;
+        assert_eq!(r.status, want, "{}", r.text());
+        let whole: Vec<_> = upstream.seen()[before..].iter().filter_map(|s| s.body.clone()).collect();
+        if want == 200 {
+            assert_eq!(whole, vec![Bytes::from_static(b"good")]);
+        } else {
+            assert_eq!(r.s3_code(), "XAmzContentSHA256Mismatch");
+            assert!(whole.is_empty(), "the upstream got the swapped body whole: {whole:?}");
+        }
+    }
+    let records = p.audit(2).await;
+    assert!(records.iter().all(|r| r["method"] == "PUT"));
+}
