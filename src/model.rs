@@ -133,6 +133,19 @@ pub enum S3Address {
     },
 }
 
+/// The object a copy reads (`x-amz-copy-source`), as the classify stage read it. The signer
+/// writes the header anew from this value, so the store reads the source that was authorized
+/// whatever spelling the caller used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    /// The source bucket.
+    pub bucket: String,
+    /// The source key, percent-decoded once.
+    pub key: String,
+    /// `?versionId=`, as sent (reading it is `s3:GetObjectVersion`).
+    pub version_id: Option<String>,
+}
+
 /// What a request wants, as the classify stage understood it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
@@ -142,6 +155,8 @@ pub struct Operation {
     pub accesses: Vec<Access>,
     /// For S3 requests, what the upstream request must address; `None` on HTTP routes.
     pub s3: Option<S3Address>,
+    /// For copies, the source that was authorized.
+    pub copy_source: Option<CopySource>,
 }
 
 impl Operation {

@@ -497,6 +497,11 @@ async fn authenticate(
             reason: "the request has more than one Authorization header".into(),
         });
     }
+    if parts.headers.contains_key(header::AUTHORIZATION) && has_query_credentials(parts.uri.query()) {
+        return Err(AuthError::Ambiguous {
+            reason: "the request carries both an Authorization header and presigned-URL credentials".into(),
+        });
+    }
     if let Some(claim) = sigv4::parse(parts)? {
         return authenticate_session(proxy, parts, &claim).map(|(id, chain)| (Arc::new(id), chain));
     }
@@ -524,6 +529,22 @@ async fn authenticate(
         });
     }
     Ok((proxy.auth.authenticate_bearer(token).await?, None))
+}
+
+/// Whether the query holds a presigned URL's credentials (SigV4 or SigV2).
+fn has_query_credentials(query: Option<&str>) -> bool {
+    const NAMES: [&str; 5] = [
+        "x-amz-credential",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "awsaccesskeyid",
+        "signature",
+    ];
+    query.unwrap_or_default().split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+    })
 }
 
 /// Opens the sealed session named by the request, checks it belongs to the signing access

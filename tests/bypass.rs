@@ -525,6 +525,46 @@ async fn the_authorized_key_is_the_forwarded_key_for_arbitrary_paths() {
         forwarded > 50 && refused > 50,
         "{forwarded} forwarded, {refused} refused"
     );
+
+    // The same for copy sources: the source the upstream is told to read is the one authorized.
+    let (mut copied, mut refused_copies) = (0, 0);
+    for i in 0..300 {
+        let len = 1 + next(6);
+        let source: String = (0..len).map(|_| pieces[next(pieces.len())]).collect();
+        let Ok(value) = http::HeaderValue::from_str(&format!("datasets/{source}")) else {
+            continue;
+        };
+        let req = http::Request::put(p.url(&format!("/checkpoints/alice/copy-{i}")))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-amz-copy-source", value)
+            .body(full(Bytes::new()))
+            .unwrap();
+        let seen_before = upstream.seen().len();
+        let r = p.client.send(req).await;
+        let id = r.headers["x-amz-request-id"].to_str().unwrap().to_string();
+        let records = p.audit(forwarded + refused + copied + refused_copies + 1).await;
+        let record = records.iter().find(|r| r["request_id"] == id.as_str()).unwrap();
+        let seen = upstream.seen();
+        if seen.len() > seen_before {
+            copied += 1;
+            let header = seen[seen_before].copy_source.clone().unwrap();
+            let received = percent_encoding::percent_decode_str(&header)
+                .decode_utf8()
+                .unwrap();
+            let authorized = record["also"][0].as_str().unwrap();
+            assert_eq!(format!("s3:GetObject s3:/{received}"), authorized, "{source}");
+        } else {
+            refused_copies += 1;
+            assert_ne!(
+                record["decision"], "allow",
+                "{source}: allowed but never forwarded"
+            );
+        }
+    }
+    assert!(
+        copied > 30 && refused_copies > 30,
+        "{copied} copied, {refused_copies} refused"
+    );
 }
 
 /// DeleteObjects bodies whose XML two parsers could read differently (CDATA, references,

@@ -265,17 +265,26 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
     use claimgate::model::S3Address;
     use claimgate::upstream::sign::s3_path;
 
+    /// The oracle, stated as behaviour rather than as a rule: a filesystem store resolving
+    /// the key (POSIX `.`/`..`/empty segments, `\\` as a separator, Windows dropping trailing
+    /// dots and spaces) must land on the very path the key spells.
     fn canonical(key: &str) -> bool {
         if key.is_empty() {
             return true; // a listing of the whole bucket
         }
-        let segments: Vec<&str> = key.split(['/', '\\']).collect();
-        let last = segments.len() - 1;
-        segments.iter().enumerate().all(|(i, s)| match *s {
-            "." | ".." => false,
-            "" => i == last && i > 0,
-            _ => true,
-        })
+        let mut resolved: Vec<&str> = Vec::new();
+        for segment in key.split(['/', '\\']) {
+            match segment.trim_end_matches(['.', ' ']) {
+                _ if segment.is_empty() || segment == "." => {}
+                _ if segment == ".." => {
+                    resolved.pop();
+                }
+                "" => return false, // `...`, `. `: Windows resolves these like `.` or `..`
+                _ => resolved.push(segment),
+            }
+        }
+        let spelled = key.strip_suffix(['/', '\\']).unwrap_or(key).replace('\\', "/");
+        resolved.join("/") == spelled
     }
 
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);

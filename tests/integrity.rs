@@ -190,8 +190,17 @@ async fn two_authorization_headers_are_refused() {
             r.text()
         );
     }
+    // a bearer header on a presigned URL: two credentials, one request
+    let presigned = "/datasets/imagenet/0001.tar?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=ASIAX%2F20261129%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature=00";
+    let r = p.client.get(&p.url(presigned), Some(&good)).await;
+    assert_eq!(
+        (r.status, r.s3_code().as_str()),
+        (400, "InvalidArgument"),
+        "{}",
+        r.text()
+    );
     assert!(upstream.seen().is_empty());
-    for r in p.audit(3).await {
+    for r in p.audit(4).await {
         assert_eq!(r["reason"], "ambiguous", "{r}");
     }
 }
@@ -248,12 +257,18 @@ async fn a_swapped_body_over_http2_never_reaches_the_upstream_whole() {
         let before = upstream.seen().len();
         let r = p.client.send(req).await;
         assert_eq!(r.status, want, "{}", r.text());
-        let whole: Vec<_> = upstream.seen()[before..].iter().filter_map(|s| s.body.clone()).collect();
+        let whole: Vec<_> = upstream.seen()[before..]
+            .iter()
+            .filter_map(|s| s.body.clone())
+            .collect();
         if want == 200 {
             assert_eq!(whole, vec![Bytes::from_static(b"good")]);
         } else {
             assert_eq!(r.s3_code(), "XAmzContentSHA256Mismatch");
-            assert!(whole.is_empty(), "the upstream got the swapped body whole: {whole:?}");
+            assert!(
+                whole.is_empty(),
+                "the upstream got the swapped body whole: {whole:?}"
+            );
         }
     }
     let records = p.audit(2).await;

@@ -52,6 +52,7 @@ pub fn classify_http(
             format!("http://{route}/{path}"),
         )],
         s3: None,
+        copy_source: None,
     })
 }
 

@@ -12,7 +12,9 @@
 //! `/`, or `//` anywhere), is refused whatever its spelling, since the check runs on the
 //! decoded key: `%2e%2E`, `.%2e`, `a%2F..%2Fb` all decode to the segments they spell. A
 //! trailing `/` stays allowed (the "folder" objects consoles create), as does every other
-//! name that merely starts with a dot (`.hidden`, `...`).
+//! name that merely starts with a dot (`.hidden`, `..x`). Segments of only dots and spaces
+//! (`...`, `.. `) are refused too: Windows drops trailing dots and spaces, so they resolve
+//! like `.` or `..` on a store there.
 //!
 //! A route whose store keeps keys literal (AWS S3 itself) can opt in to forwarding such keys
 //! (`literal_dot_keys = true`); the key forwarded is still byte-for-byte the key authorized.
@@ -56,6 +58,12 @@ pub(super) fn non_canonical(key: &str, used: KeyUse) -> Option<&'static str> {
     for (i, segment) in key.split(['/', '\\']).enumerate() {
         match segment {
             "." | ".." => return Some("has a `.` or `..` segment"),
+            // Windows drops trailing dots and spaces: `.. ` and `...` resolve like `..`/`.`.
+            s if !s.is_empty() && s.bytes().all(|b| b == b'.' || b == b' ') => {
+                return Some(
+                    "has a segment of only dots and spaces, which Windows resolves like `.` or `..`",
+                );
+            }
             // A key or prefix may end with a separator ("folder/"); nothing else may be empty.
             "" if i == last && i > 0 => {}
             // An empty prefix lists the whole bucket.
@@ -97,7 +105,7 @@ mod tests {
     fn dot_and_empty_segments_are_found() {
         let bad_keys = [
             ".", "..", "./a", "../a", "a/.", "a/..", "a/./b", "a/../b", "a//b", "/a", "//", "/", "a\\..\\b",
-            "a\\.\\b", "a/..\\b", "a\\\\b",
+            "a\\.\\b", "a/..\\b", "a\\\\b", "...", "a/.../b", "a/.. /b", "a/. ", " ",
         ];
         for key in bad_keys {
             assert!(non_canonical(key, KeyUse::Key).is_some(), "key {key:?}");
@@ -109,9 +117,8 @@ mod tests {
             "a/b/",
             ".hidden",
             "a/.hidden/b",
-            "...",
-            "a/.../b",
             "a..b",
+            "a /b",
             "..a",
             "a/b.",
             "%2e%2e",

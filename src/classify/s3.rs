@@ -42,7 +42,7 @@ use super::decode::{Plus, decode};
 use super::key::{self, KeyRule, KeyUse};
 use super::subresource::{self, Level, Needs, Resource as SubResource, SUBRESOURCES};
 use super::target::{RequestTarget, hostname};
-use crate::model::{Access, Operation, S3Address};
+use crate::model::{Access, CopySource, Operation, S3Address};
 
 /// How S3 requests reach claimgate, per route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,13 +78,26 @@ pub fn classify_s3(
         headers: &parts.headers,
         keys: s3.keys,
     };
-    let (mut op, address) = match addressed {
-        Addressed::Service => (service_op(&req)?, S3Address::Service),
-        Addressed::Bucket(bucket) => (bucket_op(&req, &bucket)?, S3Address::Bucket(bucket)),
+    let classified = match addressed {
+        Addressed::Service => service_op(&req).map(|op| (op, S3Address::Service)),
+        Addressed::Bucket(bucket) => bucket_op(&req, &bucket).map(|op| (op, S3Address::Bucket(bucket))),
         Addressed::Object { bucket, key } => {
-            (object_op(&req, &bucket, &key)?, S3Address::Object { bucket, key })
+            object_op(&req, &bucket, &key).map(|op| (op, S3Address::Object { bucket, key }))
         }
     };
+    let name = match &classified {
+        Ok((op, _)) => op.name,
+        Err(ClassifyError::BodyRequired(_)) => "DeleteObjects",
+        Err(_) => return classified.map(|(op, _)| op),
+    };
+    if let Some(hint) = &req.query.x_id
+        && hint != name
+    {
+        return Err(ClassifyError::invalid_argument(format!(
+            "x-id names {hint} but the request is {name}"
+        )));
+    }
+    let (mut op, address) = classified?;
     op.s3 = Some(address);
     Ok(op)
 }
@@ -160,6 +173,7 @@ impl PendingDeleteObjects {
             name: "DeleteObjects",
             accesses,
             s3: Some(S3Address::Bucket(self.bucket.clone())),
+            copy_source: None,
         })
     }
 }
@@ -298,6 +312,9 @@ struct Query {
     /// Name → value, presign parameters removed. Sorted, so refusals name parameters in a
     /// stable order.
     params: BTreeMap<String, String>,
+    /// `x-id=<Operation>`, the hint newer SDKs add. Stores may route on it, so it must name
+    /// the operation claimgate classified.
+    x_id: Option<String>,
 }
 
 impl Query {
@@ -322,8 +339,9 @@ impl Query {
             }
             params.insert(name, value);
         }
+        let x_id = params.get("x-id").cloned();
         params.retain(|name, _| !IGNORED_PARAMS.contains(&name.as_str()));
-        Ok(Query { params })
+        Ok(Query { params, x_id })
     }
 
     /// Whether the parameter is present (with or without a value).
@@ -606,6 +624,7 @@ fn subresource_op(
             .map(|a| Access::new(*a, resource.clone()))
             .collect(),
         s3: None,
+        copy_source: None,
     };
     add_header_accesses(&mut op, req.headers, row.headers);
     Ok(Some(op))
@@ -695,7 +714,7 @@ fn read_object(req: &Request<'_>, name: &'static str, target: String) -> Result<
 fn put_object(req: &Request<'_>, target: String) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, &[])?;
     let mut op = match copy_source(req.headers, req.keys)? {
-        Some(source) => copied("CopyObject", target, &source),
+        Some(source) => copied("CopyObject", target, source),
         None => single("PutObject", "s3:PutObject", target),
     };
     add_header_accesses(&mut op, req.headers, WRITE_HEADER_ACTIONS);
@@ -713,7 +732,7 @@ fn upload_part(req: &Request<'_>, target: String) -> Result<Operation, ClassifyE
     }
     upload_id(&req.query)?;
     Ok(match copy_source(req.headers, req.keys)? {
-        Some(source) => copied("UploadPartCopy", target, &source),
+        Some(source) => copied("UploadPartCopy", target, source),
         None => single("UploadPart", "s3:PutObject", target),
     })
 }
@@ -731,22 +750,11 @@ fn delete_object(req: &Request<'_>, target: String) -> Result<Operation, Classif
     Ok(op)
 }
 
-/// The object a copy reads, from `x-amz-copy-source`.
-#[derive(Debug, PartialEq, Eq)]
-struct CopySource {
-    bucket: String,
-    /// Percent-decoded.
-    key: String,
-    /// `?versionId=` was given: reading it is `s3:GetObjectVersion`.
-    versioned: bool,
-}
-
 /// A copy: `s3:PutObject` on the target, then the read of the source.
-fn copied(name: &'static str, target: String, source: &CopySource) -> Operation {
-    let read = if source.versioned {
-        "s3:GetObjectVersion"
-    } else {
-        "s3:GetObject"
+fn copied(name: &'static str, target: String, source: CopySource) -> Operation {
+    let read = match source.version_id {
+        Some(_) => "s3:GetObjectVersion",
+        None => "s3:GetObject",
     };
     Operation {
         name,
@@ -755,6 +763,7 @@ fn copied(name: &'static str, target: String, source: &CopySource) -> Operation 
             Access::new(read, object_resource(&source.bucket, &source.key)),
         ],
         s3: None,
+        copy_source: Some(source),
     }
 }
 
@@ -787,10 +796,14 @@ fn parse_copy_source(raw: &str) -> Result<CopySource, ClassifyError> {
         Some((path, query)) => (path, Some(query)),
         None => (raw, None),
     };
-    let versioned = match query {
-        None => false,
+    let version_id = match query {
+        None => None,
         Some(query) => match query.strip_prefix("versionId=") {
-            Some(id) if !id.is_empty() && !id.contains('&') => true,
+            Some(id)
+                if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic() && !b"&#?".contains(&b)) =>
+            {
+                Some(id.to_owned())
+            }
             _ => return Err(bad("only `?versionId=<id>` may follow the key")),
         },
     };
@@ -809,7 +822,7 @@ fn parse_copy_source(raw: &str) -> Result<CopySource, ClassifyError> {
     Ok(CopySource {
         bucket: bucket.to_owned(),
         key,
-        versioned,
+        version_id,
     })
 }
 
@@ -866,6 +879,7 @@ fn single(name: &'static str, action: &str, resource: String) -> Operation {
         name,
         accesses: vec![Access::new(action, resource)],
         s3: None,
+        copy_source: None,
     }
 }
 
@@ -970,6 +984,11 @@ mod tests {
                     "ListBuckets: s3:ListAllMyBuckets s3://",
                 ),
                 ("GET /?x-id=ListBuckets", "ListBuckets: s3:ListAllMyBuckets s3://"),
+                ("GET /?x-id=ListDirectoryBuckets", "!InvalidArgument"),
+                ("GET /bkt/k?x-id=DeleteObject", "!InvalidArgument"),
+                ("PUT /bkt/k?x-id=PutObject", "PutObject: s3:PutObject s3://bkt/k"),
+                ("POST /bkt?delete&x-id=DeleteObjects", "!BodyRequired"),
+                ("POST /bkt?delete&x-id=PutObject", "!InvalidArgument"),
                 ("GET /?acl", "!NotImplemented"),
                 ("HEAD /", "!MethodNotAllowed"),
                 ("PUT /", "!MethodNotAllowed"),
@@ -1269,11 +1288,9 @@ mod tests {
             &[
                 (presigned, "GetObject: s3:GetObject s3://bkt/k"),
                 ("GET /bkt/k?x-id=GetObject", "GetObject: s3:GetObject s3://bkt/k"),
-                // the hint is never trusted over the request itself
-                (
-                    "GET /bkt/k?x-id=DeleteObject",
-                    "GetObject: s3:GetObject s3://bkt/k",
-                ),
+                // the hint is never trusted over the request itself, and a store may route on
+                // it: one that disagrees with the request is refused
+                ("GET /bkt/k?x-id=DeleteObject", "!InvalidArgument"),
                 ("GET /bkt/k?x-id=a&x-id=b", "!InvalidArgument"),
                 // names are case-sensitive: these are not presign parameters
                 ("GET /bkt/k?x-amz-signature=abc", "!NotImplemented"),

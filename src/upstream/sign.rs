@@ -18,7 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
 use crate::config::Credentials;
-use crate::model::{Operation, S3Address};
+use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
 use crate::rejection::SignError;
 use crate::upstream::Route;
@@ -81,6 +81,11 @@ pub fn sign_upstream(
         .map(str::to_string);
     strip_caller_credentials(&mut parts.headers);
     let path_and_query = upstream_path_and_query(parts, route, op.s3.as_ref())?;
+    if let Some(source) = &op.copy_source {
+        let value = HeaderValue::try_from(copy_source_header(source))
+            .map_err(|_| unsignable("cannot write x-amz-copy-source".into()))?;
+        parts.headers.insert("x-amz-copy-source", value);
+    }
     let uri = http::Uri::builder()
         .scheme(route.config.upstream.scheme())
         .authority(route.authority.clone())
@@ -223,6 +228,20 @@ fn upstream_path_and_query(
     }
     out.parse()
         .map_err(|e| unsignable(format!("bad upstream path: {e}")))
+}
+
+/// `x-amz-copy-source` written from the authorized source: `/bucket/key` encoded as
+/// [`s3_path`] encodes keys, then the version as sent.
+pub fn copy_source_header(source: &CopySource) -> String {
+    let mut out = s3_path(&S3Address::Object {
+        bucket: source.bucket.clone(),
+        key: source.key.clone(),
+    });
+    if let Some(version) = &source.version_id {
+        out.push_str("?versionId=");
+        out.push_str(version);
+    }
+    out
 }
 
 /// The path-style upstream path of an S3 address, encoded the way SigV4 canonicalizes it:
@@ -370,6 +389,16 @@ mod tests {
         assert_eq!(s3_path(&object("dir/")), "/b/dir/");
         assert_eq!(s3_path(&S3Address::Bucket("b".into())), "/b");
         assert_eq!(s3_path(&S3Address::Service), "/");
+        let source = |version: Option<&str>| CopySource {
+            bucket: "src".into(),
+            key: "a b/c+d?".into(),
+            version_id: version.map(str::to_string),
+        };
+        assert_eq!(copy_source_header(&source(None)), "/src/a%20b/c%2Bd%3F");
+        assert_eq!(
+            copy_source_header(&source(Some("v1"))),
+            "/src/a%20b/c%2Bd%3F?versionId=v1"
+        );
     }
 
     #[test]

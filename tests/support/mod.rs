@@ -835,6 +835,8 @@ pub struct Seen {
     /// The path exactly as it arrived (still percent-encoded).
     pub path: String,
     pub query: Option<String>,
+    /// `x-amz-copy-source`, as it arrived.
+    pub copy_source: Option<String>,
     /// The whole body, when it arrived whole; `None` when it broke off.
     pub body: Option<Bytes>,
 }
@@ -863,10 +865,13 @@ impl Recorder {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.ok().map(|b| b.to_bytes());
+                            let copy_source = (parts.headers.get("x-amz-copy-source"))
+                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                             log.lock().unwrap().push(Seen {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_string(),
                                 query: parts.uri.query().map(str::to_string),
+                                copy_source,
                                 body,
                             });
                             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
