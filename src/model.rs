@@ -131,6 +131,14 @@ pub enum S3Address {
         /// The key, percent-decoded once.
         key: String,
     },
+    /// A browser form upload (PostObject): the request goes to the bucket, and the key
+    /// travels in the form's `key` field, which the signer writes from this value.
+    FormUpload {
+        /// The bucket.
+        bucket: String,
+        /// The key, as authorized (`${filename}` already replaced).
+        key: String,
+    },
 }
 
 /// What a request wants, as the classify stage understood it.

@@ -219,7 +219,11 @@ fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
         ClassifyError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         ClassifyError::NeverForwarded { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
         ClassifyError::MalformedXml { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
-        ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
+        ClassifyError::BodyRequired(_) | ClassifyError::FormRequired(_) => {
+            (StatusCode::NOT_IMPLEMENTED, "NotImplemented")
+        }
+        ClassifyError::MalformedPost { .. } => (StatusCode::BAD_REQUEST, "MalformedPOSTRequest"),
+        ClassifyError::FormTooLarge { .. } => (StatusCode::BAD_REQUEST, "MaxPostPreDataLengthExceededError"),
     }
 }
 
