@@ -204,6 +204,7 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
         | AuthError::WrongAudience { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
         AuthError::KeysUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "IdentityProviderUnavailable"),
         AuthError::SigV4(e) => (e.status(), e.s3_code()),
+        AuthError::PostPolicy(e) => (e.status(), e.s3_code()),
         AuthError::UnknownAccessKey => (StatusCode::FORBIDDEN, "InvalidAccessKeyId"),
         AuthError::SessionInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
         AuthError::SessionExpired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
