@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::digest::{Declared, DigestError, Hasher};
+use crate::form_file::{FileError, FileTail};
 
 /// What happened to the caller's request body on its way upstream.
 #[derive(Debug, Default)]
@@ -28,12 +29,20 @@ pub struct BodyStats {
     /// The body did not match a digest its request declared; the upstream body was ended
     /// with an error short of its length.
     pub digest_mismatch: std::sync::Mutex<Option<DigestError>>,
+    /// A form upload's file broke its policy's size range or the form's framing; the
+    /// upstream body was ended with an error before the file completed.
+    pub form_file: std::sync::Mutex<Option<FileError>>,
 }
 
 impl BodyStats {
     /// The digest the body failed, if it failed one.
     pub fn digest_failure(&self) -> Option<DigestError> {
         self.digest_mismatch.lock().ok().and_then(|g| *g)
+    }
+
+    /// Why a form upload's file was cut short, if it was.
+    pub fn form_failure(&self) -> Option<FileError> {
+        self.form_file.lock().ok().and_then(|g| *g)
     }
 }
 
@@ -78,6 +87,14 @@ pub enum UpstreamBody {
     },
     /// A body already read whole (small, size-capped bodies we had to inspect).
     Full(Option<Bytes>),
+    /// A browser form upload: the fields claimgate rebuilt and signed, then the caller's
+    /// file and the rest of its body, streamed.
+    Form {
+        /// The rebuilt field section, up to the file's content; sent first.
+        prefix: Option<Bytes>,
+        /// The file, from the caller's body.
+        file: Box<FileTail<Incoming>>,
+    },
 }
 
 /// Errors of bodies we send upstream (the caller's I/O, or a broken chunk signature).
@@ -132,6 +149,10 @@ impl Body for UpstreamBody {
                 polled
             }
             UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpstreamBody::Form { prefix, file } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => Pin::new(file.as_mut()).poll_frame(cx),
+            },
         }
     }
 
@@ -143,6 +164,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Stream { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Chunked { inner, .. } => inner.is_end_stream(),
             UpstreamBody::Full(d) => d.is_none(),
+            UpstreamBody::Form { prefix, file } => prefix.is_none() && file.is_end_stream(),
         }
     }
 
@@ -152,6 +174,8 @@ impl Body for UpstreamBody {
             UpstreamBody::Chunked { inner, .. } => inner.size_hint(),
             UpstreamBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             UpstreamBody::Full(None) => SizeHint::with_exact(0),
+            // The pipeline sets Content-Length when the caller declared one.
+            UpstreamBody::Form { .. } => SizeHint::default(),
         }
     }
 }

@@ -56,7 +56,8 @@ struct RawServer {
     verbose_denials: Option<bool>,
     /// How long in-flight requests may take to finish after SIGTERM.
     shutdown_grace: Option<Spanned<String>>,
-    /// Largest body read whole for authorization (DeleteObjects XML, STS form).
+    /// Largest body read whole for authorization (DeleteObjects XML, STS form), and the
+    /// largest field section of a form upload (PostObject) before its file.
     max_inspected_body: Option<usize>,
 }
 
@@ -193,7 +194,7 @@ pub struct ServerConfig {
     pub verbose_denials: bool,
     /// Bound on draining in-flight requests at shutdown.
     pub shutdown_grace: Duration,
-    /// Cap on bodies read whole for authorization.
+    /// Cap on bodies read whole for authorization, and on a form upload's fields.
     pub max_inspected_body: usize,
 }
 

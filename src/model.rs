@@ -131,6 +131,14 @@ pub enum S3Address {
         /// The key, percent-decoded once.
         key: String,
     },
+    /// A browser form upload (PostObject): the request goes to the bucket, and the key
+    /// travels in the form's `key` field, which the signer writes from this value.
+    FormUpload {
+        /// The bucket.
+        bucket: String,
+        /// The key, as authorized (`${filename}` already replaced).
+        key: String,
+    },
 }
 
 /// The object a copy reads (`x-amz-copy-source`), as the classify stage read it. The signer

@@ -7,6 +7,7 @@
 //! exactly one audit record (emitted when the response body finishes or is dropped).
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,11 +19,15 @@ use hyper::body::Incoming;
 
 use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
 use crate::body::{BodyStats, Checked, OnFinish, ProxyBody, UpstreamBody};
-use crate::classify::{self, ClassifyError, RequestTarget, S3Target};
+use crate::classify::{
+    self, ClassifyError, FormReader, PendingPostObject, PostForm, RequestTarget, S3Target,
+};
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
 use crate::digest::Declared;
+use crate::form_file::{FileError, FileTail};
 use crate::identity::chunked::{self, ChunkChain};
+use crate::identity::post_policy::{FormSignature, PostPolicy, PostPolicyError};
 use crate::identity::revocation::Revocations;
 use crate::identity::session::{Keyring, Session};
 use crate::identity::sigv4;
@@ -32,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::model::{AuthMethod, Identity, Operation};
 use crate::policy::{Decision, PolicySet, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
+use crate::upstream::post_sign::sign_form_upload;
 use crate::upstream::sign::sign_upstream;
 use crate::upstream::{Route, Router};
 
@@ -181,34 +187,32 @@ async fn run(
         ctx.style = ErrorStyle::Problem;
     }
 
-    // authenticate
-    let (identity, chunk_chain) = authenticate(proxy, &parts)
-        .await
-        .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
-    ctx.record.identity = Some(audit_identity(&identity, &[]));
-    if identity.method == AuthMethod::Session && route.config.kind == RouteKind::Http {
-        // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
-        // session-signed body to its signature: sessions are for S3 routes.
-        return Err(AuthError::UnsupportedScheme {
-            scheme: "AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)".into(),
+    // authenticate (a browser form upload may carry its credentials in the form instead)
+    let (identity, chunk_chain) = match authenticate(proxy, &parts).await {
+        Ok(found) => found,
+        Err(AuthError::Missing) if route.config.kind == RouteKind::S3 && classify::is_form_upload(&parts) => {
+            return match classify(proxy, &route, &parts, &target)? {
+                Classified::Form(pending) => {
+                    form_upload(proxy, &route, parts, body, None, pending, ctx).await
+                }
+                Classified::Op(_) | Classified::NeedsBody(_) => {
+                    proxy.metrics.auth_failure(AuthError::Missing.reason());
+                    Err(AuthError::Missing.into())
+                }
+            };
         }
-        .into());
-    }
-    if let Some(list) = &proxy.revocations
-        && let Some(reason) = list.current().check(&identity, proxy.clock.unix())
-    {
-        proxy.metrics.auth_failure("revoked");
-        ctx.record.detail = Some(format!("revoked: {reason}"));
-        return Err(AuthError::Revoked {
-            reason: reason.to_string(),
+        Err(e) => {
+            proxy.metrics.auth_failure(e.reason());
+            return Err(e.into());
         }
-        .into());
-    }
+    };
+    admit(proxy, &route, &identity, ctx)?;
 
     // (the caller's body, the body forwarded in its place)
     let mut inspected: Option<(Bytes, Bytes)> = None;
     // classify (DeleteObjects: from its size-capped body; what is forwarded is a body written
-    // from the authorized entries, never the caller's XML)
+    // from the authorized entries, never the caller's XML. PostObject: from its form, in a
+    // flow of its own)
     let (operation, body) = match classify(proxy, &route, &parts, &target)? {
         Classified::Op(op) => (op, Some(body)),
         Classified::NeedsBody(pending) => {
@@ -218,6 +222,9 @@ async fn run(
             let op = pending.finish(list.keys())?;
             inspected = Some((xml, Bytes::from(list.render())));
             (op, None)
+        }
+        Classified::Form(pending) => {
+            return form_upload(proxy, &route, parts, body, Some(identity), pending, ctx).await;
         }
     };
     record_operation(&mut ctx.record, &operation);
@@ -279,20 +286,219 @@ async fn run(
     let stats = ctx.bytes_in.clone();
     let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
         .await
-        .map_err(|e| {
-            // The upstream failed because the caller's upload broke off: say so, and do
-            // not count it against the upstream.
-            if let Some(digest) = stats.digest_failure() {
-                Rejection::Digest(digest)
-            } else if stats.bad_chunk_signature.load(Ordering::Relaxed) {
-                Rejection::Auth(AuthError::SigV4(sigv4::SigV4Error::SignatureDoesNotMatch))
-            } else if stats.aborted.load(Ordering::Relaxed) {
-                Rejection::IncompleteBody
-            } else {
-                e
-            }
-        })?;
+        .map_err(|e| body_failure(&stats).unwrap_or(e))?;
     screen_upstream_auth_errors(proxy, &route, resp, ctx).await
+}
+
+/// Records who is calling, then refuses what no credential may do here: an STS session on
+/// an HTTP route, a revoked identity.
+fn admit(proxy: &Proxy, route: &Route, identity: &Identity, ctx: &mut Ctx) -> Result<(), Rejection> {
+    ctx.record.identity = Some(audit_identity(identity, &[]));
+    if identity.method == AuthMethod::Session && route.config.kind == RouteKind::Http {
+        // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
+        // session-signed body to its signature: sessions are for S3 routes.
+        return Err(AuthError::UnsupportedScheme {
+            scheme: "AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)".into(),
+        }
+        .into());
+    }
+    if let Some(list) = &proxy.revocations
+        && let Some(reason) = list.current().check(identity, proxy.clock.unix())
+    {
+        proxy.metrics.auth_failure("revoked");
+        ctx.record.detail = Some(format!("revoked: {reason}"));
+        return Err(AuthError::Revoked {
+            reason: reason.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Why forwarding failed, when the caller's body is to blame (a digest or chunk signature
+/// it broke, a form file out of its policy's range, an upload that broke off) rather than
+/// the upstream: the caller is told, and the upstream is not counted against.
+fn body_failure(stats: &BodyStats) -> Option<Rejection> {
+    if let Some(e) = stats.form_failure() {
+        return Some(match e {
+            FileError::TooLarge { max } => AuthError::from(PostPolicyError::EntityTooLarge { max }).into(),
+            FileError::TooSmall { min } => AuthError::from(PostPolicyError::EntityTooSmall { min }).into(),
+            FileError::Unterminated => ClassifyError::MalformedPost {
+                reason: e.to_string(),
+            }
+            .into(),
+        });
+    }
+    if let Some(digest) = stats.digest_failure() {
+        Some(Rejection::Digest(digest))
+    } else if stats.bad_chunk_signature.load(Ordering::Relaxed) {
+        Some(Rejection::Auth(AuthError::SigV4(
+            sigv4::SigV4Error::SignatureDoesNotMatch,
+        )))
+    } else if stats.aborted.load(Ordering::Relaxed) {
+        Some(Rejection::IncompleteBody)
+    } else {
+        None
+    }
+}
+
+/// PostObject, a browser form upload: its key, its options and — without a bearer token —
+/// its credentials are in the multipart body, so the stages run in the same order once the
+/// form's fields are read:
+///
+/// read the fields (size-capped, up to the file) → authenticate (the bearer identity already
+/// verified, or the form's signed POST policy) → classify → authorize → sign (a new form
+/// with the route's own POST policy) → forward (the new fields, then the caller's file,
+/// streamed and measured against the policy's `content-length-range`).
+async fn form_upload(
+    proxy: &Proxy,
+    route: &Route,
+    mut parts: http::request::Parts,
+    mut body: Incoming,
+    caller: Option<Arc<Identity>>,
+    pending: PendingPostObject,
+    ctx: &mut Ctx,
+) -> Result<Response<Reply>, Rejection> {
+    if caller.as_ref().is_some_and(|id| id.method == AuthMethod::Session) {
+        // A header or presigned-URL signature covers a body claimgate rebuilds: the form's
+        // own policy is what S3 clients sign for a form upload.
+        return Err(AuthError::UnsupportedScheme {
+            scheme: "SigV4 in the Authorization header or query of a browser form upload: sign the form's \
+                     POST policy instead (generate_presigned_post), or send a bearer token"
+                .into(),
+        }
+        .into());
+    }
+    if !Declared::from_headers(&parts.headers)?.is_empty() {
+        return Err(ClassifyError::InvalidArgument {
+            reason: "Content-MD5 and a hex x-amz-content-sha256 cover the whole form, which claimgate \
+                     rebuilds for the upstream; send the file's digest as a content-md5 or x-amz-checksum-* \
+                     form field instead"
+                .into(),
+        }
+        .into());
+    }
+
+    // the fields, up to the file's content
+    let max = proxy.config.server.max_inspected_body;
+    let (form, head) = read_form(&mut body, pending.reader(), max, &ctx.bytes_in).await?;
+
+    // authenticate
+    let (identity, length) = match caller {
+        Some(identity) => {
+            if let Some(field) = form.credential_fields().next() {
+                return Err(AuthError::Ambiguous {
+                    reason: format!(
+                        "the request has an Authorization header and its form carries credentials too \
+                         (`{field}`); send one"
+                    ),
+                }
+                .into());
+            }
+            (identity, None)
+        }
+        None => {
+            let (identity, length) = authenticate_form(proxy, &form, pending.bucket())
+                .inspect_err(|e| proxy.metrics.auth_failure(e.reason()))?;
+            let identity = Arc::new(identity);
+            admit(proxy, route, &identity, ctx)?;
+            (identity, length)
+        }
+    };
+
+    // classify
+    let operation = pending.finish(&form)?;
+    record_operation(&mut ctx.record, &operation);
+    check_buckets(route, &operation)?;
+
+    // authorize
+    let decision = proxy.policies.decide(&identity, &operation.accesses);
+    record_decision(proxy, route, &identity, &decision, ctx);
+    let permit = decision.outcome.map_err(|denial| Rejection::Denied {
+        message: denial.message(proxy.config.server.verbose_denials),
+    })?;
+
+    // sign
+    let prefix = sign_form_upload(
+        &permit,
+        &operation,
+        &form,
+        length.as_ref(),
+        &mut parts,
+        route,
+        proxy.clock.now(),
+    )?;
+
+    // forward
+    let first = head.slice(form.content_start()..);
+    let file = FileTail::new(body, first, form.boundary(), length, ctx.bytes_in.clone());
+    let body = UpstreamBody::Form {
+        prefix: Some(prefix),
+        file: Box::new(file),
+    };
+    let stats = ctx.bytes_in.clone();
+    let resp = forward(proxy, route, Request::from_parts(parts, body), false)
+        .await
+        .map_err(|e| body_failure(&stats).unwrap_or(e))?;
+    // The store may answer before it notices the file was cut short: the reason is ours.
+    if stats.form_failure().is_some()
+        && let Some(rejection) = body_failure(&stats)
+    {
+        return Err(rejection);
+    }
+    screen_upstream_auth_errors(proxy, route, resp, ctx).await
+}
+
+/// Reads a form upload's body up to the content of its file, refusing a field section larger
+/// than `max`. Returns the form and every byte read (the first bytes of the file included).
+async fn read_form(
+    body: &mut Incoming,
+    mut reader: FormReader,
+    max: usize,
+    stats: &BodyStats,
+) -> Result<(PostForm, Bytes), Rejection> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let eof = match body.frame().await {
+            None => true,
+            Some(Err(_)) => return Err(Rejection::IncompleteBody),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    stats.bytes.store(buf.len() as u64, Ordering::Relaxed);
+                }
+                false
+            }
+        };
+        if let Some(form) = reader.advance(&buf, eof)? {
+            if form.content_start() > max {
+                return Err(ClassifyError::FormTooLarge { max }.into());
+            }
+            return Ok((form, buf.freeze()));
+        }
+        if buf.len() > max {
+            return Err(ClassifyError::FormTooLarge { max }.into());
+        }
+    }
+}
+
+/// Authenticates a form upload by its SigV4 fields: the session they name, opened as for any
+/// session-signed request, must have signed the policy, and the form must meet the policy at
+/// the injected clock's time. Returns the identity and the file sizes the policy allows.
+fn authenticate_form(
+    proxy: &Proxy,
+    form: &PostForm,
+    bucket: &str,
+) -> Result<(Identity, Option<RangeInclusive<u64>>), AuthError> {
+    let Some(signed) = FormSignature::read(form)? else {
+        return Err(AuthError::Missing);
+    };
+    let session = open_session(proxy, signed.access_key_id, signed.security_token)?;
+    signed.verify(&session.secret_access_key)?;
+    let policy = PostPolicy::decode(signed.policy)?;
+    let length = policy.check(form, bucket, proxy.clock.unix())?;
+    Ok((session_identity(session), length))
 }
 
 /// What the upstream answered: streamed, or read whole when we had to look inside.
@@ -554,26 +760,8 @@ fn authenticate_session(
     parts: &http::request::Parts,
     claim: &sigv4::SigV4Claim,
 ) -> Result<(Identity, Option<ChunkChain>), AuthError> {
-    let keyring = proxy.keyring.as_ref().ok_or(AuthError::UnknownAccessKey)?;
-    let token = claim
-        .session_token
-        .as_deref()
-        .ok_or(AuthError::UnknownAccessKey)?;
-    let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
-        reason: e.to_string(),
-    })?;
-    if session.access_key_id != claim.access_key_id {
-        return Err(AuthError::SessionInvalid {
-            reason: "it was issued with another access key id".into(),
-        });
-    }
-    let now = proxy.clock.unix();
-    if now >= session.expires_at {
-        return Err(AuthError::SessionExpired {
-            ago: now - session.expires_at,
-        });
-    }
-    sigv4::verify(claim, parts, &session.secret_access_key, now)?;
+    let session = open_session(proxy, &claim.access_key_id, claim.session_token.as_deref())?;
+    sigv4::verify(claim, parts, &session.secret_access_key, proxy.clock.unix())?;
     let payload = parts
         .headers
         .get("x-amz-content-sha256")
@@ -595,7 +783,34 @@ fn authenticate_session(
         }
         _ => None,
     };
-    let identity = Identity {
+    Ok((session_identity(session), chain))
+}
+
+/// Opens the sealed session `token` and checks it was issued with `access_key_id` and is
+/// still live (the revocation list is checked once the identity is known, for every method).
+fn open_session(proxy: &Proxy, access_key_id: &str, token: Option<&str>) -> Result<Session, AuthError> {
+    let keyring = proxy.keyring.as_ref().ok_or(AuthError::UnknownAccessKey)?;
+    let token = token.ok_or(AuthError::UnknownAccessKey)?;
+    let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
+        reason: e.to_string(),
+    })?;
+    if session.access_key_id != access_key_id {
+        return Err(AuthError::SessionInvalid {
+            reason: "it was issued with another access key id".into(),
+        });
+    }
+    let now = proxy.clock.unix();
+    if now >= session.expires_at {
+        return Err(AuthError::SessionExpired {
+            ago: now - session.expires_at,
+        });
+    }
+    Ok(session)
+}
+
+/// The identity a session carries: the one role it assumed.
+fn session_identity(session: Session) -> Identity {
+    Identity {
         issuer: session.issuer,
         subject: session.subject,
         claims: session.claims,
@@ -603,8 +818,7 @@ fn authenticate_session(
         token_id: session.token_id,
         session_role: Some(session.role),
         session_id: Some(session.access_key_id),
-    };
-    Ok((identity, chain))
+    }
 }
 
 /// A verified signed-chunk upload goes upstream as its bare bytes: the framing, the chunk
@@ -676,6 +890,8 @@ enum Classified {
     Op(Operation),
     /// DeleteObjects: the keys are in the body.
     NeedsBody(classify::PendingDeleteObjects),
+    /// PostObject: the key, options and perhaps credentials are in the form.
+    Form(PendingPostObject),
 }
 
 fn classify(
@@ -688,6 +904,7 @@ fn classify(
         RouteKind::S3 => match classify::classify_s3(parts, target, &s3_target(proxy, route)) {
             Ok(op) => Ok(Classified::Op(op)),
             Err(ClassifyError::BodyRequired(pending)) => Ok(Classified::NeedsBody(pending)),
+            Err(ClassifyError::FormRequired(pending)) => Ok(Classified::Form(pending)),
             Err(e) => Err(e.into()),
         },
         RouteKind::Http => Ok(Classified::Op(classify::classify_http(

@@ -206,6 +206,7 @@ fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
         | AuthError::WrongAudience { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
         AuthError::KeysUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "IdentityProviderUnavailable"),
         AuthError::SigV4(e) => (e.status(), e.s3_code()),
+        AuthError::PostPolicy(e) => (e.status(), e.s3_code()),
         AuthError::UnknownAccessKey => (StatusCode::FORBIDDEN, "InvalidAccessKeyId"),
         AuthError::SessionInvalid { .. } => (StatusCode::BAD_REQUEST, "InvalidToken"),
         AuthError::SessionExpired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
@@ -221,7 +222,11 @@ fn classify_status(e: &ClassifyError) -> (StatusCode, &'static str) {
         ClassifyError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         ClassifyError::NeverForwarded { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
         ClassifyError::MalformedXml { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
-        ClassifyError::BodyRequired(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
+        ClassifyError::BodyRequired(_) | ClassifyError::FormRequired(_) => {
+            (StatusCode::NOT_IMPLEMENTED, "NotImplemented")
+        }
+        ClassifyError::MalformedPost { .. } => (StatusCode::BAD_REQUEST, "MalformedPOSTRequest"),
+        ClassifyError::FormTooLarge { .. } => (StatusCode::BAD_REQUEST, "MaxPostPreDataLengthExceededError"),
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use claimgate::classify::{RequestTarget, S3Target, classify_http, classify_s3, parse_delete_objects};
 use claimgate::identity::jwt::parse_unverified;
+use claimgate::identity::post_policy::{FormSignature, PostPolicy};
 use claimgate::identity::revocation::RevocationList;
 use claimgate::identity::{sigv4, sts};
 use claimgate::policy::PolicySet;
@@ -404,5 +405,120 @@ fn forwarded_delete_bodies_mean_to_the_store_what_was_authorized() {
     assert!(
         accepted > 500 && compared > accepted / 2,
         "{accepted} accepted, {compared} compared"
+    );
+}
+
+/// Browser form uploads: the multipart field reader, fed mutated forms whole and in random
+/// pieces (both must agree), then what it accepts through classification, the form's SigV4
+/// fields and its POST policy. Whatever classification accepts is a canonical key, and the
+/// operation names exactly the key the form's `key` field (after `${filename}`) gives.
+#[test]
+fn form_upload_parsing_never_panics() {
+    use base64::Engine as _;
+    use claimgate::classify::ClassifyError;
+    use claimgate::model::S3Address;
+
+    const FORM_TOKENS: &[&[u8]] = &[
+        b"--",
+        b"--XbOuNd",
+        b"\r\n--XbOuNd\r\n",
+        b"\r\n\r\n",
+        b"${filename}",
+        b"name=\"",
+        b"filename=\"",
+        b"; ",
+        b"Content-Type: ",
+        b"name=\"file\"",
+        b"name=\"key\"",
+        b"/../",
+    ];
+    let parts = http::Request::post("/bkt")
+        .header("content-type", "multipart/form-data; boundary=XbOuNd")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let Err(ClassifyError::FormRequired(pending)) = classify_s3(
+        &parts,
+        &RequestTarget::read(&parts).unwrap(),
+        &S3Target::default(),
+    ) else {
+        panic!("not classified as a form upload");
+    };
+    let policy = br#"{"expiration":"2026-11-28T13:00:00Z","conditions":[{"bucket":"bkt"},["starts-with","$key","up/"],["content-length-range",1,10],["eq","$acl","private"],{"x-amz-algorithm":"AWS4-HMAC-SHA256"}]}"#;
+    let seed = format!(
+        "--XbOuNd\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nup/${{filename}}\r\n\
+         --XbOuNd\r\ncontent-disposition: form-data; name=\"acl\"\r\nContent-Type: text/plain\r\n\r\nprivate\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"x-amz-algorithm\"\r\n\r\nAWS4-HMAC-SHA256\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"x-amz-credential\"\r\n\r\nASIAX/20261128/us-east-1/s3/aws4_request\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"x-amz-date\"\r\n\r\n20261128T120000Z\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"policy\"\r\n\r\n{}\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"x-amz-signature\"\r\n\r\n{}\r\n\
+         --XbOuNd\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: image/png\r\n\r\n\
+         bytes\r\n--XbOuNd--\r\n",
+        base64::engine::general_purpose::STANDARD.encode(policy),
+        "0".repeat(64),
+    );
+    let mut rng = Rng(0x3C6E_F372_FE94_F82B);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..ROUNDS {
+        let mut body = seed.as_bytes().to_vec();
+        if rng.below(3) == 0 {
+            let at = rng.below(body.len() + 1);
+            let token = FORM_TOKENS[rng.below(FORM_TOKENS.len())];
+            body.splice(at..at, token.iter().copied());
+        }
+        let body = mutate(&mut rng, &body);
+        let whole = pending.reader().advance(&body, true);
+        let mut reader = pending.reader();
+        let mut end = 0;
+        let piecewise = loop {
+            end = (end + 1 + rng.below(32)).min(body.len());
+            match reader.advance(&body[..end], end == body.len()) {
+                Ok(None) if end < body.len() => {}
+                other => break other,
+            }
+        };
+        assert_eq!(whole, piecewise, "{}", lossy(&body));
+        let Ok(Some(form)) = whole else {
+            refused += 1;
+            continue;
+        };
+        assert!(form.content_start() <= body.len());
+        let _ = FormSignature::read(&form);
+        match pending.finish(&form) {
+            Ok(op) => {
+                accepted += 1;
+                let key = form.key();
+                let segments: Vec<&str> = key.split(['/', '\\']).collect();
+                let last = segments.len() - 1;
+                assert!(
+                    segments.iter().enumerate().all(|(i, s)| match *s {
+                        "." | ".." => false,
+                        "" => i == last && i > 0,
+                        _ => true,
+                    }),
+                    "authorized non-canonical {key:?}"
+                );
+                assert_eq!(op.primary().resource, format!("s3://bkt/{key}"));
+                assert_eq!(
+                    op.s3,
+                    Some(S3Address::FormUpload {
+                        bucket: "bkt".into(),
+                        key: key.to_owned()
+                    })
+                );
+            }
+            Err(_) => refused += 1,
+        }
+        let mutated = mutate(&mut rng, policy);
+        if let Ok(p) = PostPolicy::decode(&base64::engine::general_purpose::STANDARD.encode(&mutated)) {
+            let _ = p.check(&form, "bkt", 1_795_867_200);
+        }
+    }
+    eprintln!("form upload fuzzing: {accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 500 && refused > 500,
+        "{accepted} accepted, {refused} refused"
     );
 }

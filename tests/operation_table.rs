@@ -98,6 +98,9 @@ fn check(row: &Row) -> Result<(), String> {
                 Err(format!("{op:?} / {versioned:?}"))
             };
         }
+        Err(ClassifyError::FormRequired(pending)) if base == "PostObject" => {
+            return check_form(row, &pending);
+        }
         Err(e) => return Err(format!("refused: {e}")),
     };
     if op.name != base {
@@ -127,6 +130,49 @@ fn check(row: &Row) -> Result<(), String> {
     } else {
         Err(format!("accesses {got:?}, the table says {want:?}"))
     }
+}
+
+/// PostObject: its key and options are form fields. A form with only `key` needs the first
+/// action; with `acl` and `tagging` fields (the ones the row names), every action, all on
+/// `s3://bkt/key`.
+fn check_form(row: &Row, pending: &claimgate::classify::PendingPostObject) -> Result<(), String> {
+    let content_type = row.request.get(1).ok_or("the row names no Content-Type")?;
+    let boundary = content_type.rsplit("boundary=").next().unwrap_or_default();
+    let resource = row.resources[0].replace("<key>", "key");
+    for fields in [
+        &[("key", "key")][..],
+        &[("key", "key"), ("acl", "private"), ("tagging", "<Tagging/>")],
+    ] {
+        let mut body = String::new();
+        for (name, value) in fields {
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n"
+        ));
+        let form = pending
+            .reader()
+            .advance(body.as_bytes(), true)
+            .map_err(|e| e.to_string())?
+            .ok_or("the form did not complete")?;
+        let op = pending.finish(&form).map_err(|e| e.to_string())?;
+        let want: Vec<(String, String)> = row.actions
+            [..if fields.len() == 1 { 1 } else { row.actions.len() }]
+            .iter()
+            .map(|a| (a.clone(), resource.clone()))
+            .collect();
+        let got: Vec<(String, String)> = op
+            .accesses
+            .iter()
+            .map(|a| (a.action.clone(), a.resource.clone()))
+            .collect();
+        if op.name != "PostObject" || got != want {
+            return Err(format!("{}: accesses {got:?}, the table says {want:?}", op.name));
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -20,15 +20,21 @@
 //! | `decode.rs` | strict, single percent-decoding shared by both                    |
 //! | `key.rs`    | the canonical-key rule: no `.`, `..` or empty segments             |
 //! | `target.rs` | the request's host and path, read once for every stage            |
+//! | `delete_objects.rs` | the XML body of DeleteObjects                             |
+//! | `post_form.rs` | the multipart form of PostObject, up to its file               |
 //!
-//! DeleteObjects is the one operation whose accesses depend on the body: [`classify_s3`]
+//! Two operations have accesses that depend on the body. For DeleteObjects, [`classify_s3`]
 //! answers [`ClassifyError::BodyRequired`] with a [`PendingDeleteObjects`] that the caller
-//! finishes once it has read (and size-capped) the XML body.
+//! finishes once it has read (and size-capped) the XML body. For PostObject (a browser form
+//! upload) it answers [`ClassifyError::FormRequired`] with a [`PendingPostObject`]: the
+//! caller reads the form's fields (size-capped, never the file) with its [`FormReader`] and
+//! finishes it with the [`PostForm`].
 
 mod decode;
 mod delete_objects;
 mod http;
 mod key;
+mod post_form;
 mod s3;
 mod subresource;
 mod target;
@@ -36,6 +42,7 @@ mod target;
 pub use self::delete_objects::{DeleteEntry, DeleteList, parse_delete_objects};
 pub use self::http::classify_http;
 pub use self::key::KeyRule;
+pub use self::post_form::{Boundary, FilePart, FormReader, PendingPostObject, PostForm, is_form_upload};
 pub use self::s3::{PendingDeleteObjects, S3Target, classify_s3};
 pub use self::target::RequestTarget;
 
@@ -145,6 +152,31 @@ pub enum ClassifyError {
     /// body answers it as `NotImplemented`.
     #[error("DeleteObjects on bucket `{}` is classified from its body", .0.bucket())]
     BodyRequired(PendingDeleteObjects),
+    /// A browser form upload (PostObject): the key, the options and possibly the
+    /// credentials are in the multipart form. Not a refusal by itself: the caller reads the
+    /// form's fields with [`PendingPostObject::reader`] (size-capped, never the file) and
+    /// finishes with [`PendingPostObject::finish`]. A caller that cannot read the body
+    /// answers it as `NotImplemented`.
+    #[error("PostObject on bucket `{}` is classified from its form", .0.bucket())]
+    FormRequired(PendingPostObject),
+    /// A browser form upload S3 would not accept as a form: not `multipart/form-data`, a bad
+    /// boundary, a part that is not `form-data` with a quoted name, a field that is not text,
+    /// a form that ends before its file (S3 code `MalformedPOSTRequest`, 400).
+    #[error("malformed POST request: {reason}")]
+    MalformedPost {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The fields before a form's file are larger than claimgate reads to authorize it
+    /// (`server.max_inspected_body`; S3 code `MaxPostPreDataLengthExceededError`, 400).
+    #[error(
+        "the form's fields before the file are larger than the {max} bytes claimgate reads to authorize \
+         an upload; send large values as object content instead"
+    )]
+    FormTooLarge {
+        /// The cap, in bytes.
+        max: usize,
+    },
 }
 
 impl ClassifyError {

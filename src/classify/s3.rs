@@ -8,6 +8,7 @@
 //! | `GET /b?location`                         | GetBucketLocation       | `s3:GetBucketLocation` `s3://b`                   |
 //! | `GET /b?uploads`                          | ListMultipartUploads    | `s3:ListBucketMultipartUploads` `s3://b`          |
 //! | `POST /b?delete`                          | DeleteObjects           | from the body: see [`PendingDeleteObjects`]       |
+//! | `POST /b` + `multipart/form-data`         | PostObject              | from the form: see [`PendingPostObject`]          |
 //! | `GET`/`HEAD /b/k[?versionId]`             | GetObject / HeadObject  | `s3:GetObject[Version]` `s3://b/k`                |
 //! | `PUT /b/k`                                | PutObject               | `s3:PutObject` `s3://b/k`                         |
 //! | `PUT /b/k` + `x-amz-copy-source: s/c`     | CopyObject              | `s3:PutObject` `s3://b/k`, `s3:GetObject[Version]` `s3://s/c` |
@@ -40,6 +41,7 @@ use http::request::Parts;
 use super::ClassifyError;
 use super::decode::{Plus, decode};
 use super::key::{self, KeyRule, KeyUse};
+use super::post_form::{PendingPostObject, form_boundary};
 use super::subresource::{self, Level, Needs, Resource as SubResource, SUBRESOURCES};
 use super::target::{RequestTarget, hostname};
 use crate::model::{Access, CopySource, Operation, S3Address};
@@ -58,7 +60,8 @@ pub struct S3Target<'a> {
 
 /// Classifies an S3 request from its head (the body is not available yet).
 ///
-/// DeleteObjects answers [`ClassifyError::BodyRequired`]: its accesses are in the body.
+/// DeleteObjects answers [`ClassifyError::BodyRequired`] and PostObject
+/// [`ClassifyError::FormRequired`]: their accesses are in the body.
 pub fn classify_s3(
     parts: &Parts,
     target: &RequestTarget,
@@ -462,8 +465,8 @@ const READ_PARAMS: &[&str] = &[
 const LIST_PARTS_PARAMS: &[&str] = &["max-parts", "part-number-marker", "uploadId"];
 
 /// Headers that make an object write also set ACLs, tags or object-lock state, and the
-/// permission IAM requires for each.
-const WRITE_HEADER_ACTIONS: &[(&str, &str)] = &[
+/// permission IAM requires for each. PostObject applies it to form fields of the same names.
+pub(super) const WRITE_HEADER_ACTIONS: &[(&str, &str)] = &[
     ("x-amz-acl", "s3:PutObjectAcl"),
     ("x-amz-grant-full-control", "s3:PutObjectAcl"),
     ("x-amz-grant-read", "s3:PutObjectAcl"),
@@ -533,11 +536,21 @@ fn bucket_op(req: &Request<'_>, bucket: &str) -> Result<Operation, ClassifyError
                 keys: req.keys,
             }))
         }
-        Method::POST => Err(req.unsupported(
-            kind,
-            "PostObject (browser form upload): its key and POST policy are in a multipart \
-             form signed for the store, which claimgate does not re-sign; use PutObject",
-        )),
+        Method::POST => {
+            req.allow_only(kind, &[])?;
+            match form_boundary(req.headers)? {
+                Some(boundary) => Err(ClassifyError::FormRequired(PendingPostObject::new(
+                    bucket.to_owned(),
+                    req.keys,
+                    boundary,
+                ))),
+                None => Err(ClassifyError::MalformedPost {
+                    reason: "a POST to a bucket is a browser form upload (PostObject): its body must be \
+                             multipart/form-data, with a boundary"
+                        .into(),
+                }),
+            }
+        }
         Method::PUT => {
             req.allow_only(kind, &[])?;
             let mut op = single("CreateBucket", "s3:CreateBucket", bucket_resource(bucket));
@@ -929,7 +942,10 @@ mod tests {
             ClassifyError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ClassifyError::NeverForwarded { .. } => "NeverForwarded",
             ClassifyError::BodyRequired(_) => "BodyRequired",
+            ClassifyError::FormRequired(_) => "FormRequired",
             ClassifyError::MalformedXml { .. } => "MalformedXml",
+            ClassifyError::MalformedPost { .. } => "MalformedPost",
+            ClassifyError::FormTooLarge { .. } => "FormTooLarge",
         }
     }
 
@@ -1027,7 +1043,8 @@ mod tests {
                 ("POST /bkt/?delete=", "!BodyRequired"),
                 ("POST /bkt?delete&acl", "!MethodNotAllowed"),
                 ("POST /bkt?delete&x=1", "!NotImplemented"),
-                ("POST /bkt", "!NotImplemented"),
+                ("POST /bkt", "!MalformedPost"),
+                ("POST /bkt?x=1", "!NotImplemented"),
                 ("PUT /bkt", "CreateBucket: s3:CreateBucket s3://bkt"),
                 ("PUT /bkt?x=1", "!NotImplemented"),
                 (
@@ -1748,6 +1765,48 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn post_object_is_classified_from_its_form() {
+        let form = [("content-type", "multipart/form-data; boundary=xyz")];
+        run_with(
+            None,
+            &[
+                ("POST /bkt", &form, "!FormRequired"),
+                ("POST /bkt/", &form, "!FormRequired"),
+                ("POST /bkt?acl", &form, "!MethodNotAllowed"),
+                ("POST /bkt?x=1", &form, "!NotImplemented"),
+                ("POST /bkt/k", &form, "!NotImplemented"),
+                ("POST /bkt", &[("content-type", "text/plain")], "!MalformedPost"),
+                (
+                    "POST /bkt",
+                    &[("content-type", "multipart/form-data")],
+                    "!MalformedPost",
+                ),
+                (
+                    "POST /bkt",
+                    &[
+                        ("content-type", "multipart/form-data; boundary=a"),
+                        ("content-type", "text/plain"),
+                    ],
+                    "!InvalidArgument",
+                ),
+            ],
+        );
+        run_with(
+            VHOST,
+            &[(
+                "POST /",
+                &[(HOST, "bkt.s3.example.com"), form[0]],
+                "!FormRequired",
+            )],
+        );
+        let parts = parts("POST /bkt", &form);
+        match classify_parts(&parts, &S3Target::default()) {
+            Err(ClassifyError::FormRequired(p)) => assert_eq!(p.bucket(), "bkt"),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn pending(request: &str, headers: &[(&str, &str)]) -> PendingDeleteObjects {

@@ -8,6 +8,7 @@
 pub mod chunked;
 pub mod jwks;
 pub mod jwt;
+pub mod post_policy;
 pub mod revocation;
 pub mod session;
 pub mod sigv4;
@@ -103,6 +104,11 @@ pub enum AuthError {
     /// A SigV4-signed request that does not verify (bad signature, skew, expired URL, …).
     #[error(transparent)]
     SigV4(#[from] sigv4::SigV4Error),
+    /// A browser form upload whose SigV4 form fields or POST policy do not hold up
+    /// (bad signature, expired policy, a condition not met, a field no condition names, a
+    /// file outside `content-length-range`, …).
+    #[error(transparent)]
+    PostPolicy(#[from] post_policy::PostPolicyError),
     /// SigV4 with an access key id that is not a live claimgate session.
     #[error(
         "The AWS Access Key Id you provided does not exist in our records: claimgate accepts only credentials from its STS (AssumeRoleWithWebIdentity)"
@@ -152,6 +158,7 @@ impl AuthError {
             AuthError::KeysUnavailable { .. } => "keys_unavailable",
             AuthError::Revoked { .. } => "revoked",
             AuthError::SigV4(e) => e.reason(),
+            AuthError::PostPolicy(e) => e.reason(),
             AuthError::UnknownAccessKey => "unknown_access_key",
             AuthError::SessionInvalid { .. } => "invalid_session_token",
             AuthError::SessionExpired { .. } => "session_expired",

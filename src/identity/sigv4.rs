@@ -854,7 +854,7 @@ fn single_header<'a>(
 }
 
 /// `yyyymmddThhmmssZ` (years 1970..=9999) as Unix seconds.
-fn parse_amz_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
@@ -892,7 +892,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// Unix seconds as RFC 3339 (clamped to 1970..=9999, the range humantime formats).
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     const MAX: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let secs = u64::try_from(unix).unwrap_or(0).min(MAX);
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()

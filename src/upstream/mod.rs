@@ -1,6 +1,8 @@
-//! Where requests go and how they get there: routes, re-signing, the pooled client.
+//! Where requests go and how they get there: routes, re-signing (headers, and the POST
+//! policy of browser form uploads), the pooled client.
 
 pub mod client;
+pub mod post_sign;
 pub mod sign;
 
 use std::sync::Arc;

@@ -79,27 +79,7 @@ pub fn sign_upstream(
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    strip_caller_credentials(&mut parts.headers);
-    let path_and_query = upstream_path_and_query(parts, route, op.s3.as_ref())?;
-    if let Some(source) = &op.copy_source {
-        let value = HeaderValue::try_from(copy_source_header(source))
-            .map_err(|_| unsignable("cannot write x-amz-copy-source".into()))?;
-        parts.headers.insert("x-amz-copy-source", value);
-    }
-    let uri = http::Uri::builder()
-        .scheme(route.config.upstream.scheme())
-        .authority(route.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| unsignable(format!("cannot build upstream URI: {e}")))?;
-    parts.uri = uri;
-    parts.headers.insert(
-        header::HOST,
-        HeaderValue::from_str(route.authority.as_str())
-            .map_err(|_| unsignable("bad upstream host".into()))?,
-    );
-    // hyper sets the version it negotiates with the upstream.
-    parts.version = http::Version::HTTP_11;
+    retarget(op, parts, route)?;
 
     match &route.config.credentials {
         Credentials::Static {
@@ -141,12 +121,39 @@ pub fn sign_upstream(
     }
 }
 
+/// Points `parts` at the route's upstream: the caller's credentials stripped, the URI and
+/// `Host` rebuilt from the classified operation (S3) or the route prefix (HTTP).
+pub(crate) fn retarget(op: &Operation, parts: &mut Parts, route: &Route) -> Result<(), SignError> {
+    strip_caller_credentials(&mut parts.headers);
+    let path_and_query = upstream_path_and_query(parts, route, op.s3.as_ref())?;
+    if let Some(source) = &op.copy_source {
+        let value = HeaderValue::try_from(copy_source_header(source))
+            .map_err(|_| unsignable("cannot write x-amz-copy-source".into()))?;
+        parts.headers.insert("x-amz-copy-source", value);
+    }
+    let uri = http::Uri::builder()
+        .scheme(route.config.upstream.scheme())
+        .authority(route.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| unsignable(format!("cannot build upstream URI: {e}")))?;
+    parts.uri = uri;
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(route.authority.as_str())
+            .map_err(|_| unsignable("bad upstream host".into()))?,
+    );
+    // hyper sets the version it negotiates with the upstream.
+    parts.version = http::Version::HTTP_11;
+    Ok(())
+}
+
 fn sensitive(mut v: HeaderValue) -> HeaderValue {
     v.set_sensitive(true);
     v
 }
 
-fn unsignable(reason: String) -> SignError {
+pub(crate) fn unsignable(reason: String) -> SignError {
     SignError::Unsignable { reason }
 }
 
@@ -251,7 +258,7 @@ pub fn copy_source_header(source: &CopySource) -> String {
 pub fn s3_path(address: &S3Address) -> String {
     match address {
         S3Address::Service => "/".to_owned(),
-        S3Address::Bucket(bucket) => format!("/{bucket}"),
+        S3Address::Bucket(bucket) | S3Address::FormUpload { bucket, .. } => format!("/{bucket}"),
         S3Address::Object { bucket, key } => {
             let mut out = format!("/{bucket}/");
             for (i, segment) in key.split('/').enumerate() {

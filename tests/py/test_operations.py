@@ -6,8 +6,10 @@ import pathlib
 import urllib.error
 import urllib.request
 import ssl
+import uuid
 
 import boto3
+import botocore.config
 import botocore.exceptions
 import pytest
 
@@ -109,3 +111,67 @@ def test_traversal_spellings_from_the_issue_are_refused(dev):
         assert "ada@example.com" not in text
     after = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+def _post_form(dev, url, fields, filename, content):
+    """A browser's form upload, built with the standard library: the fields boto3 returned,
+    then the file, last (as S3 requires)."""
+    boundary = "----claimgatePyForm" + uuid.uuid4().hex
+    body = b""
+    for name, value in fields.items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    body += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body += content + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    ctx = ssl.create_default_context(cafile=dev.ca) if dev.ca else None
+    try:
+        with urllib.request.urlopen(req, context=ctx) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def s3v4():
+    """boto3 presigns with SigV2 unless told otherwise; claimgate accepts SigV4 only."""
+    return boto3.session.Session().client("s3", config=botocore.config.Config(signature_version="s3v4"))
+
+
+def test_presigned_post_from_boto3_uploads_through_claimgate(aws_env):
+    c = s3v4()
+    post = c.generate_presigned_post(
+        Bucket="checkpoints",
+        Key="alice/post/${filename}",
+        Conditions=[["content-length-range", 1, 1 << 20]],
+        ExpiresIn=300,
+    )
+    assert post["fields"]["x-amz-credential"].startswith("ASIA"), post["fields"]
+    status, body = _post_form(aws_env, post["url"], post["fields"], "weights.bin", b"form-uploaded weights")
+    assert status in (200, 204), body
+    assert c.get_object(Bucket="checkpoints", Key="alice/post/weights.bin")["Body"].read() == b"form-uploaded weights"
+
+    rec = [r for r in aws_env.audit() if r.get("operation") == "PostObject" and r.get("status") in (200, 204)]
+    assert rec, "no audit record for the form upload"
+    assert rec[-1]["resource"] == "s3://checkpoints/alice/post/weights.bin"
+    assert rec[-1]["identity"]["auth_method"] == "sts_session"
+
+
+def test_presigned_post_to_a_denied_key_is_access_denied(aws_env):
+    c = s3v4()
+    post = c.generate_presigned_post(Bucket="datasets", Key="pii/copied.csv", ExpiresIn=300)
+    status, body = _post_form(aws_env, post["url"], post["fields"], "copied.csv", b"a,b\n1,2\n")
+    assert status == 403, body
+    assert b"<Code>AccessDenied</Code>" in body, body
+    assert not (aws_env.dir / "data" / "datasets" / "pii" / "copied.csv").exists()
+
+
+def test_sigv2_presigned_post_is_refused_with_the_fix(aws_env):
+    post = s3().generate_presigned_post(Bucket="checkpoints", Key="alice/post/v2.bin", ExpiresIn=300)
+    assert "AWSAccessKeyId" in post["fields"], post["fields"]  # boto3's default for presigned posts
+    status, body = _post_form(aws_env, post["url"], post["fields"], "v2.bin", b"x")
+    assert status == 400, body
+    assert b"<Code>InvalidArgument</Code>" in body and b"s3v4" in body, body
