@@ -54,21 +54,26 @@ impl KeyUse {
 /// `\` counts as a separator too: a store on Windows (or one that maps keys to paths with
 /// a library that accepts both) would resolve `a\..\b` like `a/../b`.
 pub(super) fn non_canonical(key: &str, used: KeyUse) -> Option<&'static str> {
-    let last = key.split(['/', '\\']).count() - 1;
-    for (i, segment) in key.split(['/', '\\']).enumerate() {
+    // One pass over the bytes (this runs on every request): a segment ends at `/` or `\`.
+    let bytes = key.as_bytes();
+    let mut start = 0;
+    for end in (0..=bytes.len()).filter(|&i| i == bytes.len() || matches!(bytes[i], b'/' | b'\\')) {
+        let segment = &bytes[start..end];
+        let (first, last) = (start == 0, end == bytes.len());
+        start = end + 1;
         match segment {
-            "." | ".." => return Some("has a `.` or `..` segment"),
+            b"." | b".." => return Some("has a `.` or `..` segment"),
             // Windows drops trailing dots and spaces: `.. ` and `...` resolve like `..`/`.`.
-            s if !s.is_empty() && s.bytes().all(|b| b == b'.' || b == b' ') => {
+            s if !s.is_empty() && s.iter().all(|b| *b == b'.' || *b == b' ') => {
                 return Some(
                     "has a segment of only dots and spaces, which Windows resolves like `.` or `..`",
                 );
             }
             // A key or prefix may end with a separator ("folder/"); nothing else may be empty.
-            "" if i == last && i > 0 => {}
+            b"" if last && !first => {}
             // An empty prefix lists the whole bucket.
-            "" if used == KeyUse::Prefix && last == 0 => {}
-            "" => return Some("has an empty segment (a leading `/` or `//`)"),
+            b"" if used == KeyUse::Prefix && last && first => {}
+            b"" => return Some("has an empty segment (a leading `/` or `//`)"),
             _ => {}
         }
     }
