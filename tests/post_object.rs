@@ -287,6 +287,29 @@ async fn denied_and_traversal_keys_reach_nothing() {
             r.text()
         );
     }
+    // a value that smuggles parts in behind the boundary: read as the store reads it (an
+    // empty value, then a second `key`), or refused where a lenient reader would split it
+    let smuggled =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\npii/users.csv");
+    let lenient = format!("a\n--{BOUNDARY}\nContent-Disposition: form-data; name=\"key\"\n\npii/users.csv");
+    for (value, status, code) in [
+        (smuggled, 400, "InvalidArgument"),
+        (lenient, 400, "InvalidRequest"),
+    ] {
+        let body = form_body(
+            &[("key", "imagenet/a"), ("x-amz-meta-a", &value)],
+            "f",
+            b"evil",
+            "",
+        );
+        let r = p.client.send(post(&p, "datasets", Some(&token), body)).await;
+        assert_eq!(
+            (r.status, r.s3_code().as_str()),
+            (status, code),
+            "{value:?}: {}",
+            r.text()
+        );
+    }
     // no file part
     let mut body = Vec::new();
     body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nimagenet/x\r\n--{BOUNDARY}--\r\n").as_bytes());
@@ -332,8 +355,8 @@ async fn denied_and_traversal_keys_reach_nothing() {
 
     assert_eq!(s3.requests(), requests, "a refused form reached the store");
     assert_eq!(snapshot(s3.root.path()), before, "the store changed");
-    let audit = p.audit(14).await;
-    assert_eq!(audit.len(), 14, "one record per request");
+    let audit = p.audit(16).await;
+    assert_eq!(audit.len(), 16, "one record per request");
 }
 
 #[tokio::test]

@@ -36,6 +36,10 @@ use crate::model::{Access, Operation, S3Address};
 /// the bound keeps re-scanning an incomplete header block cheap.
 const MAX_PART_HEADERS: usize = 8 * 1024;
 
+/// The most fields a form may have before its `file` (s3s stops at 1000; real forms send a
+/// few dozen). Bounds the work an unauthenticated caller can cause while the form is read.
+const MAX_FIELDS: usize = 1000;
+
 /// Form fields that carry the caller's credentials: read by the authenticate stage, never
 /// forwarded (the upstream gets a policy claimgate signs itself).
 const CREDENTIAL_FIELDS: [&str; 8] = [
@@ -324,6 +328,8 @@ pub struct FormReader {
     /// Where to resume searching for the end of a header block or value.
     search_from: usize,
     fields: Vec<(String, String)>,
+    /// The field names seen so far, for the duplicate check in constant time.
+    names: std::collections::HashSet<String>,
 }
 
 impl FormReader {
@@ -335,6 +341,7 @@ impl FormReader {
             pos: 0,
             search_from: 0,
             fields: Vec::new(),
+            names: std::collections::HashSet::new(),
         }
     }
 
@@ -386,16 +393,20 @@ impl FormReader {
             }
             State::Headers => self.headers(body),
             State::Value { name, start } => {
-                let from = self.search_from.max(start);
+                // The CRLF that ends the header block also opens a delimiter: a value that
+                // begins `--<boundary>` is empty to every RFC 2046 reader (s3s among them),
+                // so the search starts two bytes early and claimgate reads it the same way.
+                let earliest = start.saturating_sub(2);
+                let from = self.search_from.max(earliest);
                 match memmem::find(body.get(from..).unwrap_or_default(), &self.delimiter) {
                     None => {
-                        self.search_from = body.len().saturating_sub(self.delimiter.len() - 1).max(start);
+                        self.search_from = body.len().saturating_sub(self.delimiter.len() - 1).max(earliest);
                         self.state = State::Value { name, start };
                         Ok(Step::NeedMore)
                     }
                     Some(i) => {
                         let end = from + i;
-                        let value = std::str::from_utf8(&body[start..end])
+                        let value = std::str::from_utf8(body.get(start..end).unwrap_or_default())
                             .map_err(|_| malformed(format!("the value of field `{name}` is not UTF-8")))?;
                         self.fields.push((name, value.to_owned()));
                         self.pos = end + self.delimiter.len();
@@ -478,13 +489,18 @@ impl FormReader {
                 part.name
             )));
         }
-        if self.fields.iter().any(|(n, _)| *n == name) {
+        if !self.names.insert(name.clone()) {
             return Err(invalid(format!(
                 "the form field `{name}` is given more than once (names compare case-insensitively)"
             )));
         }
+        if self.names.len() > MAX_FIELDS {
+            return Err(malformed(format!(
+                "the form has more than {MAX_FIELDS} fields before its file"
+            )));
+        }
         self.pos = content;
-        self.search_from = content;
+        self.search_from = content.saturating_sub(2);
         self.state = State::Value { name, start: content };
         Ok(Step::Continue)
     }
@@ -758,6 +774,29 @@ mod tests {
                 key: "uploads/a.txt".into()
             })
         );
+    }
+
+    /// A value that begins with the boundary is empty to RFC 2046 readers (s3s among them),
+    /// and what follows is another part: claimgate reads it the same way, so the smuggled
+    /// part is seen — and here refused as a second `key`.
+    #[test]
+    fn a_value_opening_with_the_boundary_is_empty_as_the_store_reads_it() {
+        let smuggled = format!("--{B}\r\nContent-Disposition: form-data; name=\"x-ignore-z\"\r\n\r\nq");
+        let form = read(&body(&[("key", "k"), ("x-amz-meta-a", &smuggled)], FILE, "x")).unwrap();
+        assert_eq!(form.field("x-amz-meta-a"), Some(""));
+        assert_eq!(form.field("x-ignore-z"), Some("q"));
+        let second_key = format!("--{B}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nother");
+        let r = read(&body(&[("key", "k"), ("x-amz-meta-a", &second_key)], FILE, "x"));
+        assert_eq!(code(&r), "InvalidArgument", "{r:?}");
+    }
+
+    #[test]
+    fn more_fields_than_any_form_needs_are_refused() {
+        let names: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("x-ignore-{i}")).collect();
+        let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        fields.push(("key", "k"));
+        let r = pending().reader().advance(&body(&fields, FILE, "x"), true);
+        assert!(matches!(r, Err(ClassifyError::MalformedPost { .. })), "{r:?}");
     }
 
     #[test]

@@ -160,8 +160,17 @@ fn field_section(form: &PostForm, fields: &[(&str, &str)]) -> Result<Bytes, Sign
     let boundary = form.boundary();
     let delimiter = boundary.delimiter();
     let mut out = String::with_capacity(256 * (fields.len() + 1));
+    // A value holding the boundary at a line start would end early for some reader and
+    // let the caller's bytes pose as parts claimgate never authorized: `\r\n--B` is the
+    // delimiter itself, and lenient readers also take a bare `\n--B`.
+    let lenient = [b"\n--".as_slice(), boundary.as_str().as_bytes()].concat();
+    let opening = [b"--".as_slice(), boundary.as_str().as_bytes()].concat();
     for (name, value) in fields {
-        if memmem::find(value.as_bytes(), &delimiter).is_some() {
+        let v = value.as_bytes();
+        if memmem::find(v, &delimiter).is_some()
+            || memmem::find(v, &lenient).is_some()
+            || v.starts_with(&opening)
+        {
             return Err(unsignable(format!(
                 "the form field `{name}` holds the form's boundary"
             )));
