@@ -39,6 +39,7 @@ use crate::policy::{Decision, PolicySet, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection, UpstreamError};
 use crate::upstream::post_sign::sign_form_upload;
 use crate::upstream::sign::sign_upstream;
+use crate::upstream::upload_id::{self, UploadIdError};
 use crate::upstream::{Route, Router};
 
 /// How long the upstream may take to send a response head.
@@ -244,6 +245,10 @@ async fn run(
         describe_rewritten_body(&mut parts.headers, rewritten)?;
     }
 
+    // Multipart upload ids: the caller's must have been issued for this bucket and key; the
+    // store gets its own bare id back (see `upstream::upload_id`).
+    let answer = unwrap_upload_id(&route, &operation, &mut parts, ctx)?;
+
     // sign
     if chunk_chain.is_some() {
         unframe_signed_chunks(&mut parts.headers);
@@ -287,7 +292,102 @@ async fn run(
     let resp = forward(proxy, &route, Request::from_parts(parts, body), bodyless)
         .await
         .map_err(|e| body_failure(&stats).unwrap_or(e))?;
-    screen_upstream_auth_errors(proxy, &route, resp, ctx).await
+    let resp = screen_upstream_auth_errors(proxy, &route, resp, ctx).await?;
+    match answer {
+        Some(answer) if resp.status().is_success() => {
+            bind_upload_ids(proxy, &route, &answer, resp, ctx).await
+        }
+        _ => Ok(resp),
+    }
+}
+
+/// Checks the upload id a multipart request carries against the bucket and key it was
+/// authorized for and writes the store's bare id into the forwarded query. Returns what the
+/// store's answer needs tagged, if anything. A foreign or untagged id ends the request here,
+/// answered as S3 answers an unknown upload.
+fn unwrap_upload_id(
+    route: &Route,
+    op: &Operation,
+    parts: &mut http::request::Parts,
+    ctx: &mut Ctx,
+) -> Result<Option<upload_id::Answer>, Rejection> {
+    if route.config.kind != RouteKind::S3 || !upload_id::involves(op) {
+        return Ok(None);
+    }
+    let Some(binding) = &route.upload_ids else {
+        // Route::new refuses S3 routes without a binding key; fail closed all the same.
+        tracing::error!(route = %route.config.name, "S3 route without an upload-id binding key");
+        return Err(Rejection::Internal);
+    };
+    upload_id::unwrap_request(binding, op, &mut parts.uri).map_err(|e| {
+        if let UploadIdError::NoSuchUpload { detail } = &e {
+            ctx.record.detail = Some((*detail).to_string());
+        }
+        e.into()
+    })
+}
+
+/// Tags the upload ids in a successful CreateMultipartUpload, ListParts or
+/// ListMultipartUploads answer. Only these small XML bodies are read whole, up to
+/// [`upload_id::MAX_ANSWER`]; a larger or unreadable one is a 502, never passed on untagged.
+async fn bind_upload_ids(
+    proxy: &Proxy,
+    route: &Route,
+    answer: &upload_id::Answer,
+    resp: Response<Reply>,
+    ctx: &mut Ctx,
+) -> Result<Response<Reply>, Rejection> {
+    use http_body_util::{BodyExt, Limited};
+    let name = &route.config.name;
+    let binding = route.upload_ids.as_ref().ok_or(Rejection::Internal)?;
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let refuse = |ctx: &mut Ctx, e: UploadIdError| -> Rejection {
+        ctx.record.upstream_status = Some(status);
+        proxy.metrics.upstream_error(name, "answer");
+        tracing::error!(route = %name, operation = ctx.record.operation.unwrap_or("-"), error = %e, "upstream answer refused: its upload ids cannot be bound");
+        e.into()
+    };
+    if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(refuse(
+            ctx,
+            UploadIdError::MalformedAnswer {
+                reason: "the answer is content-encoded".into(),
+            },
+        ));
+    }
+    let xml = match body {
+        Reply::Stream(body) => match Limited::new(body, upload_id::MAX_ANSWER).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(refuse(
+                    ctx,
+                    UploadIdError::AnswerTooLarge {
+                        max: upload_id::MAX_ANSWER,
+                    },
+                ));
+            }
+            Err(_) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
+        },
+        Reply::Buffered(b) | Reply::Local(b) => b,
+    };
+    let rewritten = upload_id::rewrite_answer(binding, answer, &xml).map_err(|e| refuse(ctx, e))?;
+    for stale in ["content-md5", "etag"] {
+        parts.headers.remove(stale);
+    }
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from_str(&rewritten.len().to_string()).map_err(|_| Rejection::Internal)?,
+    );
+    Ok(Response::from_parts(
+        parts,
+        Reply::Buffered(Bytes::from(rewritten)),
+    ))
 }
 
 /// Records who is calling, then refuses what no credential may do here: an STS session on

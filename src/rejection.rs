@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::classify::ClassifyError;
 use crate::digest::DigestError;
 use crate::identity::AuthError;
+use crate::upstream::upload_id::UploadIdError;
 
 /// Refusals of the forward stage.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,6 +102,10 @@ pub enum Rejection {
     /// malformed; nothing was committed upstream.
     #[error(transparent)]
     Digest(#[from] DigestError),
+    /// A multipart upload id that claimgate did not issue for this bucket and key, or a
+    /// store answer whose upload ids could not be bound.
+    #[error(transparent)]
+    UploadId(#[from] UploadIdError),
     /// A bug or an unexpected failure; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
@@ -136,6 +141,10 @@ impl Rejection {
             Rejection::IncompleteBody => "incomplete_body",
             Rejection::Digest(DigestError::InvalidMd5) => "invalid_digest",
             Rejection::Digest(DigestError::Sha256Mismatch | DigestError::Md5Mismatch) => "digest_mismatch",
+            Rejection::UploadId(UploadIdError::NoSuchUpload { .. }) => "no_such_upload",
+            Rejection::UploadId(
+                UploadIdError::AnswerTooLarge { .. } | UploadIdError::MalformedAnswer { .. },
+            ) => "upstream_answer_unreadable",
             Rejection::Internal => "internal",
         }
     }
@@ -176,6 +185,12 @@ impl Rejection {
             }
             Rejection::Digest(DigestError::Md5Mismatch) => (StatusCode::BAD_REQUEST, "BadDigest"),
             Rejection::Digest(DigestError::InvalidMd5) => (StatusCode::BAD_REQUEST, "InvalidDigest"),
+            Rejection::UploadId(UploadIdError::NoSuchUpload { .. }) => {
+                (StatusCode::NOT_FOUND, "NoSuchUpload")
+            }
+            Rejection::UploadId(
+                UploadIdError::AnswerTooLarge { .. } | UploadIdError::MalformedAnswer { .. },
+            ) => (StatusCode::BAD_GATEWAY, "BadGateway"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         let message = match self {

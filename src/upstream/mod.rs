@@ -1,16 +1,19 @@
 //! Where requests go and how they get there: routes, re-signing (headers, and the POST
-//! policy of browser form uploads), the pooled client.
+//! policy of browser form uploads), the pooled client, and the binding of multipart upload
+//! ids to their keys.
 
 pub mod client;
 pub mod post_sign;
 pub mod sign;
+pub mod upload_id;
 
 use std::sync::Arc;
 
 use hyper_util::client::legacy::Client;
 
 use crate::body::UpstreamBody;
-use crate::config::{RouteConfig, RouteKind};
+use crate::config::{Credentials, RouteConfig, RouteKind};
+use crate::upstream::upload_id::UploadIdBinding;
 
 /// A route with its connection pool.
 pub struct Route {
@@ -22,6 +25,9 @@ pub struct Route {
     pub base_path: String,
     /// `Host` to send upstream.
     pub authority: http::uri::Authority,
+    /// S3 routes: the key that binds multipart upload ids to their bucket and key, derived
+    /// from the route's secret (see [`upload_id`]). `None` on HTTP routes.
+    pub upload_ids: Option<UploadIdBinding>,
 }
 
 impl Route {
@@ -37,8 +43,28 @@ impl Route {
         let authority = authority
             .parse()
             .map_err(|e| format!("route {}: bad upstream authority: {e}", config.name))?;
+        let upload_ids = match (&config.kind, &config.credentials) {
+            (
+                RouteKind::S3,
+                Credentials::Static {
+                    secret_access_key, ..
+                },
+            ) => Some(UploadIdBinding::from_secret(
+                secret_access_key.expose().as_bytes(),
+            )),
+            (RouteKind::S3, _) => {
+                // Config validation admits only static credentials on S3 routes; without a
+                // secret there is nothing to bind upload ids with, so refuse to start.
+                return Err(format!(
+                    "route {}: S3 routes need static credentials (upload ids are bound with their secret)",
+                    config.name
+                ));
+            }
+            (RouteKind::Http, _) => None,
+        };
         Ok(Route {
             client: client::client(connector),
+            upload_ids,
             base_path,
             authority,
             config,

@@ -314,7 +314,7 @@ pub fn canonical_s3_path(path: &str) -> String {
 }
 
 /// SigV4's unreserved set: everything else is percent-encoded in canonical URIs.
-const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(crate) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
