@@ -13,6 +13,7 @@ use claimgate::identity::post_policy::{FormSignature, PostPolicy};
 use claimgate::identity::revocation::RevocationList;
 use claimgate::identity::{sigv4, sts};
 use claimgate::policy::PolicySet;
+use claimgate::upstream::upload_id::{self, Answer, UploadIdBinding};
 
 struct Rng(u64);
 
@@ -192,6 +193,60 @@ fn delete_objects_xml_parsing_never_panics() {
     let seed = br#"<?xml version="1.0"?><Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>a&amp;b</Key><VersionId>v</VersionId></Object><Object><Key><![CDATA[c]]></Key></Object><Quiet>true</Quiet></Delete>"#;
     for _ in 0..ROUNDS {
         let _ = parse_delete_objects(&mutate(&mut rng, seed));
+    }
+}
+
+#[test]
+fn upload_id_binding_never_panics() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let binding = UploadIdBinding::from_secret(b"secret");
+    // store answers
+    let listing = br#"<?xml version="1.0"?><ListMultipartUploadsResult><Bucket>b</Bucket><KeyMarker>a%26b</KeyMarker><UploadIdMarker>m1</UploadIdMarker><NextKeyMarker>k</NextKeyMarker><NextUploadIdMarker>n1</NextUploadIdMarker><Upload><Key>a&amp;b</Key><UploadId>u1</UploadId></Upload><Upload><Key><![CDATA[c]]></Key><UploadId>u2</UploadId></Upload></ListMultipartUploadsResult>"#;
+    let single = br#"<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u&amp;1</UploadId></InitiateMultipartUploadResult>"#;
+    for i in 0..ROUNDS {
+        let (seed, answer): (&[u8], Answer) = if i % 2 == 0 {
+            let url_keys = rng.below(2) == 0;
+            (
+                &listing[..],
+                Answer::Uploads {
+                    bucket: "b".into(),
+                    url_keys,
+                },
+            )
+        } else {
+            (
+                &single[..],
+                Answer::Single {
+                    bucket: "b".into(),
+                    key: "k".into(),
+                },
+            )
+        };
+        let _ = upload_id::rewrite_answer(&binding, &answer, &mutate(&mut rng, seed));
+    }
+    // requests: whatever classification lets through is checked without panicking
+    let tagged = binding.tag("b", "k", "u1");
+    let targets = [
+        format!("/b/k?partNumber=1&uploadId={tagged}"),
+        format!("/b/k?uploadId={tagged}"),
+        format!("/b?uploads&key-marker=k&upload-id-marker={tagged}&encoding-type=url"),
+    ];
+    for _ in 0..ROUNDS {
+        let seed = &targets[rng.below(targets.len())];
+        let Ok(mut uri) = http::Uri::try_from(mutate(&mut rng, seed.as_bytes()).as_slice()) else {
+            continue;
+        };
+        let method = ["GET", "PUT", "POST", "DELETE"][rng.below(4)];
+        let Ok(req) = http::Request::builder().method(method).uri(uri.clone()).body(()) else {
+            continue;
+        };
+        let (parts, ()) = req.into_parts();
+        let Ok(target) = RequestTarget::read(&parts) else {
+            continue;
+        };
+        if let Ok(op) = classify_s3(&parts, &target, &S3Target::default()) {
+            let _ = upload_id::unwrap_request(&binding, &op, &mut uri);
+        }
     }
 }
 
