@@ -747,7 +747,16 @@ async fn a_20_mib_file_streams() {
     // into a real store, byte for byte
     let s3 = TestS3::start(&["datasets"]).await;
     let p = proxy(&idp, &s3).start().await;
-    let content: Vec<u8> = (0..20 * MIB).map(|i| (i % 253) as u8).collect();
+    // No CR in the content: s3s 0.14's form reader fails ("failed to read file stream") when
+    // a network read ends on a CR that might start the closing delimiter and the next read is
+    // over 64 KiB (its boundary buffer limit) — a store bug that no framing on claimgate's
+    // side can avoid, since TCP re-chunks the stream. It is not what this test is about.
+    let content: Vec<u8> = (0..20 * MIB)
+        .map(|i| match (i % 253) as u8 {
+            b'\r' => b'x',
+            b => b,
+        })
+        .collect();
     let started = std::time::Instant::now();
     let r = p
         .client
