@@ -40,3 +40,4 @@ pub mod rejection;
 pub mod secret;
 pub mod server;
 pub mod upstream;
+mod xml_text;

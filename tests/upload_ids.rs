@@ -6,15 +6,11 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use support::*;
-use tokio::net::TcpListener;
 
 /// Trainers may run multipart uploads under their own checkpoint prefix only.
 const POLICY: &str = r#"
@@ -228,38 +224,21 @@ struct ListingStore {
 
 impl ListingStore {
     async fn start(listing: &'static str) -> ListingStore {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let _ = body.collect().await;
-                            let query = parts.uri.query().unwrap_or_default().to_string();
-                            let list =
-                                parts.method == http::Method::GET && query.split('&').any(|p| p == "uploads");
-                            log.lock().unwrap().push((parts.method.to_string(), query));
-                            let body = if list { listing } else { "ok" };
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(
-                                body.as_bytes(),
-                            ))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let url = serve_http(move |req| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let _ = body.collect().await;
+                let query = parts.uri.query().unwrap_or_default().to_string();
+                let list = parts.method == http::Method::GET && query.split('&').any(|p| p == "uploads");
+                log.lock().unwrap().push((parts.method.to_string(), query));
+                let body = if list { listing } else { "ok" };
+                http::Response::new(Full::new(Bytes::from_static(body.as_bytes())))
             }
-        });
+        })
+        .await;
         ListingStore { url, seen }
     }
 

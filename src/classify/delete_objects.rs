@@ -159,19 +159,8 @@ pub fn parse_delete_objects(xml: &[u8]) -> Result<DeleteList, ClassifyError> {
                 push_text(&mut text, &s, &path)?;
             }
             Event::GeneralRef(r) => {
-                // `&amp;` and friends arrive as references; only XML's five are allowed.
-                let name = r.decode().map_err(|e| malformed(format!("bad reference: {e}")))?;
-                let c = match name.as_ref() {
-                    "amp" => '&',
-                    "lt" => '<',
-                    "gt" => '>',
-                    "quot" => '"',
-                    "apos" => '\'',
-                    other => match r.resolve_char_ref() {
-                        Ok(Some(c)) => c,
-                        _ => return Err(malformed(format!("unknown entity &{other};"))),
-                    },
-                };
+                // `&amp;` and friends arrive as references (see `crate::xml_text`).
+                let c = crate::xml_text::reference_char(&r).map_err(malformed)?;
                 push_text(&mut text, c.encode_utf8(&mut [0; 4]), &path)?;
             }
             Event::CData(t) => {

@@ -407,18 +407,8 @@ fn read_leaves(xml: &[u8]) -> Result<Leaves, UploadIdError> {
                 text.push_str(&s);
             }
             Event::GeneralRef(r) => {
-                let name = r.decode().map_err(|e| malformed(format!("bad reference: {e}")))?;
-                let c = match name.as_ref() {
-                    "amp" => '&',
-                    "lt" => '<',
-                    "gt" => '>',
-                    "quot" => '"',
-                    "apos" => '\'',
-                    other => match r.resolve_char_ref() {
-                        Ok(Some(c)) => c,
-                        _ => return Err(malformed(format!("unknown entity &{other};"))),
-                    },
-                };
+                // `&amp;` and friends arrive as references (see `crate::xml_text`).
+                let c = crate::xml_text::reference_char(&r).map_err(malformed)?;
                 text.push(c);
             }
             Event::CData(t) => {

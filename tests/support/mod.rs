@@ -707,6 +707,39 @@ impl Client {
 }
 
 // ------------------------------------------------------------------------------------
+// In-test HTTP/1.1 upstreams
+// ------------------------------------------------------------------------------------
+
+/// Serves HTTP/1.1 on a fresh loopback port, answering every request with `handle`; returns
+/// the base URL. The upstreams the tests stand up (feature store, recorder, fakes) share it.
+pub async fn serve_http<F, Fut>(handle: F) -> String
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+// ------------------------------------------------------------------------------------
 // An HTTP upstream (a feature store stand-in) that echoes what it received
 // ------------------------------------------------------------------------------------
 
@@ -717,46 +750,30 @@ pub struct TestHttp {
 
 impl TestHttp {
     pub async fn start() -> TestHttp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.unwrap().to_bytes();
-                            let h = |n: &str| parts.headers.get(n).map(|v| v.to_str().unwrap().to_string());
-                            let record = json!({
-                                "method": parts.method.as_str(),
-                                "path": parts.uri.path(),
-                                "query": parts.uri.query(),
-                                "authorization": h("authorization"),
-                                "x_api_key": h("x-api-key"),
-                                "body": String::from_utf8_lossy(&body),
-                            });
-                            log.lock().unwrap().push(record.clone());
-                            Ok::<_, Infallible>(
-                                http::Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(record.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+        let url = serve_http(move |req| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let h = |n: &str| parts.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+                let record = json!({
+                    "method": parts.method.as_str(),
+                    "path": parts.uri.path(),
+                    "query": parts.uri.query(),
+                    "authorization": h("authorization"),
+                    "x_api_key": h("x-api-key"),
+                    "body": String::from_utf8_lossy(&body),
                 });
+                log.lock().unwrap().push(record.clone());
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(record.to_string())))
+                    .unwrap()
             }
-        });
+        })
+        .await;
         TestHttp { url, seen }
     }
 
@@ -849,40 +866,26 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.ok().map(|b| b.to_bytes());
-                            let copy_source = (parts.headers.get("x-amz-copy-source"))
-                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                            log.lock().unwrap().push(Seen {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path().to_string(),
-                                query: parts.uri.query().map(str::to_string),
-                                copy_source,
-                                body,
-                            });
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+        let url = serve_http(move |req| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.ok().map(|b| b.to_bytes());
+                let copy_source = (parts.headers.get("x-amz-copy-source"))
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                log.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().map(str::to_string),
+                    copy_source,
+                    body,
                 });
+                http::Response::new(Full::new(Bytes::from_static(b"ok")))
             }
-        });
+        })
+        .await;
         Recorder { url, seen }
     }
 

@@ -1,0 +1,23 @@
+//! Reading text out of XML the same way wherever claimgate must (DeleteObjects bodies it
+//! authorizes, store answers whose upload ids it binds): one definition of which references
+//! are accepted, so two readers of ours can never disagree about a key.
+
+use quick_xml::events::BytesRef;
+
+/// The character a general reference stands for: XML's five predefined entities and
+/// numeric character references. Anything else (a DTD-declared entity) is refused: its
+/// meaning would come from a DTD, which claimgate never reads.
+pub(crate) fn reference_char(r: &BytesRef<'_>) -> Result<char, String> {
+    let name = r.decode().map_err(|e| format!("bad reference: {e}"))?;
+    Ok(match name.as_ref() {
+        "amp" => '&',
+        "lt" => '<',
+        "gt" => '>',
+        "quot" => '"',
+        "apos" => '\'',
+        other => match r.resolve_char_ref() {
+            Ok(Some(c)) => c,
+            _ => return Err(format!("unknown entity &{other};")),
+        },
+    })
+}
