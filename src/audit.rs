@@ -6,13 +6,20 @@
 //! [`AuditLog::flush`] waits until everything queued before it is on disk (shutdown).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::AuditSink;
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Standard output, one JSON line per record.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+}
 
 /// Who the record is about. Never holds a token, signature or secret; `token_id` is the
 /// token's `jti` or a short hash of it.

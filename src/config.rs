@@ -14,19 +14,14 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::audit::AuditSink;
 use crate::classify::KeyRule;
 use crate::diag::Problem;
+pub use crate::identity::{DEFAULT_ALGORITHMS, IssuerConfig};
 use crate::policy::{Mode, PolicySet};
 use crate::secret::{self, Secret};
 
 /// Algorithms accepted when an issuer does not list its own.
-pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::RS256,
-    Algorithm::PS256,
-    Algorithm::ES256,
-    Algorithm::EdDSA,
-];
-
 // ---------------------------------------------------------------------------------------
 // File format
 // ---------------------------------------------------------------------------------------
@@ -207,27 +202,6 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// One trusted OIDC issuer.
-#[derive(Debug, Clone)]
-pub struct IssuerConfig {
-    /// The exact `iss` value.
-    pub issuer: String,
-    /// Accepted `aud` values; a token must carry at least one.
-    pub audiences: Vec<String>,
-    /// JWKS location; discovered from the issuer when absent.
-    pub jwks_uri: Option<String>,
-    /// Accepted signing algorithms.
-    pub algorithms: Vec<Algorithm>,
-    /// Tolerated clock difference for `exp`, `nbf`, `iat`.
-    pub leeway: Duration,
-    /// Extra CA for an IdP behind an internal CA.
-    pub ca_file: Option<PathBuf>,
-    /// Background key refresh interval.
-    pub refresh: Duration,
-    /// Least time between two fetches triggered by unknown key ids.
-    pub min_refetch: Duration,
-}
-
 /// STS settings (used once the STS endpoint is enabled).
 #[derive(Debug, Clone)]
 pub struct StsConfig {
@@ -239,15 +213,6 @@ pub struct StsConfig {
     pub default_session: Duration,
     /// Longest session a caller may ask for.
     pub max_session: Duration,
-}
-
-/// Where audit records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSink {
-    /// Standard output, one JSON line per record.
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
 }
 
 /// What kind of upstream a route fronts.

@@ -16,7 +16,7 @@
 //! | sign         | [`upstream::sign`]     | an upstream request            |
 //! | forward      | [`upstream::forward`]  | the streamed response          |
 //! |  (integrity) | [`digest`]             | bodies held to their digests   |
-//! |  (forms)     | [`form_file`]          | form uploads' files, measured  |
+//! |  (forms)     | [`body::form_file`]          | form uploads' files, measured  |
 //! | audit        | [`audit`], [`metrics`] | one record + counters          |
 //!
 //! Refusals from any stage become a [`rejection::Rejection`], rendered the way the caller's
@@ -30,14 +30,15 @@ pub mod config;
 pub mod dev;
 pub mod diag;
 pub mod digest;
-pub mod form_file;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod pipeline;
 pub mod policy;
 pub mod rejection;
 pub mod secret;
 pub mod server;
+pub mod sigv4;
 pub mod upstream;
 mod xml_text;

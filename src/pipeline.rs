@@ -18,6 +18,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::audit::{AuditIdentity, AuditLog, AuditRecord, AuditShadow};
+use crate::body::form_file::{FileError, FileTail};
 use crate::body::{BodyStats, Checked, OnFinish, ProxyBody, UpstreamBody};
 use crate::classify::{
     self, ClassifyError, FormReader, PendingPostObject, PostForm, RequestTarget, S3Target,
@@ -25,7 +26,6 @@ use crate::classify::{
 use crate::clock::SharedClock;
 use crate::config::{Config, RouteKind};
 use crate::digest::Declared;
-use crate::form_file::{FileError, FileTail};
 use crate::identity::chunked::{self, ChunkChain};
 use crate::identity::post_policy::{FormSignature, PostPolicy, PostPolicyError};
 use crate::identity::revocation::Revocations;
@@ -839,17 +839,9 @@ async fn authenticate(
 
 /// Whether the query holds a presigned URL's credentials (SigV4 or SigV2).
 fn has_query_credentials(query: Option<&str>) -> bool {
-    const NAMES: [&str; 5] = [
-        "x-amz-credential",
-        "x-amz-signature",
-        "x-amz-security-token",
-        "awsaccesskeyid",
-        "signature",
-    ];
     query.unwrap_or_default().split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-        NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+        crate::sigv4::param::is_credential(&percent_encoding::percent_decode_str(name).decode_utf8_lossy())
     })
 }
 
@@ -869,7 +861,7 @@ fn authenticate_session(
     let chain = match payload {
         Some(p) if !claim.presigned && (p == chunked::SIGNED || p == chunked::SIGNED_TRAILER) => {
             Some(ChunkChain::new(
-                sigv4::signing_key(
+                crate::sigv4::signing_key(
                     &session.secret_access_key,
                     &claim.scope_date,
                     &claim.region,
@@ -926,7 +918,7 @@ fn session_identity(session: Session) -> Identity {
 fn unframe_signed_chunks(headers: &mut http::HeaderMap) {
     headers.insert(
         "x-amz-content-sha256",
-        HeaderValue::from_static(sigv4::UNSIGNED_PAYLOAD),
+        HeaderValue::from_static(crate::sigv4::UNSIGNED_PAYLOAD),
     );
     match headers.remove("x-amz-decoded-content-length") {
         Some(len) => {

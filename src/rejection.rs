@@ -10,6 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use crate::classify::ClassifyError;
 use crate::digest::DigestError;
 use crate::identity::AuthError;
+use crate::upstream::sign::SignError;
 use crate::upstream::upload_id::UploadIdError;
 
 /// Refusals of the forward stage.
@@ -38,19 +39,6 @@ pub enum UpstreamError {
     Timeout {
         /// Route name.
         route: String,
-    },
-}
-
-/// Refusals of the sign stage.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum SignError {
-    /// The caller's request cannot be re-signed as sent (e.g. a header value that is not
-    /// visible ASCII, or a body framing we cannot re-sign).
-    #[error("{reason}")]
-    Unsignable {
-        /// Why.
-        reason: String,
     },
 }
 
@@ -263,9 +251,9 @@ pub fn render(err: &WireError, style: ErrorStyle, resource: &str, request_id: &s
             format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><Resource>{}</Resource><RequestId>{}</RequestId></Error>\n",
                 err.code,
-                xml_escape(&err.message),
-                xml_escape(resource),
-                xml_escape(request_id)
+                crate::xml_text::escape(&err.message),
+                crate::xml_text::escape(resource),
+                crate::xml_text::escape(request_id)
             ),
         ),
         ErrorStyle::Problem => (
@@ -296,23 +284,6 @@ pub fn render(err: &WireError, style: ErrorStyle, resource: &str, request_id: &s
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     resp
-}
-
-/// Escapes text for an XML element.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

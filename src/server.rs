@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::clock::SharedClock;
 use crate::config::{Config, TlsFiles};
 use crate::metrics::Metrics;
+use crate::net;
 use crate::pipeline::{self, Proxy};
 
 /// Most connections served at once; more wait in the kernel's accept queue.
@@ -28,30 +26,8 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// A client must finish its TLS handshake / request head within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Reads a PEM certificate chain.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let certs = read_certs(&files.cert)?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificates found", files.cert.display()));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{}: {e}", files.key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS certificate/key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    net::server_tls(&files.cert, &files.key).map(|c| TlsAcceptor::from(Arc::new(c)))
 }
 
 /// A bound, not yet running server.

@@ -1,4 +1,4 @@
-//! Reading text out of XML the same way wherever claimgate must (DeleteObjects bodies it
+//! Writing text into XML, and reading text out of XML the same way wherever claimgate must (DeleteObjects bodies it
 //! authorizes, store answers whose upload ids it binds): one definition of which references
 //! are accepted, so two readers of ours can never disagree about a key.
 
@@ -20,4 +20,21 @@ pub(crate) fn reference_char(r: &BytesRef<'_>) -> Result<char, String> {
             _ => return Err(format!("unknown entity &{other};")),
         },
     })
+}
+
+/// Escapes text for an XML element.
+pub(crate) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
+            c => out.push(c),
+        }
+    }
+    out
 }

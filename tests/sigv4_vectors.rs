@@ -13,7 +13,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody};
-use claimgate::upstream::sign::{canonical_s3_path, s3_settings, sign_v4};
+use claimgate::sigv4::canonical_s3_path;
+use claimgate::upstream::sign::{s3_settings, sign_v4};
 
 mod support;
 use support::vectors::{Request, not_s3_behaviour, parse_request};

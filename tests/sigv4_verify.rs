@@ -21,7 +21,8 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use claimgate::identity::sigv4::{self, PayloadHash, SigV4Error, VerifyOptions};
-use claimgate::upstream::sign::{canonical_s3_path, s3_settings, s3_signed_header, sign_v4};
+use claimgate::sigv4::canonical_s3_path;
+use claimgate::upstream::sign::{s3_settings, s3_signed_header, sign_v4};
 use http::request::Parts;
 
 mod support;

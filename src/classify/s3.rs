@@ -295,16 +295,9 @@ fn is_ipv4_shaped(name: &str) -> bool {
 
 /// Query parameters that never change the operation: a presigned URL's SigV4 parameters
 /// (read by the authenticate stage) and the `x-id=<Operation>` hint newer SDKs add.
-const IGNORED_PARAMS: &[&str] = &[
-    "X-Amz-Algorithm",
-    "X-Amz-Credential",
-    "X-Amz-Date",
-    "X-Amz-Expires",
-    "X-Amz-SignedHeaders",
-    "X-Amz-Signature",
-    "X-Amz-Security-Token",
-    "x-id",
-];
+fn is_ignored_param(name: &str) -> bool {
+    name == "x-id" || crate::sigv4::param::ALL.contains(&name)
+}
 
 /// The query parameters that matter for classification, decoded.
 ///
@@ -343,7 +336,7 @@ impl Query {
             params.insert(name, value);
         }
         let x_id = params.get("x-id").cloned();
-        params.retain(|name, _| !IGNORED_PARAMS.contains(&name.as_str()));
+        params.retain(|name, _| !is_ignored_param(name));
         Ok(Query { params, x_id })
     }
 

@@ -283,7 +283,7 @@ mod tests {
 
     /// AWS's published example (tests/data/s3-streaming/README.md).
     fn example_chain() -> ChunkChain {
-        let key = crate::identity::sigv4::signing_key(
+        let key = crate::sigv4::signing_key(
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             "20130524",
             "us-east-1",

@@ -18,9 +18,9 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::config::IssuerConfig;
+use crate::identity::IssuerConfig;
 use crate::metrics::Metrics;
-use crate::upstream::client::{self, Connector};
+use crate::net::{self, Connector};
 
 /// JWKS documents larger than this are refused: a hostile or broken endpoint must not make
 /// us buffer without bound.
@@ -147,11 +147,11 @@ pub struct IssuerKeys {
 impl IssuerKeys {
     /// Sets up an issuer; no network I/O until [`IssuerKeys::refresh`].
     pub fn new(config: IssuerConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let connector = client::connector(config.ca_file.as_deref())?;
+        let connector = net::connector(config.ca_file.as_deref())?;
         Ok(IssuerKeys {
             min_refetch: config.min_refetch,
             config,
-            client: client::client(connector),
+            client: net::client(connector),
             keys: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(None),
             metrics,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::AuthError;
 use super::jwks::KeySet;
-use crate::config::IssuerConfig;
+use crate::identity::IssuerConfig;
 
 /// The parts of a JOSE header we look at before trusting anything.
 #[derive(Debug, Deserialize)]
@@ -200,7 +200,7 @@ mod tests {
             issuer: "https://idp".into(),
             audiences: vec!["claimgate".into()],
             jwks_uri: None,
-            algorithms: crate::config::DEFAULT_ALGORITHMS.to_vec(),
+            algorithms: crate::identity::DEFAULT_ALGORITHMS.to_vec(),
             leeway: Duration::from_secs(60),
             ca_file: None,
             refresh: Duration::from_secs(300),

@@ -14,18 +14,48 @@ pub mod session;
 pub mod sigv4;
 pub mod sts;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
+use jsonwebtoken::Algorithm;
 use moka::sync::Cache;
 
 use crate::clock::SharedClock;
-use crate::config::IssuerConfig;
 use crate::metrics::Metrics;
 use crate::model::{AuthMethod, Identity};
 use jwks::IssuerKeys;
 use jwt::SignatureCheck;
+
+/// The signing algorithms accepted when an issuer lists none: asymmetric only.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::EdDSA,
+];
+
+/// One trusted OIDC issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one.
+    pub audiences: Vec<String>,
+    /// JWKS location; discovered from the issuer when absent.
+    pub jwks_uri: Option<String>,
+    /// Accepted signing algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerated clock difference for `exp`, `nbf`, `iat`.
+    pub leeway: Duration,
+    /// Extra CA for an IdP behind an internal CA.
+    pub ca_file: Option<PathBuf>,
+    /// Background key refresh interval.
+    pub refresh: Duration,
+    /// Least time between two fetches triggered by unknown key ids.
+    pub min_refetch: Duration,
+}
 
 /// Refusals of the authenticate stage. Each names precisely what was wrong, because the
 /// person reading it is an ML engineer whose job just failed.

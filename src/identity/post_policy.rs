@@ -32,8 +32,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AuthError;
-use super::sigv4::{self, ALGORITHM};
 use crate::classify::PostForm;
+use crate::sigv4::{self, ALGORITHM};
 
 /// Why a form's credentials or policy were refused. Each variant names the S3 code S3 itself
 /// answers with.

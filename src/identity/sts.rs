@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::StatusCode;
 
 use super::AuthError;
-use crate::rejection::xml_escape;
+use crate::xml_text::escape as xml_escape;
 
 /// The STS API version SDKs send.
 pub const VERSION: &str = "2011-06-15";

@@ -1,8 +1,7 @@
 //! Where requests go and how they get there: routes, re-signing (headers, and the POST
 //! policy of browser form uploads), the pooled client, and the binding of multipart upload
-//! ids to their keys.
+//! ids to their keys. (The pooled client itself is [`crate::net`]'s.)
 
-pub mod client;
 pub mod post_sign;
 pub mod sign;
 pub mod upload_id;
@@ -13,6 +12,7 @@ use hyper_util::client::legacy::Client;
 
 use crate::body::UpstreamBody;
 use crate::config::{Credentials, RouteConfig, RouteKind};
+use crate::net;
 use crate::upstream::upload_id::UploadIdBinding;
 
 /// A route with its connection pool.
@@ -20,7 +20,7 @@ pub struct Route {
     /// The validated route config.
     pub config: RouteConfig,
     /// Pooled client to the upstream.
-    pub client: Client<client::Connector, UpstreamBody>,
+    pub client: Client<net::Connector, UpstreamBody>,
     /// The upstream's path, without a trailing `/` (empty for the root).
     pub base_path: String,
     /// `Host` to send upstream.
@@ -33,7 +33,7 @@ pub struct Route {
 impl Route {
     /// Builds the route's client.
     pub fn new(config: RouteConfig) -> Result<Route, String> {
-        let connector = client::connector(config.ca_file.as_deref())?;
+        let connector = net::connector(config.ca_file.as_deref())?;
         let base_path = config.upstream.path().trim_end_matches('/').to_string();
         let host = config.upstream.host_str().unwrap_or_default();
         let authority = match config.upstream.port() {
@@ -63,7 +63,7 @@ impl Route {
             (RouteKind::Http, _) => None,
         };
         Ok(Route {
-            client: client::client(connector),
+            client: net::client(connector),
             upload_ids,
             base_path,
             authority,

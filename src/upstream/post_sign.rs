@@ -13,7 +13,7 @@
 //!    exact value, the caller's `content-length-range` if it had one, and the credential
 //!    fields themselves — so the upstream accepts exactly this form and nothing else;
 //! 4. the `file` part's headers, as read; the caller's file content and the rest of its body
-//!    follow, streamed by [`crate::form_file`].
+//!    follow, streamed by [`crate::body::form_file`].
 //!
 //! Every part uses the caller's boundary (the rest of the body is the caller's), and no
 //! value may contain the delimiter. The upstream request carries no `Authorization` header
@@ -37,10 +37,10 @@ use super::Route;
 use super::sign::{retarget, unsignable};
 use crate::classify::PostForm;
 use crate::config::Credentials;
-use crate::identity::sigv4::ALGORITHM;
 use crate::model::{Operation, S3Address};
 use crate::policy::Permit;
-use crate::rejection::SignError;
+use crate::sigv4::ALGORITHM;
+use crate::upstream::sign::SignError;
 
 /// How long the policy claimgate signs stays valid. Stores check it when the form's fields
 /// arrive, before the file, so this only needs to cover the clock skew between claimgate and

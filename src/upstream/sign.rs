@@ -20,23 +20,21 @@ use http::request::Parts;
 use crate::config::Credentials;
 use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
-use crate::rejection::SignError;
+use crate::sigv4;
 use crate::upstream::Route;
 
-/// Query parameters of presigned URLs (SigV4 and SigV2): the caller's credentials, which
-/// must never reach the upstream.
-const PRESIGN_PARAMS: [&str; 10] = [
-    "x-amz-algorithm",
-    "x-amz-credential",
-    "x-amz-date",
-    "x-amz-expires",
-    "x-amz-signedheaders",
-    "x-amz-signature",
-    "x-amz-security-token",
-    "awsaccesskeyid",
-    "signature",
-    "expires",
-];
+/// Refusals of the sign stage.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The caller's request cannot be re-signed as sent (e.g. a header value that is not
+    /// visible ASCII, or a body framing we cannot re-sign).
+    #[error("{reason}")]
+    Unsignable {
+        /// Why.
+        reason: String,
+    },
+}
 
 /// The caller's own authentication, and `Expect` (already answered to the caller), removed
 /// before forwarding.
@@ -261,12 +259,7 @@ pub fn s3_path(address: &S3Address) -> String {
         S3Address::Bucket(bucket) | S3Address::FormUpload { bucket, .. } => format!("/{bucket}"),
         S3Address::Object { bucket, key } => {
             let mut out = format!("/{bucket}/");
-            for (i, segment) in key.split('/').enumerate() {
-                if i > 0 {
-                    out.push('/');
-                }
-                out.extend(percent_encoding::utf8_percent_encode(segment, UNRESERVED));
-            }
+            sigv4::push_encoded_key(&mut out, key);
             out
         }
     }
@@ -278,14 +271,14 @@ pub fn filter_query(q: &str) -> String {
         .filter(|pair| {
             let name = pair.split('=').next().unwrap_or_default();
             let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-            !PRESIGN_PARAMS.iter().any(|p| name.eq_ignore_ascii_case(p))
+            !sigv4::param::is_presign(&name)
         })
         .collect::<Vec<_>>()
         .join("&")
 }
 
 /// S3's signing rules: the path is signed as sent (already encoded once, see
-/// [`canonical_s3_path`]), never normalized, and the payload hash travels in
+/// [`sigv4::canonical_s3_path`]), never normalized, and the payload hash travels in
 /// `x-amz-content-sha256`.
 pub fn s3_settings() -> SigningSettings {
     let mut settings = SigningSettings::default();
@@ -299,26 +292,6 @@ pub fn s3_settings() -> SigningSettings {
 pub fn s3_signed_header(name: &str) -> bool {
     name == "host" || name == "content-md5" || name == "content-type" || name.starts_with("x-amz-")
 }
-
-/// Re-encodes a raw S3 path the way SigV4 canonicalizes it: each segment percent-decoded,
-/// then encoded with only the unreserved characters left bare. The verifier of callers'
-/// signatures computes their canonical URI with it.
-pub fn canonical_s3_path(path: &str) -> String {
-    path.split('/')
-        .map(|seg| {
-            let raw = percent_encoding::percent_decode_str(seg).collect::<Vec<u8>>();
-            percent_encoding::percent_encode(&raw, UNRESERVED).to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// SigV4's unreserved set: everything else is percent-encoded in canonical URIs.
-pub(crate) const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// Signs `parts` in place with SigV4: adds `authorization`, `x-amz-date` and, per
 /// `settings`, `x-amz-content-sha256` and `x-amz-security-token`. Signs the headers

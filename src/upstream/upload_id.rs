@@ -230,7 +230,7 @@ pub fn unwrap_request(
             continue;
         }
         let store_id = binding.open(&bucket, &key, &presented)?;
-        let encoded = percent_encoding::utf8_percent_encode(store_id, crate::upstream::sign::UNRESERVED);
+        let encoded = percent_encoding::utf8_percent_encode(store_id, crate::sigv4::UNRESERVED);
         pairs.push(Cow::Owned(format!("{name}={encoded}")));
         changed = true;
     }

@@ -932,7 +932,7 @@ pub fn session_request(
     }
     let (mut parts, ()) = b.body(()).unwrap().into_parts();
     let sent = parts.uri.clone();
-    let canonical = claimgate::upstream::sign::canonical_s3_path(sent.path());
+    let canonical = claimgate::sigv4::canonical_s3_path(sent.path());
     let canonical = match sent.query() {
         Some(q) => format!("{canonical}?{q}"),
         None => canonical,

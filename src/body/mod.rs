@@ -4,6 +4,8 @@
 //! body ends or is dropped — whichever comes first — so exactly one record is written per
 //! request, including when the client disconnects mid-download.
 
+pub mod form_file;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +15,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::body::form_file::{FileError, FileTail};
 use crate::digest::{Declared, DigestError, Hasher};
-use crate::form_file::{FileError, FileTail};
 
 /// What happened to the caller's request body on its way upstream.
 #[derive(Debug, Default)]

@@ -1,4 +1,6 @@
-//! Outbound HTTP(S): the pooled client used for upstreams and for IdP discovery/JWKS.
+//! Network plumbing every side shares: PEM certificates, TLS configurations, and the
+//! pooled outbound client. Upstream routes and JWKS fetching use the same client, the
+//! listener the same certificate reader, so none of them depends on another to get one.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,13 +10,43 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// The TLS-capable connector every outbound client uses.
 pub type Connector = HttpsConnector<HttpConnector>;
 
+/// Reads a PEM certificate chain.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The listener's TLS configuration from a PEM certificate chain and key, offering HTTP/2
+/// and HTTP/1.1. `validate` builds it too, so a bad PEM is a config problem, not a failed
+/// start.
+pub fn server_tls(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let certs = read_certs(cert)?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates found", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate/key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Trust roots: the system's certificates, the Mozilla roots compiled in (so a minimal
 /// container without a CA bundle still works), and optionally an internal CA.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in rustls_native_certs::load_native_certs().certs {
@@ -22,7 +54,7 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let certs = crate::server::read_certs(path)?;
+        let certs = read_certs(path)?;
         if certs.is_empty() {
             return Err(format!("{}: no certificates found", path.display()));
         }
@@ -49,7 +81,7 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     Ok(HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
+        .with_tls_config(client_tls(ca_file)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
