@@ -79,8 +79,8 @@ fn fixture() -> Fixture {
     .unwrap();
 
     let clock: SharedClock = Arc::new(ManualClock::at(NOW));
-    let auth = Authenticator::new(&config.issuers, clock, Arc::new(Metrics::new())).unwrap();
-    assert!(auth.install_keys(
+    let auth = Authenticator::new(&config.issuers, None, None, clock, Arc::new(Metrics::new())).unwrap();
+    assert!(auth.bearer().install_keys(
         ISSUER,
         KeySet {
             keys: vec![parse_key(jwk.clone()).unwrap()]
@@ -122,12 +122,12 @@ fn benches(c: &mut Criterion) {
         .clone();
     let target = S3Target::default();
     // warm the verified-token cache
-    let identity = f.rt.block_on(f.auth.authenticate_bearer(&f.token)).unwrap();
+    let identity = f.rt.block_on(f.auth.authenticate_token(&f.token)).unwrap();
 
     let mut g = c.benchmark_group("stages");
     g.bench_function("baseline: build request head", |b| b.iter(get_request));
     g.bench_function("authenticate (cached token)", |b| {
-        b.iter(|| f.rt.block_on(f.auth.authenticate_bearer(&f.token)).unwrap())
+        b.iter(|| f.rt.block_on(f.auth.authenticate_token(&f.token)).unwrap())
     });
     g.bench_function("classify (GetObject)", |b| {
         let parts = get_request();
@@ -136,14 +136,18 @@ fn benches(c: &mut Criterion) {
     let head = get_request();
     let op = classify_s3(&head, &RequestTarget::read(&head).unwrap(), &target).unwrap();
     g.bench_function("authorize", |b| {
-        b.iter(|| f.config.policies.decide(&identity, &op.accesses))
+        b.iter_batched(
+            || op.clone(),
+            |op| f.config.policies.decide(&identity, op),
+            criterion::BatchSize::SmallInput,
+        )
     });
     g.bench_function("sign (SigV4, S3 rules)", |b| {
         b.iter_batched(
             get_request,
             |mut parts| {
-                let permit = f.config.policies.decide(&identity, &op.accesses).outcome.unwrap();
-                sign_upstream(&permit, &op, &mut parts, &route, now).unwrap();
+                let permit = f.config.policies.decide(&identity, op.clone()).outcome.unwrap();
+                sign_upstream(permit, &mut parts, &route, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,
@@ -156,10 +160,10 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             get_request,
             |mut parts| {
-                let id = f.rt.block_on(f.auth.authenticate_bearer(&f.token)).unwrap();
+                let id = f.rt.block_on(f.auth.authenticate_token(&f.token)).unwrap();
                 let op = classify_s3(&parts, &RequestTarget::read(&parts).unwrap(), &target).unwrap();
-                let permit = f.config.policies.decide(&id, &op.accesses).outcome.unwrap();
-                sign_upstream(&permit, &op, &mut parts, &route, now).unwrap();
+                let permit = f.config.policies.decide(&id, op).outcome.unwrap();
+                sign_upstream(permit, &mut parts, &route, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,
@@ -225,16 +229,18 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
     };
     let token = ring.seal(&session).unwrap();
     let mut parts = get_request();
-    let creds = aws_credential_types::Credentials::new(&ak, &sk, Some(token.clone()), None, "bench");
+    let creds = aws_credential_types::Credentials::new(&ak, sk.expose(), Some(token.clone()), None, "bench");
     claimgate::upstream::sign::sign_v4(
         &mut parts,
-        &creds,
-        "us-east-1",
-        "s3",
+        &claimgate::upstream::sign::Signer {
+            credentials: &creds,
+            region: "us-east-1",
+            service: "s3",
+            settings: claimgate::upstream::sign::s3_settings(),
+            signed_headers: |_| true,
+        },
         aws_sigv4::http_request::SignableBody::UnsignedPayload,
         now,
-        claimgate::upstream::sign::s3_settings(),
-        |_| true,
     )
     .unwrap();
     let _ = f;
@@ -243,7 +249,7 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
         b.iter(|| {
             let claim = sigv4::parse(&parts).unwrap().unwrap();
             let s = ring.unseal(claim.session_token.as_deref().unwrap()).unwrap();
-            sigv4::verify(&claim, &parts, &s.secret_access_key, NOW).unwrap();
+            sigv4::verify(&claim, &parts, s.secret_access_key.expose(), NOW).unwrap();
             s
         })
     });

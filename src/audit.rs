@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -56,6 +56,29 @@ pub struct AuditShadow {
     pub rule: Option<String>,
 }
 
+/// What authorization came to, as audit records spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDecision {
+    /// Policy allowed the request (or shadow mode let it through).
+    Allow,
+    /// Policy denied it.
+    Deny,
+    /// No decision was reached: the request ended before authorization.
+    Error,
+}
+
+impl AuditDecision {
+    /// The record's (and the metric label's) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditDecision::Allow => "allow",
+            AuditDecision::Deny => "deny",
+            AuditDecision::Error => "error",
+        }
+    }
+}
+
 /// One request's record. Field names are a stable interface: security teams query them.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
@@ -85,7 +108,7 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<String>,
     /// `allow`, `deny` or `error`.
-    pub decision: &'static str,
+    pub decision: AuditDecision,
     /// The deciding rule (`file: role R allow[i]`), when a rule decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -117,43 +140,6 @@ pub struct AuditRecord {
     /// True when the response body ended early (client went away, upstream broke).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
-}
-
-impl AuditRecord {
-    /// A record for a request that just arrived.
-    pub fn new(
-        request_id: String,
-        method: &str,
-        path: &str,
-        source: String,
-        user_agent: Option<String>,
-    ) -> Self {
-        AuditRecord {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            request_id,
-            route: "-".into(),
-            method: method.to_string(),
-            path: path.to_string(),
-            identity: None,
-            operation: None,
-            action: None,
-            resource: None,
-            also: Vec::new(),
-            decision: "error",
-            rule: None,
-            reason: None,
-            detail: None,
-            shadow: None,
-            status: 0,
-            upstream_status: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            duration_ms: 0.0,
-            source,
-            user_agent,
-            incomplete: false,
-        }
-    }
 }
 
 enum Msg {

@@ -17,6 +17,9 @@ use toml::Spanned;
 use crate::audit::AuditSink;
 use crate::classify::KeyRule;
 use crate::diag::Problem;
+use crate::identity::revocation::Revocations;
+use crate::identity::session::Keyring;
+pub use crate::identity::sts::StsConfig;
 pub use crate::identity::{DEFAULT_ALGORITHMS, IssuerConfig};
 use crate::policy::{Mode, PolicySet};
 use crate::secret::{self, Secret};
@@ -162,7 +165,7 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Trusted token issuers; a token's `iss` picks one.
     pub issuers: Vec<IssuerConfig>,
-    /// STS settings, when `[sts]` is present.
+    /// STS settings, when `[sts]` is present and enabled.
     pub sts: Option<StsConfig>,
     /// Where the policies were loaded from.
     pub policies_dir: PathBuf,
@@ -170,8 +173,8 @@ pub struct Config {
     pub policies: Arc<PolicySet>,
     /// Where audit records go.
     pub audit: AuditSink,
-    /// The revocation list file, when configured.
-    pub revocations: Option<PathBuf>,
+    /// The revocation list (loaded, and watched once serving), when configured.
+    pub revocations: Option<Arc<Revocations>>,
     /// Upstream routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -200,19 +203,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-}
-
-/// STS settings (used once the STS endpoint is enabled).
-#[derive(Debug, Clone)]
-pub struct StsConfig {
-    /// Serve AssumeRoleWithWebIdentity.
-    pub enabled: bool,
-    /// Sealing keys, newest first.
-    pub sealing_keys: Vec<Secret>,
-    /// Session length when the caller asks for none.
-    pub default_session: Duration,
-    /// Longest session a caller may ask for.
-    pub max_session: Duration,
+    /// The two, parsed into the listener's TLS configuration.
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// What kind of upstream a route fronts.
@@ -425,7 +417,7 @@ impl Config {
             .map(|i| compile_issuer(&mut c, i))
             .collect::<Vec<_>>();
         check_duplicate_issuers(&mut c, &raw.issuers);
-        let sts = raw.sts.as_ref().map(|s| compile_sts(&mut c, s));
+        let sts = raw.sts.as_ref().and_then(|s| compile_sts(&mut c, s));
         let routes = compile_routes(&mut c, &raw.routes);
         if routes.is_empty() && raw.routes.is_empty() {
             c.problems.push(Problem::file(
@@ -453,12 +445,12 @@ impl Config {
                 }
             }
         };
-        let revocations = raw.revocations.as_ref().map(|r| c.path(&r.file));
-        if let Some(path) = &revocations
-            && let Err(mut problems) = crate::identity::revocation::Revocations::load(path)
-        {
-            c.problems.append(&mut problems);
-        }
+        let revocations = raw.revocations.as_ref().and_then(|r| {
+            Revocations::load(&c.path(&r.file))
+                .map(Arc::new)
+                .map_err(|mut problems| c.problems.append(&mut problems))
+                .ok()
+        });
 
         let policies_dir = c.path(
             raw.policies
@@ -544,9 +536,25 @@ fn policy_problems_despite(path: &Path, source: &str) -> Vec<Problem> {
 fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConfig {
     let s = raw.get_ref();
     let listen = c.addr(&s.listen).unwrap_or_else(placeholder_addr);
-    let tls = s.tls.as_ref().map(|t| TlsFiles {
-        cert: c.existing_file(&t.cert, "TLS certificate"),
-        key: c.existing_file(&t.key, "TLS key"),
+    let tls = s.tls.as_ref().and_then(|t| {
+        let before = c.problems.len();
+        let cert = c.existing_file(&t.cert, "TLS certificate");
+        let key = c.existing_file(&t.key, "TLS key");
+        if c.problems.len() > before {
+            return None;
+        }
+        // Parsed now, so a bad PEM is a config problem `validate` reports, not a failed start.
+        match crate::net::server_tls(&cert, &key) {
+            Ok(config) => Some(TlsFiles {
+                cert,
+                key,
+                config: Arc::new(config),
+            }),
+            Err(e) => {
+                c.at(&t.cert, e);
+                None
+            }
+        }
     });
     ServerConfig {
         listen,
@@ -656,7 +664,8 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     }
 }
 
-fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
+/// `None` when STS is off, or when its keys are unusable (a problem is then recorded).
+fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> Option<StsConfig> {
     let s = raw.get_ref();
     let mut keys = Vec::new();
     for k in &s.sealing_keys {
@@ -665,12 +674,11 @@ fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
             Err(e) => c.at(k, format!("sealing key: {e}")),
         }
     }
-    if keys.len() == s.sealing_keys.len()
-        && !keys.is_empty()
-        && let Err(e) = crate::identity::session::Keyring::new(&keys)
-    {
-        c.at(raw, e);
-    }
+    let keyring = if keys.len() == s.sealing_keys.len() && !keys.is_empty() {
+        Keyring::new(&keys).map_err(|e| c.at(raw, e)).ok()
+    } else {
+        None
+    };
     if s.enabled && s.sealing_keys.is_empty() {
         c.at(raw, "[sts] is enabled but has no `sealing_keys`");
     }
@@ -685,12 +693,12 @@ fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> StsConfig {
     if default_session > max_session {
         c.at(raw, "default_session is longer than max_session");
     }
-    StsConfig {
-        enabled: s.enabled,
-        sealing_keys: keys,
+    Some(StsConfig {
+        keyring: Arc::new(keyring?),
         default_session,
         max_session,
-    }
+    })
+    .filter(|_| s.enabled)
 }
 
 fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<RouteConfig> {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use claimgate::clock::SystemClock;
 use claimgate::config::Config;
-use claimgate::model::{Access, AuthMethod, Identity};
+use claimgate::model::{Access, AuthMethod, Identity, Resource};
 use claimgate::server::Server;
 
 #[derive(Parser)]
@@ -296,13 +296,11 @@ fn check(
         subject: get("sub"),
         method: AuthMethod::Bearer,
         token_id: get("jti"),
-        session_role: None,
-        session_id: None,
         claims: claims.clone(),
     };
     let explanation = config
         .policies
-        .explain(&identity, &[Access::new(action, resource)]);
+        .explain(&identity, &[Access::new(action, Resource::parse(&resource))]);
     print!("{explanation}");
     // Exit status scripts can test: 0 allowed, 2 denied.
     if explanation.allowed {

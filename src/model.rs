@@ -7,20 +7,26 @@
 use serde_json::{Map, Value};
 
 /// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
     /// `Authorization: Bearer <JWT>` validated against the issuer's JWKS.
     Bearer,
     /// SigV4 with credentials from a claimgate-issued (sealed) STS session.
-    Session,
+    Session {
+        /// The one role the session assumed. Authorization then considers only that role,
+        /// as AWS does for an assumed role.
+        role: String,
+        /// The session's access key id (not secret).
+        access_key_id: String,
+    },
 }
 
 impl AuthMethod {
     /// Stable name used in audit records and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             AuthMethod::Bearer => "bearer",
-            AuthMethod::Session => "sts_session",
+            AuthMethod::Session { .. } => "sts_session",
         }
     }
 }
@@ -34,16 +40,11 @@ pub struct Identity {
     pub subject: String,
     /// Every claim of the token; policies address them by dotted path.
     pub claims: Map<String, Value>,
-    /// How the identity was proven.
+    /// How the identity was proven (for a session: which role it assumed).
     pub method: AuthMethod,
     /// `jti` when the token has one, else a short hash of the token: lets a security
     /// review follow one token across records without ever logging the token.
     pub token_id: String,
-    /// For STS sessions: the one role the session assumed. Authorization then considers
-    /// only that role, as AWS does for an assumed role.
-    pub session_role: Option<String>,
-    /// For STS sessions: the session's access key id (not secret).
-    pub session_id: Option<String>,
 }
 
 impl Identity {
@@ -52,6 +53,22 @@ impl Identity {
     /// namespaced claims.
     pub fn claim(&self, path: &str) -> Option<&Value> {
         claim_at(&self.claims, path)
+    }
+
+    /// For an STS session, the one role it assumed.
+    pub fn session_role(&self) -> Option<&str> {
+        match &self.method {
+            AuthMethod::Session { role, .. } => Some(role),
+            AuthMethod::Bearer => None,
+        }
+    }
+
+    /// For an STS session, its access key id.
+    pub fn session_id(&self) -> Option<&str> {
+        match &self.method {
+            AuthMethod::Session { access_key_id, .. } => Some(access_key_id),
+            AuthMethod::Bearer => None,
+        }
     }
 
     /// A string claim, if the claim exists and is a string.
@@ -101,17 +118,147 @@ mod tests {
 pub struct Access {
     /// `s3:GetObject`, `http:POST`, …
     pub action: String,
-    /// `s3://bucket/key` (key percent-decoded), `s3://bucket`, `http://route/path`.
-    pub resource: String,
+    /// What the action is on.
+    pub resource: Resource,
 }
 
 impl Access {
-    /// Convenience constructor.
-    pub fn new(action: impl Into<String>, resource: impl Into<String>) -> Self {
+    /// An action on a resource.
+    pub fn new(action: impl Into<String>, resource: Resource) -> Self {
         Access {
             action: action.into(),
-            resource: resource.into(),
+            resource,
         }
+    }
+}
+
+/// What an access is on: the parts the classify stage read, and the text policies match
+/// (`s3://bucket/key`, key percent-decoded; `s3://bucket`; `s3://`; `http://route/path`),
+/// rendered once. Later stages ask for the parts; nobody parses the text back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    text: String,
+    kind: ResourceKind,
+}
+
+/// The parts of a [`Resource`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceKind {
+    /// The account (`s3://`): ListBuckets.
+    S3Account,
+    /// A bucket (`s3://bucket`), or an object or key prefix in it (`s3://bucket/key`).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The key or prefix, percent-decoded once; `None` for the bucket itself.
+        key: Option<String>,
+    },
+    /// A path on an HTTP route (`http://route/path`).
+    Http {
+        /// The route's name.
+        route: String,
+    },
+    /// A resource given as text that names none of the above (`claimgate check`).
+    Other,
+}
+
+impl Resource {
+    /// `s3://`.
+    pub fn s3_account() -> Self {
+        Resource {
+            text: "s3://".into(),
+            kind: ResourceKind::S3Account,
+        }
+    }
+
+    /// `s3://bucket`.
+    pub fn s3_bucket(bucket: &str) -> Self {
+        Resource {
+            text: format!("s3://{bucket}"),
+            kind: ResourceKind::S3 {
+                bucket: bucket.into(),
+                key: None,
+            },
+        }
+    }
+
+    /// `s3://bucket/key` (an object, or a listing's prefix).
+    pub fn s3_object(bucket: &str, key: &str) -> Self {
+        Resource {
+            text: format!("s3://{bucket}/{key}"),
+            kind: ResourceKind::S3 {
+                bucket: bucket.into(),
+                key: Some(key.into()),
+            },
+        }
+    }
+
+    /// `http://route/path` (`path` without its leading `/`).
+    pub fn http(route: &str, path: &str) -> Self {
+        Resource {
+            text: format!("http://{route}/{path}"),
+            kind: ResourceKind::Http { route: route.into() },
+        }
+    }
+
+    /// Reads a resource written as text (the `claimgate check` command line, tests).
+    pub fn parse(text: &str) -> Self {
+        let kind = if text == "s3://" {
+            ResourceKind::S3Account
+        } else if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, key) = match rest.split_once('/') {
+                Some((b, k)) => (b, Some(k.to_string())),
+                None => (rest, None),
+            };
+            ResourceKind::S3 {
+                bucket: bucket.into(),
+                key,
+            }
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            ResourceKind::Http {
+                route: rest.split('/').next().unwrap_or_default().into(),
+            }
+        } else {
+            ResourceKind::Other
+        };
+        Resource {
+            text: text.into(),
+            kind,
+        }
+    }
+
+    /// The text policies match.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parts.
+    pub fn kind(&self) -> &ResourceKind {
+        &self.kind
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq<str> for Resource {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for Resource {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl PartialEq<String> for Resource {
+    fn eq(&self, other: &String) -> bool {
+        &self.text == other
     }
 }
 
@@ -154,13 +301,15 @@ pub struct CopySource {
     pub version_id: Option<String>,
 }
 
-/// What a request wants, as the classify stage understood it.
+/// What a request wants, as the classify stage understood it. It always needs at least
+/// one access (the primary one, which audit records and metrics name); there is no empty
+/// operation to wave through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     /// The API operation name (`GetObject`, `ListObjectsV2`, `http`), for audit and metrics.
     pub name: &'static str,
-    /// Every permission the request needs; never empty.
-    pub accesses: Vec<Access>,
+    primary: Access,
+    also: Vec<Access>,
     /// For S3 requests, what the upstream request must address; `None` on HTTP routes.
     pub s3: Option<S3Address>,
     /// For copies, the source that was authorized.
@@ -168,8 +317,39 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// An operation needing `primary` (and whatever [`Operation::also_needs`] adds).
+    pub fn new(name: &'static str, primary: Access) -> Self {
+        Operation {
+            name,
+            primary,
+            also: Vec::new(),
+            s3: None,
+            copy_source: None,
+        }
+    }
+
+    /// Adds an access the request needs besides the primary one.
+    pub fn also_needs(&mut self, access: Access) {
+        self.also.push(access);
+    }
+
+    /// Whether the operation needs `action` on any resource.
+    pub fn needs_action(&self, action: &str) -> bool {
+        self.accesses().any(|a| a.action == action)
+    }
+
     /// The primary access: the one audit records and metrics name.
     pub fn primary(&self) -> &Access {
-        &self.accesses[0]
+        &self.primary
+    }
+
+    /// The accesses needed besides the primary one.
+    pub fn also(&self) -> &[Access] {
+        &self.also
+    }
+
+    /// Every access the request needs, the primary first.
+    pub fn accesses(&self) -> impl Iterator<Item = &Access> + Clone {
+        std::iter::once(&self.primary).chain(&self.also)
     }
 }

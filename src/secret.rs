@@ -1,11 +1,35 @@
-//! Secret values from config: `env:NAME`, `file:PATH` or a literal, never printed.
+//! Secret values (keys, tokens, session secrets): never printed, wiped when dropped. Config
+//! names them as `env:NAME`, `file:PATH` or a literal.
 
 use std::fmt;
 use std::path::Path;
 
-/// A secret that cannot be logged by accident: `Debug` and `Display` print a placeholder.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroize;
+
+/// A secret that cannot be logged by accident: `Debug` and `Display` print a placeholder,
+/// and its bytes are zeroed when it is dropped. It serializes as its value, for the one
+/// place that needs that: a session sealed inside its (encrypted) session token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
 
 impl Secret {
     /// Wraps a value known to be secret.

@@ -16,19 +16,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
-use crate::config::{Config, TlsFiles};
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::net;
 use crate::pipeline::{self, Proxy};
 
 /// Most connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 10_000;
 /// A client must finish its TLS handshake / request head within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    net::server_tls(&files.cert, &files.key).map(|c| TlsAcceptor::from(Arc::new(c)))
-}
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -51,7 +46,7 @@ impl Server {
         clock: SharedClock,
         audit: AuditLog,
     ) -> Result<Server, String> {
-        let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+        let tls = (config.server.tls.as_ref()).map(|t| TlsAcceptor::from(t.config.clone()));
         let metrics = Arc::new(Metrics::new());
         let proxy = Arc::new(Proxy::new(config.clone(), audit, metrics, clock)?);
         let listener = TcpListener::bind(config.server.listen)
@@ -97,10 +92,7 @@ impl Server {
             admin,
             tls,
         } = self;
-        let mut refreshers = proxy.auth.spawn_refresh();
-        if let Some(list) = &proxy.revocations {
-            refreshers.push(list.spawn_watch());
-        }
+        let refreshers = proxy.auth.spawn_background();
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
         let graceful = GracefulShutdown::new();
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));

@@ -285,7 +285,7 @@ fn policy_and_revocation_files_never_panic() {
 #[tokio::test]
 async fn signed_chunk_deframing_never_panics() {
     use bytes::Bytes;
-    use claimgate::identity::chunked::{ChunkChain, VerifiedChunks};
+    use claimgate::identity::chunked::{ChunkChain, Trailer, VerifiedChunks};
     use http_body_util::BodyExt;
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"k");
@@ -302,7 +302,11 @@ async fn signed_chunk_deframing_never_panics() {
             "20261128T000000Z",
             "20261128/us-east-1/s3/aws4_request",
             "00",
-            i % 2 == 0,
+            if i % 2 == 0 {
+                Trailer::Signed
+            } else {
+                Trailer::Absent
+            },
         );
         let _ = VerifiedChunks::new(
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
@@ -318,7 +322,7 @@ async fn signed_chunk_deframing_never_panics() {
 /// the upstream is sent decodes (once, as S3 decodes) to exactly the key that was authorized.
 #[test]
 fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
-    use claimgate::model::S3Address;
+    use claimgate::model::{ResourceKind, S3Address};
     use claimgate::upstream::sign::s3_path;
 
     /// The oracle, stated as behaviour rather than as a rule: a filesystem store resolving
@@ -389,13 +393,8 @@ fn accepted_keys_are_canonical_and_forwarded_as_authorized() {
             continue;
         };
         accepted += 1;
-        for access in &op.accesses {
-            let key = access
-                .resource
-                .strip_prefix("s3://")
-                .and_then(|r| r.split_once('/'))
-                .map(|(_, k)| k);
-            if let Some(key) = key {
+        for access in op.accesses() {
+            if let ResourceKind::S3 { key: Some(key), .. } = access.resource.kind() {
                 assert!(
                     canonical(key),
                     "{raw:?}: authorized non-canonical {}",

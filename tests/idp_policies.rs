@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use claimgate::model::{Access, AuthMethod, Identity};
+use claimgate::model::{Access, AuthMethod, Identity, Operation, Resource};
 use claimgate::policy::PolicySet;
 use serde_json::{Value, json};
 
@@ -24,9 +24,14 @@ fn identity(claims: Value) -> Identity {
         claims,
         method: AuthMethod::Bearer,
         token_id: "t".into(),
-        session_role: None,
-        session_id: None,
     }
+}
+
+fn put(resource: &str) -> Operation {
+    Operation::new(
+        "PutObject",
+        Access::new("s3:PutObject", Resource::parse(resource)),
+    )
 }
 
 fn roles(set: &PolicySet, claims: Value) -> Vec<String> {
@@ -103,10 +108,13 @@ fn entra_id_app_roles_group_guids_and_object_ids() {
     assert_eq!(roles(&set, sp.clone()), ["one-service-principal"]);
     let d = set.decide(
         &identity(sp),
-        &[Access::new(
-            "s3:PutObject",
-            "s3://checkpoints/a1b2c3d4-0000-0000-0000-0000000000aa/m.pt",
-        )],
+        Operation::new(
+            "PutObject",
+            Access::new(
+                "s3:PutObject",
+                Resource::parse("s3://checkpoints/a1b2c3d4-0000-0000-0000-0000000000aa/m.pt"),
+            ),
+        ),
     );
     assert!(d.is_allowed());
 }
@@ -147,10 +155,10 @@ fn kubernetes_service_account_tokens() {
         "kubernetes.io": {"namespace": "training", "serviceaccount": {"name": "resnet-trainer", "uid": "u"}}
     });
     assert_eq!(roles(&set, sa.clone()), ["trainer"]);
-    let own = Access::new("s3:PutObject", "s3://checkpoints/resnet-trainer/step-1.pt");
-    assert!(set.decide(&identity(sa.clone()), &[own]).is_allowed());
-    let other = Access::new("s3:PutObject", "s3://checkpoints/other/step-1.pt");
-    assert!(!set.decide(&identity(sa), &[other]).is_allowed());
+    let own = put("s3://checkpoints/resnet-trainer/step-1.pt");
+    assert!(set.decide(&identity(sa.clone()), own).is_allowed());
+    let other = put("s3://checkpoints/other/step-1.pt");
+    assert!(!set.decide(&identity(sa), other).is_allowed());
     assert!(
         roles(
             &set,

@@ -85,13 +85,13 @@ fn check(row: &Row) -> Result<(), String> {
         Err(ClassifyError::BodyRequired(pending)) if base == "DeleteObjects" => {
             let op = pending.finish([("key", None)]).map_err(|e| e.to_string())?;
             let versioned = pending.finish([("key", Some("v"))]).map_err(|e| e.to_string())?;
-            let got = (&op.accesses[0].action, &versioned.accesses[0].action);
+            let got = (&op.primary().action, &versioned.primary().action);
             return if got
                 == (
                     &"s3:DeleteObject".to_string(),
                     &"s3:DeleteObjectVersion".to_string(),
                 )
-                && op.accesses[0].resource == "s3://bkt/key"
+                && op.primary().resource == "s3://bkt/key"
             {
                 Ok(())
             } else {
@@ -121,9 +121,8 @@ fn check(row: &Row) -> Result<(), String> {
         n => return Err(format!("{n} resources for {} actions", row.actions.len())),
     };
     let got: Vec<(String, String)> = op
-        .accesses
-        .iter()
-        .map(|a| (a.action.clone(), a.resource.clone()))
+        .accesses()
+        .map(|a| (a.action.clone(), a.resource.to_string()))
         .collect();
     if got == want {
         Ok(())
@@ -164,9 +163,8 @@ fn check_form(row: &Row, pending: &claimgate::classify::PendingPostObject) -> Re
             .map(|a| (a.clone(), resource.clone()))
             .collect();
         let got: Vec<(String, String)> = op
-            .accesses
-            .iter()
-            .map(|a| (a.action.clone(), a.resource.clone()))
+            .accesses()
+            .map(|a| (a.action.clone(), a.resource.to_string()))
             .collect();
         if op.name != "PostObject" || got != want {
             return Err(format!("{}: accesses {got:?}, the table says {want:?}", op.name));

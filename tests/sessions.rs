@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignatureLocation};
 use bytes::Bytes;
-use claimgate::upstream::sign::{s3_settings, sign_v4};
+use claimgate::upstream::sign::{Signer, s3_settings, sign_v4};
 use support::*;
 
 const STS_ON: &str =
@@ -61,13 +61,15 @@ impl<'a> Sign<'a> {
         let payload = SignableBody::Bytes(body);
         sign_v4(
             &mut parts,
-            &creds,
-            "us-east-1",
-            "s3",
+            &Signer {
+                credentials: &creds,
+                region: "us-east-1",
+                service: "s3",
+                settings: s3_settings(),
+                signed_headers: |_| true,
+            },
             payload,
             self.at,
-            s3_settings(),
-            |_| true,
         )
         .unwrap();
         http::Request::from_parts(parts, full(Bytes::copy_from_slice(body)))
@@ -478,13 +480,15 @@ async fn signed_chunk_uploads_are_verified_chunk_by_chunk_and_forwarded_bare() {
         );
         sign_v4(
             &mut parts,
-            &c,
-            "us-east-1",
-            "s3",
+            &Signer {
+                credentials: &c,
+                region: "us-east-1",
+                service: "s3",
+                settings: s3_settings(),
+                signed_headers: |_| true,
+            },
             SignableBody::Precomputed("STREAMING-AWS4-HMAC-SHA256-PAYLOAD".into()),
             SystemTime::now(),
-            s3_settings(),
-            |_| true,
         )
         .unwrap();
         let auth = parts.headers["authorization"].to_str().unwrap().to_string();

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody};
 use claimgate::sigv4::canonical_s3_path;
-use claimgate::upstream::sign::{s3_settings, sign_v4};
+use claimgate::upstream::sign::{Signer, s3_settings, sign_v4};
 
 mod support;
 use support::vectors::{Request, not_s3_behaviour, parse_request};
@@ -95,13 +95,15 @@ fn sign_case(case: &Case) -> http::request::Parts {
     assert_eq!(case.context["timestamp"], "2015-08-30T12:36:00Z");
     sign_v4(
         &mut parts,
-        &creds,
-        case.context["region"].as_str().unwrap(),
-        case.context["service"].as_str().unwrap(),
+        &Signer {
+            credentials: &creds,
+            region: case.context["region"].as_str().unwrap(),
+            service: case.context["service"].as_str().unwrap(),
+            settings,
+            signed_headers: |_| true,
+        },
         SignableBody::Bytes(&case.body),
         time,
-        settings,
-        |_| true,
     )
     .unwrap();
     parts

@@ -22,7 +22,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use claimgate::identity::sigv4::{self, PayloadHash, SigV4Error, VerifyOptions};
 use claimgate::sigv4::canonical_s3_path;
-use claimgate::upstream::sign::{s3_settings, s3_signed_header, sign_v4};
+use claimgate::upstream::sign::{Signer, s3_settings, s3_signed_header, sign_v4};
 use http::request::Parts;
 
 mod support;
@@ -357,13 +357,15 @@ fn s3_get() -> Parts {
         .into_parts();
     sign_v4(
         &mut parts,
-        &creds(),
-        "us-east-1",
-        "s3",
+        &Signer {
+            credentials: &creds(),
+            region: "us-east-1",
+            service: "s3",
+            settings: s3_settings(),
+            signed_headers: s3_signed_header,
+        },
         SignableBody::UnsignedPayload,
         time(NOW),
-        s3_settings(),
-        s3_signed_header,
     )
     .unwrap();
     // Added after signing, as a client library or a hop would: not signed, and not S3's.
@@ -433,13 +435,15 @@ fn aws_sigv4_request_without_content_sha256_is_refused() {
     settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
     sign_v4(
         &mut parts,
-        &creds(),
-        "us-east-1",
-        "s3",
+        &Signer {
+            credentials: &creds(),
+            region: "us-east-1",
+            service: "s3",
+            settings,
+            signed_headers: s3_signed_header,
+        },
         SignableBody::UnsignedPayload,
         time(NOW),
-        settings,
-        s3_signed_header,
     )
     .unwrap();
     let parts = as_received(parts);

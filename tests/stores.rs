@@ -17,7 +17,7 @@ use s3s::crypto::{Checksum, Md5};
 use tokio::net::TcpListener;
 
 use claimgate::model::S3Address;
-use claimgate::upstream::sign::{s3_path, s3_settings, s3_signed_header, sign_v4};
+use claimgate::upstream::sign::{self, s3_path, s3_settings, s3_signed_header, sign_v4};
 use support::literal_store::{LiteralS3, NAME_CHUNK, decode_key, encode_key};
 use support::{Client, Resp, S3_ACCESS_KEY, S3_SECRET_KEY, full};
 
@@ -49,13 +49,15 @@ impl Signer {
         let creds = Credentials::new(S3_ACCESS_KEY, S3_SECRET_KEY, None, None, "test");
         sign_v4(
             &mut parts,
-            &creds,
-            "us-east-1",
-            "s3",
+            &sign::Signer {
+                credentials: &creds,
+                region: "us-east-1",
+                service: "s3",
+                settings: s3_settings(),
+                signed_headers: s3_signed_header,
+            },
             SignableBody::Bytes(body),
             SystemTime::now(),
-            s3_settings(),
-            s3_signed_header,
         )
         .unwrap();
         let req = http::Request::from_parts(parts, full(Bytes::copy_from_slice(body)));

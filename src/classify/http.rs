@@ -20,7 +20,7 @@ use http::{HeaderMap, Method};
 
 use super::ClassifyError;
 use super::decode::{Plus, decode};
-use crate::model::{Access, Operation};
+use crate::model::{Access, Operation, Resource};
 
 /// Headers some frameworks read as "use this method / path instead of the request's".
 const OVERRIDE_HEADERS: &[&str] = &[
@@ -45,15 +45,10 @@ pub fn classify_http(
     refuse_overrides(&parts.headers)?;
     let raw = route_path(path_prefix, parts.uri.path())?;
     let path = checked_path(raw)?;
-    Ok(Operation {
-        name: "http",
-        accesses: vec![Access::new(
-            format!("http:{method}"),
-            format!("http://{route}/{path}"),
-        )],
-        s3: None,
-        copy_source: None,
-    })
+    Ok(Operation::new(
+        "http",
+        Access::new(format!("http:{method}"), Resource::http(route, &path)),
+    ))
 }
 
 /// The method, if it is one a policy can name. Extension methods (and lowercase spellings,
@@ -157,7 +152,7 @@ mod tests {
     fn render(result: Result<Operation, ClassifyError>) -> String {
         match result {
             Ok(op) => {
-                assert_eq!((op.name, op.accesses.len()), ("http", 1));
+                assert_eq!((op.name, op.also().len()), ("http", 0));
                 format!("{} {}", op.primary().action, op.primary().resource)
             }
             Err(ClassifyError::InvalidUri { .. }) => "!InvalidUri".into(),

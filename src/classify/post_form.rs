@@ -30,7 +30,7 @@ use memchr::memmem;
 use super::ClassifyError;
 use super::key::{self, KeyRule, KeyUse};
 use super::s3::WRITE_HEADER_ACTIONS;
-use crate::model::{Access, Operation, S3Address};
+use crate::model::{Access, Operation, Resource, S3Address};
 
 /// The most bytes the header block of one part may hold. Real forms send two short headers;
 /// the bound keeps re-scanning an incomplete header block cheap.
@@ -203,22 +203,18 @@ impl PendingPostObject {
                 self.bucket
             )));
         }
-        let resource = format!("s3://{}/{key}", self.bucket);
-        let mut accesses = vec![Access::new("s3:PutObject", resource.clone())];
+        let resource = Resource::s3_object(&self.bucket, key);
+        let mut op = Operation::new("PostObject", Access::new("s3:PutObject", resource.clone()));
         for (field, action) in FIELD_ACTIONS.iter().chain(WRITE_HEADER_ACTIONS) {
-            if form.field(field).is_some() && !accesses.iter().any(|a| a.action == *action) {
-                accesses.push(Access::new(*action, resource.clone()));
+            if form.field(field).is_some() && !op.needs_action(action) {
+                op.also_needs(Access::new(*action, resource.clone()));
             }
         }
-        Ok(Operation {
-            name: "PostObject",
-            accesses,
-            s3: Some(S3Address::FormUpload {
-                bucket: self.bucket.clone(),
-                key: key.to_owned(),
-            }),
-            copy_source: None,
-        })
+        op.s3 = Some(S3Address::FormUpload {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        });
+        Ok(op)
     }
 }
 
@@ -756,8 +752,7 @@ mod tests {
         let op = pending().finish(&form).unwrap();
         assert_eq!(op.name, "PostObject");
         let got: Vec<String> = op
-            .accesses
-            .iter()
+            .accesses()
             .map(|a| format!("{} {}", a.action, a.resource))
             .collect();
         assert_eq!(
@@ -812,7 +807,7 @@ mod tests {
             "",
         );
         let op = pending().finish(&read(&b).unwrap()).unwrap();
-        let actions: Vec<&str> = op.accesses.iter().map(|a| a.action.as_str()).collect();
+        let actions: Vec<&str> = op.accesses().map(|a| a.action.as_str()).collect();
         assert_eq!(
             actions,
             [

@@ -44,7 +44,7 @@ use super::key::{self, KeyRule, KeyUse};
 use super::post_form::{PendingPostObject, form_boundary};
 use super::subresource::{self, Level, Needs, Resource as SubResource, SUBRESOURCES};
 use super::target::{RequestTarget, hostname};
-use crate::model::{Access, CopySource, Operation, S3Address};
+use crate::model::{Access, CopySource, Operation, Resource, S3Address};
 
 /// How S3 requests reach claimgate, per route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,7 +141,11 @@ impl PendingDeleteObjects {
     where
         I: IntoIterator<Item = (&'k str, Option<&'k str>)>,
     {
-        let mut accesses = Vec::new();
+        let mut op: Option<Operation> = None;
+        let mut need = |access: Access| match &mut op {
+            Some(op) => op.also_needs(access),
+            None => op = Some(Operation::new("DeleteObjects", access)),
+        };
         for (count, (key, version)) in objects.into_iter().enumerate() {
             if count == Self::MAX_OBJECTS {
                 // S3 answers MalformedXML: the schema allows at most 1000 <Object>s.
@@ -161,23 +165,19 @@ impl PendingDeleteObjects {
                 None => "s3:DeleteObject",
             };
             if self.bypass_governance {
-                accesses.push(Access::new(action, resource.clone()));
-                accesses.push(Access::new("s3:BypassGovernanceRetention", resource));
+                need(Access::new(action, resource.clone()));
+                need(Access::new("s3:BypassGovernanceRetention", resource));
             } else {
-                accesses.push(Access::new(action, resource));
+                need(Access::new(action, resource));
             }
         }
-        if accesses.is_empty() {
+        let Some(mut op) = op else {
             return Err(ClassifyError::MalformedXml {
                 reason: "DeleteObjects must list at least one object".into(),
             });
-        }
-        Ok(Operation {
-            name: "DeleteObjects",
-            accesses,
-            s3: Some(S3Address::Bucket(self.bucket.clone())),
-            copy_source: None,
-        })
+        };
+        op.s3 = Some(S3Address::Bucket(self.bucket.clone()));
+        Ok(op)
     }
 }
 
@@ -498,7 +498,11 @@ fn service_op(req: &Request<'_>) -> Result<Operation, ClassifyError> {
         return Err(method_not_allowed(req.method));
     }
     req.allow_only(Kind::Service, LIST_BUCKETS_PARAMS)?;
-    Ok(single("ListBuckets", "s3:ListAllMyBuckets", "s3://".to_owned()))
+    Ok(single(
+        "ListBuckets",
+        "s3:ListAllMyBuckets",
+        Resource::s3_account(),
+    ))
 }
 
 /// Requests to a bucket.
@@ -624,14 +628,17 @@ fn subresource_op(
             reason,
         });
     }
-    let mut op = Operation {
-        name: row.name,
-        accesses: (actions.iter())
-            .map(|a| Access::new(*a, resource.clone()))
-            .collect(),
-        s3: None,
-        copy_source: None,
-    };
+    // The table gives every row at least one action (its tests check); a row without one
+    // would authorize nothing, so it is refused rather than forwarded.
+    let (first, rest) = actions
+        .split_first()
+        .ok_or_else(|| ClassifyError::NotImplemented {
+            what: format!("{} (no IAM action known)", row.name),
+        })?;
+    let mut op = Operation::new(row.name, Access::new(*first, resource.clone()));
+    for action in rest {
+        op.also_needs(Access::new(*action, resource.clone()));
+    }
     add_header_accesses(&mut op, req.headers, row.headers);
     Ok(Some(op))
 }
@@ -706,7 +713,7 @@ fn object_op(req: &Request<'_>, bucket: &str, key: &str) -> Result<Operation, Cl
 }
 
 /// GetObject / HeadObject: reading a specific version is `s3:GetObjectVersion`.
-fn read_object(req: &Request<'_>, name: &'static str, target: String) -> Result<Operation, ClassifyError> {
+fn read_object(req: &Request<'_>, name: &'static str, target: Resource) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, READ_PARAMS)?;
     part_number(&req.query)?;
     let action = match version_id(&req.query)? {
@@ -717,7 +724,7 @@ fn read_object(req: &Request<'_>, name: &'static str, target: String) -> Result<
 }
 
 /// PutObject, or CopyObject when `x-amz-copy-source` is present.
-fn put_object(req: &Request<'_>, target: String) -> Result<Operation, ClassifyError> {
+fn put_object(req: &Request<'_>, target: Resource) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, &[])?;
     let mut op = match copy_source(req.headers, req.keys)? {
         Some(source) => copied("CopyObject", target, source),
@@ -729,7 +736,7 @@ fn put_object(req: &Request<'_>, target: String) -> Result<Operation, ClassifyEr
 
 /// UploadPart, or UploadPartCopy when `x-amz-copy-source` is present. Both parameters are
 /// required: with only one, S3 would run a different operation.
-fn upload_part(req: &Request<'_>, target: String) -> Result<Operation, ClassifyError> {
+fn upload_part(req: &Request<'_>, target: Resource) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, &["partNumber", "uploadId"])?;
     if part_number(&req.query)?.is_none() {
         return Err(ClassifyError::invalid_argument(
@@ -744,7 +751,7 @@ fn upload_part(req: &Request<'_>, target: String) -> Result<Operation, ClassifyE
 }
 
 /// DeleteObject: deleting a specific version is `s3:DeleteObjectVersion`.
-fn delete_object(req: &Request<'_>, target: String) -> Result<Operation, ClassifyError> {
+fn delete_object(req: &Request<'_>, target: Resource) -> Result<Operation, ClassifyError> {
     req.allow_only(Kind::Object, &["versionId"])?;
     let action = match version_id(&req.query)? {
         Some(_) => "s3:DeleteObjectVersion",
@@ -757,20 +764,15 @@ fn delete_object(req: &Request<'_>, target: String) -> Result<Operation, Classif
 }
 
 /// A copy: `s3:PutObject` on the target, then the read of the source.
-fn copied(name: &'static str, target: String, source: CopySource) -> Operation {
+fn copied(name: &'static str, target: Resource, source: CopySource) -> Operation {
     let read = match source.version_id {
         Some(_) => "s3:GetObjectVersion",
         None => "s3:GetObject",
     };
-    Operation {
-        name,
-        accesses: vec![
-            Access::new("s3:PutObject", target),
-            Access::new(read, object_resource(&source.bucket, &source.key)),
-        ],
-        s3: None,
-        copy_source: Some(source),
-    }
+    let mut op = Operation::new(name, Access::new("s3:PutObject", target));
+    op.also_needs(Access::new(read, object_resource(&source.bucket, &source.key)));
+    op.copy_source = Some(source);
+    op
 }
 
 /// The `x-amz-copy-source` header, parsed, if present.
@@ -874,27 +876,22 @@ fn add_header_accesses(op: &mut Operation, headers: &HeaderMap, table: &[(&str, 
     let target = op.primary().resource.clone();
     for (header, action) in table {
         let needed = headers.contains_key(*header);
-        if needed && !op.accesses.iter().any(|a| a.action == *action) {
-            op.accesses.push(Access::new(*action, target.clone()));
+        if needed && !op.needs_action(action) {
+            op.also_needs(Access::new(*action, target.clone()));
         }
     }
 }
 
-fn single(name: &'static str, action: &str, resource: String) -> Operation {
-    Operation {
-        name,
-        accesses: vec![Access::new(action, resource)],
-        s3: None,
-        copy_source: None,
-    }
+fn single(name: &'static str, action: &str, resource: Resource) -> Operation {
+    Operation::new(name, Access::new(action, resource))
 }
 
-fn bucket_resource(bucket: &str) -> String {
-    format!("s3://{bucket}")
+fn bucket_resource(bucket: &str) -> Resource {
+    Resource::s3_bucket(bucket)
 }
 
-fn object_resource(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
+fn object_resource(bucket: &str, key: &str) -> Resource {
+    Resource::s3_object(bucket, key)
 }
 
 fn method_not_allowed(method: &Method) -> ClassifyError {
@@ -946,7 +943,7 @@ mod tests {
     fn render(result: &Result<Operation, ClassifyError>) -> String {
         match result {
             Ok(op) => {
-                let accesses: Vec<String> = (op.accesses.iter())
+                let accesses: Vec<String> = (op.accesses())
                     .map(|a| format!("{} {}", a.action, a.resource))
                     .collect();
                 format!("{}: {}", op.name, accesses.join(" | "))
@@ -1249,7 +1246,7 @@ mod tests {
         }
         let copy = [("x-amz-copy-source", "src/a/../b")];
         let op = classify_parts(&parts("PUT /bkt/k", &copy), &literal).unwrap();
-        assert_eq!(op.accesses[1].resource, "s3://src/a/../b");
+        assert_eq!(op.also()[0].resource, "s3://src/a/../b");
         assert!(classify_parts(&parts("PUT /bkt/k", &copy), &S3Target::default()).is_err());
         let op = classify_parts(&parts("GET /bkt?prefix=../x", &[]), &literal).unwrap();
         assert_eq!(op.primary().resource, "s3://bkt/../x");
@@ -1845,7 +1842,7 @@ mod tests {
         let too_many = p.finish(keys.iter().map(|k| (k.as_str(), None)));
         assert_eq!(render(&too_many), "!MalformedXml");
         let at_limit = p.finish(keys[..max].iter().map(|k| (k.as_str(), None)));
-        assert_eq!(at_limit.map(|op| op.accesses.len()), Ok(max));
+        assert_eq!(at_limit.map(|op| op.accesses().count()), Ok(max));
     }
 
     #[test]

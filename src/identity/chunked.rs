@@ -23,6 +23,16 @@ pub const MAX_CHUNK: usize = 16 << 20;
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const MAX_LINE: usize = 4096;
 
+/// Whether a signed chunk stream ends with signed trailing headers
+/// (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trailer {
+    /// The final chunk ends the body.
+    Absent,
+    /// Trailing headers follow the final chunk, with a signature of their own.
+    Signed,
+}
+
 /// What a signed chunk stream is verified against: taken from the verified request.
 #[derive(Clone)]
 pub struct ChunkChain {
@@ -30,12 +40,21 @@ pub struct ChunkChain {
     amz_date: String,
     scope: String,
     previous: String,
-    trailer: bool,
+    trailer: Trailer,
+}
+
+impl std::fmt::Debug for ChunkChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkChain")
+            .field("scope", &self.scope)
+            .field("trailer", &self.trailer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChunkChain {
     /// `seed` is the request's verified signature; `scope` is `date/region/service/aws4_request`.
-    pub fn new(key: hmac::Key, amz_date: &str, scope: &str, seed: &str, trailer: bool) -> Self {
+    pub fn new(key: hmac::Key, amz_date: &str, scope: &str, seed: &str, trailer: Trailer) -> Self {
         ChunkChain {
             key,
             amz_date: amz_date.to_string(),
@@ -154,7 +173,7 @@ impl<B> VerifiedChunks<B> {
                 State::Data { len, signature } => {
                     let (len, final_chunk) = (*len, *len == 0);
                     // The final (empty) chunk has no trailing CRLF when trailers follow.
-                    let need = if final_chunk && self.chain.trailer {
+                    let need = if final_chunk && self.chain.trailer == Trailer::Signed {
                         0
                     } else {
                         len + 2
@@ -172,12 +191,12 @@ impl<B> VerifiedChunks<B> {
                     let signature = signature.clone();
                     self.chain.verify_chunk(&data, &signature)?;
                     if final_chunk {
-                        self.state = if self.chain.trailer {
+                        self.state = if self.chain.trailer == Trailer::Signed {
                             State::Trailers
                         } else {
                             State::Done
                         };
-                        if !self.chain.trailer {
+                        if self.chain.trailer == Trailer::Absent {
                             return Ok(Some(None));
                         }
                         continue;
@@ -294,7 +313,7 @@ mod tests {
             "20130524T000000Z",
             "20130524/us-east-1/s3/aws4_request",
             "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9",
-            false,
+            Trailer::Absent,
         )
     }
 
@@ -355,7 +374,7 @@ mod tests {
         // Signed here by the spec's rules, then verified by a fresh chain.
         let mut body = Vec::new();
         let mut chain = example_chain();
-        chain.trailer = true;
+        chain.trailer = Trailer::Signed;
         let sign = |chain: &ChunkChain, sts: String| hex::encode(hmac::sign(&chain.key, sts.as_bytes()));
         let data_sts = |chain: &ChunkChain, data: &[u8]| {
             format!(
@@ -392,7 +411,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
         let mut fresh = example_chain();
-        fresh.trailer = true;
+        fresh.trailer = Trailer::Signed;
         let out = VerifiedChunks::new(
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
             fresh,
@@ -412,7 +431,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
         let mut fresh = example_chain();
-        fresh.trailer = true;
+        fresh.trailer = Trailer::Signed;
         let r = VerifiedChunks::new(
             http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
             fresh,

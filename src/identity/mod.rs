@@ -1,10 +1,12 @@
-//! Who is calling: OIDC bearer tokens validated against cached JWKS keys.
+//! Who is calling. [`Authenticator::authenticate`] reads the credentials a request carries
+//! and proves them: an OIDC bearer token ([`bearer`], against cached JWKS keys), or a SigV4
+//! signature made with a claimgate STS session ([`sigv4`], [`session`]); a browser form
+//! upload's signed POST policy has [`Authenticator::authenticate_form`]. Whatever the
+//! method, the identity is then held against the revocation list, in one place.
 //!
-//! [`Authenticator::authenticate_bearer`] is the hot-path entry. A token seen before and
-//! still within its `exp` costs one SHA-256 and a cache lookup; a new token costs one
-//! signature verification; only a token naming an unknown key can cause I/O, and that is
-//! single-flight and rate-limited per issuer (see [`jwks`]).
+//! The STS endpoint that issues sessions is [`sts`].
 
+pub mod bearer;
 pub mod chunked;
 pub mod jwks;
 pub mod jwt;
@@ -18,15 +20,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::digest;
-use jsonwebtoken::Algorithm;
-use moka::sync::Cache;
+use std::ops::RangeInclusive;
 
+use aws_lc_rs::digest;
+use http::header;
+use http::request::Parts;
+use jsonwebtoken::Algorithm;
+
+use crate::classify::PostForm;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
-use crate::model::{AuthMethod, Identity};
-use jwks::IssuerKeys;
-use jwt::SignatureCheck;
+use crate::model::Identity;
+pub use bearer::BearerTokens;
+use chunked::ChunkChain;
+use post_policy::{FormSignature, PostPolicy};
+use revocation::Revocations;
+use session::{Keyring, Session};
+use sigv4::SigV4Claim;
 
 /// The signing algorithms accepted when an issuer lists none: asymmetric only.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
@@ -161,6 +171,8 @@ pub enum AuthError {
     Revoked {
         /// Why, from the revocation list.
         reason: String,
+        /// Who was refused: proven, then revoked, so the audit record can name them.
+        identity: Arc<Identity>,
     },
     /// We have no keys for the issuer and cannot fetch any: our problem, not the caller's.
     #[error("identity provider keys for {issuer:?} are unavailable; try again shortly")]
@@ -196,206 +208,220 @@ impl AuthError {
     }
 }
 
-/// A verified token in the cache.
-struct Verified {
-    identity: Arc<Identity>,
-    exp: i64,
-    leeway: i64,
+/// What the authenticate stage proves: who is calling, and for a signed aws-chunked upload
+/// the signature chain its chunks must continue.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The caller.
+    pub identity: Arc<Identity>,
+    /// For `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` uploads: the chain the body's chunk
+    /// signatures are verified against as they stream.
+    pub chunks: Option<ChunkChain>,
 }
 
-/// Verifies bearer tokens for every configured issuer.
+/// Proves who is calling, by whichever credentials the request carries, and holds every
+/// identity against the revocation list.
 pub struct Authenticator {
-    issuers: Vec<Arc<IssuerKeys>>,
-    /// SHA-256 of the token → its verified identity, until `exp`.
-    verified: Cache<[u8; 32], Arc<Verified>>,
+    bearer: BearerTokens,
+    /// Opens STS sessions; `None` when STS is off (then no SigV4 credential is valid).
+    sessions: Option<Arc<Keyring>>,
+    revocations: Option<Arc<Revocations>>,
     clock: SharedClock,
-    metrics: Arc<Metrics>,
-}
-
-/// Entries expire from the cache at the token's `exp`; the expiry is also checked on each
-/// hit, so a stale entry can never authenticate.
-struct UntilExp {
-    clock: SharedClock,
-}
-
-impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        v: &Arc<Verified>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        let left = v
-            .exp
-            .saturating_add(v.leeway)
-            .saturating_sub(self.clock.unix())
-            .max(0) as u64;
-        Some(Duration::from_secs(left))
-    }
 }
 
 impl Authenticator {
-    /// Sets up issuers; keys are fetched by [`Authenticator::spawn_refresh`].
-    pub fn new(issuers: &[IssuerConfig], clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let issuers = issuers
-            .iter()
-            .map(|i| IssuerKeys::new(i.clone(), metrics.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let verified = Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(UntilExp { clock: clock.clone() })
-            .build();
+    /// Sets up every credential kind; issuer keys are fetched by [`Authenticator::spawn_background`].
+    pub fn new(
+        issuers: &[IssuerConfig],
+        sessions: Option<Arc<Keyring>>,
+        revocations: Option<Arc<Revocations>>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         Ok(Authenticator {
-            issuers,
-            verified,
+            bearer: BearerTokens::new(issuers, clock.clone(), metrics)?,
+            sessions,
+            revocations,
             clock,
-            metrics,
         })
     }
 
-    /// Loads every issuer's keys now, then refreshes each on its interval in the background.
-    /// Start-up does not fail when an IdP is down: the proxy starts unready and retries.
-    pub fn spawn_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.issuers
-            .iter()
-            .map(|issuer| {
-                let issuer = issuer.clone();
-                tokio::spawn(async move {
-                    let every = issuer.config().refresh;
-                    let retry = Duration::from_secs(2);
-                    loop {
-                        let wait = match issuer.refresh().await {
-                            Ok(()) => every,
-                            Err(e) => {
-                                tracing::warn!(issuer = %issuer.config().issuer, error = %e, "JWKS refresh failed; keeping the keys we have");
-                                if issuer.is_loaded() { every.min(Duration::from_secs(30)) } else { retry }
-                            }
-                        };
-                        tokio::time::sleep(wait).await;
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// Loads every issuer's keys once, waiting for the answers (start-up, tests).
-    pub async fn load_all(&self) {
-        for issuer in &self.issuers {
-            if let Err(e) = issuer.refresh().await {
-                tracing::warn!(issuer = %issuer.config().issuer, error = %e, "JWKS fetch failed");
-            }
-        }
-    }
-
-    /// Installs keys for an issuer without fetching (benches, tests, pre-seeded key sets).
-    /// Returns false when the issuer is not configured.
-    pub fn install_keys(&self, issuer: &str, keys: jwks::KeySet) -> bool {
-        match self.issuers.iter().find(|i| i.config().issuer == issuer) {
-            Some(i) => {
-                i.install(keys);
-                true
-            }
-            None => false,
-        }
+    /// The bearer-token verifier (key loading, readiness).
+    pub fn bearer(&self) -> &BearerTokens {
+        &self.bearer
     }
 
     /// Ready once every issuer has keys.
     pub fn ready(&self) -> bool {
-        self.issuers.iter().all(|i| i.is_loaded())
+        self.bearer.ready()
     }
 
-    /// Validates a bearer token and returns who it names.
-    pub async fn authenticate_bearer(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
-        let digest = token_digest(token);
-        if let Some(hit) = self.verified.get(&digest) {
-            let now = self.clock.unix();
-            if now > hit.exp.saturating_add(hit.leeway) {
-                self.verified.invalidate(&digest);
-                return Err(AuthError::Expired {
-                    ago: now.saturating_sub(hit.exp),
-                });
-            }
-            self.metrics.token_cache(true);
-            return Ok(hit.identity.clone());
+    /// Starts what keeps credentials current: each issuer's key refresh and the revocation
+    /// list's file watch.
+    pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = self.bearer.spawn_refresh();
+        if let Some(list) = &self.revocations {
+            tasks.push(list.spawn_watch());
         }
-        self.metrics.token_cache(false);
-        let verified = self.verify(token, &digest).await?;
-        let identity = verified.identity.clone();
-        self.verified.insert(digest, verified);
+        tasks
+    }
+
+    /// Proves the credentials in the request head: a SigV4 signature (header or presigned
+    /// URL) made with a claimgate STS session, or an OIDC bearer token. Two sets of
+    /// credentials are refused rather than one picked; none is [`AuthError::Missing`].
+    pub async fn authenticate(&self, parts: &Parts) -> Result<Authenticated, AuthError> {
+        refuse_ambiguous(parts)?;
+        if let Some(claim) = sigv4::parse(parts)? {
+            let (session, chunks) = self.session(parts, &claim)?;
+            let identity = self.admit(session.into_identity())?;
+            return Ok(Authenticated { identity, chunks });
+        }
+        let token = bearer_token(parts)?;
+        let identity = self.bearer.authenticate(token).await?;
+        Ok(Authenticated {
+            identity: self.admit(identity)?,
+            chunks: None,
+        })
+    }
+
+    /// Proves a bare bearer token (the STS endpoint's web identity token).
+    pub async fn authenticate_token(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let identity = self.bearer.authenticate(token).await?;
+        self.admit(identity)
+    }
+
+    /// Proves a browser form upload by its SigV4 form fields: the session they name must
+    /// have signed the POST policy, and the form must meet the policy now. Returns the
+    /// identity and the file sizes the policy allows.
+    pub fn authenticate_form(
+        &self,
+        form: &PostForm,
+        bucket: &str,
+    ) -> Result<(Arc<Identity>, Option<RangeInclusive<u64>>), AuthError> {
+        let Some(signed) = FormSignature::read(form)? else {
+            return Err(AuthError::Missing);
+        };
+        let session = self.open_session(signed.access_key_id, signed.security_token)?;
+        signed.verify(session.secret_access_key.expose())?;
+        let policy = PostPolicy::decode(signed.policy)?;
+        let length = policy.check(form, bucket, self.clock.unix())?;
+        Ok((self.admit(session.into_identity())?, length))
+    }
+
+    /// Verifies a session-signed request and, for a signed-chunk upload, sets up the chain
+    /// its chunks continue.
+    fn session(&self, parts: &Parts, claim: &SigV4Claim) -> Result<(Session, Option<ChunkChain>), AuthError> {
+        let session = self.open_session(&claim.access_key_id, claim.session_token.as_deref())?;
+        let secret = session.secret_access_key.expose();
+        sigv4::verify(claim, parts, secret, self.clock.unix())?;
+        let payload = parts
+            .headers
+            .get(crate::sigv4::header::X_AMZ_CONTENT_SHA256)
+            .and_then(|v| v.to_str().ok());
+        let trailer = match payload {
+            _ if claim.presigned => None,
+            Some(chunked::SIGNED) => Some(chunked::Trailer::Absent),
+            Some(chunked::SIGNED_TRAILER) => Some(chunked::Trailer::Signed),
+            _ => None,
+        };
+        let chain = trailer.map(|trailer| {
+            let key = crate::sigv4::signing_key(secret, &claim.scope_date, &claim.region, &claim.service);
+            ChunkChain::new(
+                key,
+                &claim.amz_date,
+                &claim.credential_scope(),
+                &claim.signature,
+                trailer,
+            )
+        });
+        Ok((session, chain))
+    }
+
+    /// Opens the sealed session `token` and checks it was issued with `access_key_id` and is
+    /// still live.
+    fn open_session(&self, access_key_id: &str, token: Option<&str>) -> Result<Session, AuthError> {
+        let keyring = self.sessions.as_ref().ok_or(AuthError::UnknownAccessKey)?;
+        let token = token.ok_or(AuthError::UnknownAccessKey)?;
+        let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
+            reason: e.to_string(),
+        })?;
+        if session.access_key_id != access_key_id {
+            return Err(AuthError::SessionInvalid {
+                reason: "it was issued with another access key id".into(),
+            });
+        }
+        let now = self.clock.unix();
+        if now >= session.expires_at {
+            return Err(AuthError::SessionExpired {
+                ago: now - session.expires_at,
+            });
+        }
+        Ok(session)
+    }
+
+    /// The one place every identity meets the revocation list.
+    fn admit(&self, identity: impl Into<Arc<Identity>>) -> Result<Arc<Identity>, AuthError> {
+        let identity = identity.into();
+        if let Some(list) = &self.revocations
+            && let Some(reason) = list.current().check(&identity, self.clock.unix())
+        {
+            return Err(AuthError::Revoked {
+                reason: reason.to_string(),
+                identity,
+            });
+        }
         Ok(identity)
     }
+}
 
-    async fn verify(&self, token: &str, digest: &[u8; 32]) -> Result<Arc<Verified>, AuthError> {
-        let unverified = jwt::parse_unverified(token)?;
-        let iss = unverified
-            .claims
-            .get("iss")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| AuthError::Malformed {
-                reason: "the token has no `iss` claim".into(),
-            })?;
-        let issuer = self
-            .issuers
-            .iter()
-            .find(|i| i.config().issuer == iss)
-            .ok_or_else(|| AuthError::UnknownIssuer {
-                // unverified input: bounded before it reaches an error body or the audit log
-                iss: iss.chars().take(128).collect(),
-            })?;
-        let config = issuer.config();
-        let alg = jwt::allowed_algorithm(&unverified.header.alg, config)?;
-        let kid = unverified.header.kid.as_deref();
-
-        let mut keys = issuer.current();
-        let needs_fetch = match (&keys, kid) {
-            (None, _) => true,
-            (Some(set), Some(kid)) => !set.has_kid(kid),
-            (Some(_), None) => false,
-        };
-        if needs_fetch {
-            keys = issuer.refresh_for_unknown_key().await;
-        }
-        let Some(keys) = keys else {
-            return Err(AuthError::KeysUnavailable {
-                issuer: config.issuer.clone(),
-            });
-        };
-        match jwt::verify_signature(token, alg, kid, &keys) {
-            SignatureCheck::Valid => {}
-            SignatureCheck::NoKey => {
-                return Err(AuthError::UnknownKey {
-                    kid: kid.unwrap_or("-").chars().take(128).collect(),
-                });
-            }
-            SignatureCheck::Invalid => return Err(AuthError::BadSignature),
-        }
-        let exp = jwt::check_claims(&unverified.claims, config, self.clock.unix())?;
-        let subject = unverified
-            .claims
-            .get("sub")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| AuthError::Malformed {
-                reason: "the token has no `sub` claim".into(),
-            })?
-            .to_string();
-        let token_id = match unverified.claims.get("jti").and_then(|v| v.as_str()) {
-            Some(jti) => jti.to_string(),
-            None => format!("sha256:{}", hex::encode(&digest[..8])),
-        };
-        Ok(Arc::new(Verified {
-            identity: Arc::new(Identity {
-                issuer: config.issuer.clone(),
-                subject,
-                claims: unverified.claims,
-                method: AuthMethod::Bearer,
-                token_id,
-                session_role: None,
-                session_id: None,
-            }),
-            exp,
-            leeway: config.leeway.as_secs() as i64,
-        }))
+/// With two credentials, which one a hop or the upstream honours is not ours to guess
+/// ("valid, then `alg: none`" must not be served on the strength of the first).
+fn refuse_ambiguous(parts: &Parts) -> Result<(), AuthError> {
+    let mut headers = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let first = headers.next();
+    if headers.next().is_some() {
+        return Err(AuthError::Ambiguous {
+            reason: "the request has more than one Authorization header".into(),
+        });
     }
+    let query_credentials = parts.uri.query().unwrap_or_default().split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        crate::sigv4::param::is_credential(&percent_encoding::percent_decode_str(name).decode_utf8_lossy())
+    });
+    if first.is_some() && query_credentials {
+        return Err(AuthError::Ambiguous {
+            reason: "the request carries both an Authorization header and presigned-URL credentials".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        if parts.uri.query().is_some_and(|q| q.contains("AWSAccessKeyId=")) {
+            return Err(AuthError::UnsupportedScheme {
+                scheme: "SigV2 presigned URL (create it with signature_version='s3v4')".into(),
+            });
+        }
+        return Err(AuthError::Missing);
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed {
+        reason: "the Authorization header is not ASCII".into(),
+    })?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::UnsupportedScheme {
+            scheme: scheme.chars().take(32).collect(),
+        });
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(AuthError::Malformed {
+            reason: "the Bearer token is empty".into(),
+        });
+    }
+    Ok(token)
 }
 
 /// SHA-256 of a token: the cache key, and (truncated) its id when it has no `jti`.

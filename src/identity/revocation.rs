@@ -124,13 +124,7 @@ impl RevocationList {
 
     /// The reason, when `id` is revoked at `now`.
     pub fn check(&self, id: &Identity, now: i64) -> Option<&str> {
-        self.check_parts(
-            &id.issuer,
-            &id.subject,
-            &id.token_id,
-            id.session_id.as_deref(),
-            now,
-        )
+        self.check_parts(&id.issuer, &id.subject, &id.token_id, id.session_id(), now)
     }
 
     /// Like [`RevocationList::check`], from the parts (STS checks before an identity exists).
@@ -173,6 +167,14 @@ pub struct Revocations {
     /// The list in force and the SHA-256 of the text it came from (or of the last bad text,
     /// so a bad edit is reported once).
     state: RwLock<(Arc<RevocationList>, [u8; 32])>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Revocations {

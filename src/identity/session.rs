@@ -14,6 +14,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::model::{AuthMethod, Identity};
 use crate::secret::Secret;
 
 const PREFIX: &str = "CGS1.";
@@ -25,7 +26,7 @@ pub struct Session {
     /// The access key id issued with the session (`ASIA…`).
     pub access_key_id: String,
     /// The session's secret access key.
-    pub secret_access_key: String,
+    pub secret_access_key: Secret,
     /// Issuer of the web identity token the session was made from.
     pub issuer: String,
     /// Its subject.
@@ -42,6 +43,22 @@ pub struct Session {
     pub issued_at: i64,
     /// Expires at (unix seconds).
     pub expires_at: i64,
+}
+
+impl Session {
+    /// The identity a session carries: the one role it assumed.
+    pub fn into_identity(self) -> Identity {
+        Identity {
+            issuer: self.issuer,
+            subject: self.subject,
+            claims: self.claims,
+            method: AuthMethod::Session {
+                role: self.role,
+                access_key_id: self.access_key_id,
+            },
+            token_id: self.token_id,
+        }
+    }
 }
 
 /// Why a session token was refused. Deliberately coarse: a caller learns nothing about the
@@ -155,7 +172,7 @@ fn aad(id: &[u8; 4]) -> Aad<[u8; 24]> {
 }
 
 /// A fresh `ASIA…` access key id and a 40-character secret, as AWS shapes them.
-pub fn new_credentials() -> Result<(String, String), String> {
+pub fn new_credentials() -> Result<(String, Secret), String> {
     const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut raw = [0u8; 16 + 30];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| "no randomness".to_string())?;
@@ -166,7 +183,7 @@ pub fn new_credentials() -> Result<(String, String), String> {
                 .map(|b| (B32[(*b & 31) as usize] as char).to_string()),
         )
         .collect();
-    let sk = STANDARD.encode(&raw[16..]);
+    let sk = Secret::new(STANDARD.encode(&raw[16..]));
     Ok((ak, sk))
 }
 
@@ -204,7 +221,7 @@ mod tests {
         assert_eq!(rotated.unseal(&token).unwrap(), s);
         let new_token = rotated.seal(&s).unwrap();
         assert_eq!(old.unseal(&new_token), Err(SealError::UnknownKey));
-        assert!(!token.contains(&s.secret_access_key));
+        assert!(!token.contains(s.secret_access_key.expose()));
     }
 
     #[test]
@@ -227,7 +244,7 @@ mod tests {
         let (ak, sk) = new_credentials().unwrap();
         assert_eq!(ak.len(), 20);
         assert!(ak.starts_with("ASIA"));
-        assert_eq!(sk.len(), 40);
+        assert_eq!(sk.expose().len(), 40);
     }
 
     #[test]

@@ -3,15 +3,191 @@
 //! form-encoded `POST /` or query `GET /?Action=…`; answers and errors use STS's XML shapes
 //! and codes so SDKs surface them as they would AWS's own.
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::StatusCode;
 
-use super::AuthError;
+use super::session::{Keyring, Session};
+use super::{AuthError, Authenticator};
+use crate::model::Identity;
+use crate::policy::PolicySet;
+use crate::secret::Secret;
 use crate::xml_text::escape as xml_escape;
 
 /// The STS API version SDKs send.
 pub const VERSION: &str = "2011-06-15";
+
+/// STS settings (used once the STS endpoint is enabled).
+#[derive(Clone, Debug)]
+pub struct StsConfig {
+    /// Seals and opens sessions (built from the sealing keys, newest first).
+    pub keyring: Arc<Keyring>,
+    /// Session length when the caller asks for none.
+    pub default_session: Duration,
+    /// Longest session a caller may ask for.
+    pub max_session: Duration,
+}
+
+/// What one AssumeRoleWithWebIdentity call came to: the answer, and what its audit record
+/// names.
+pub struct Assumed {
+    /// The role ARN asked for, once the call parsed.
+    pub role_arn: Option<String>,
+    /// The caller, once its token verified (a revoked caller too).
+    pub caller: Option<Arc<Identity>>,
+    /// The session issued, or why not.
+    pub outcome: Result<Grant, StsRefusal>,
+}
+
+/// A session handed out.
+pub struct Grant {
+    /// The role it assumed.
+    pub role: String,
+    /// Its access key id (not secret; audited).
+    pub access_key_id: String,
+    /// The `AssumeRoleWithWebIdentityResponse`: it carries the session's secret.
+    pub answer: Secret,
+}
+
+/// Why no session was issued.
+#[derive(Debug)]
+pub struct StsRefusal {
+    /// The answer, in STS's terms.
+    pub error: StsError,
+    /// What decided it.
+    pub cause: StsCause,
+}
+
+/// What decided a refusal: the audit record's `decision` and `reason` follow it.
+#[derive(Debug)]
+pub enum StsCause {
+    /// The call itself was malformed.
+    Request,
+    /// The web identity token did not authenticate (or its identity is revoked).
+    Auth(AuthError),
+    /// The identity does not hold the role: a policy decision.
+    RoleNotHeld,
+    /// Our failure.
+    Internal,
+}
+
+impl From<StsError> for StsRefusal {
+    fn from(error: StsError) -> Self {
+        let cause = match error {
+            StsError::Internal => StsCause::Internal,
+            _ => StsCause::Request,
+        };
+        StsRefusal { error, cause }
+    }
+}
+
+/// Serves AssumeRoleWithWebIdentity: the web identity token is authenticated as a bearer
+/// token is (revocation included), the identity must hold the role, and the session handed
+/// out is sealed into its own token. `params` are the form body's and the query's together.
+pub async fn assume_role(
+    auth: &Authenticator,
+    policies: &PolicySet,
+    config: &StsConfig,
+    params: &[(String, String)],
+    now: i64,
+    request_id: &str,
+) -> Assumed {
+    let mut assumed = Assumed {
+        role_arn: None,
+        caller: None,
+        outcome: Err(StsError::Internal.into()),
+    };
+    assumed.outcome = grant(auth, policies, config, params, now, request_id, &mut assumed).await;
+    assumed
+}
+
+async fn grant(
+    auth: &Authenticator,
+    policies: &PolicySet,
+    config: &StsConfig,
+    params: &[(String, String)],
+    now: i64,
+    request_id: &str,
+    seen: &mut Assumed,
+) -> Result<Grant, StsRefusal> {
+    let req = parse(params)?;
+    seen.role_arn = Some(req.role_arn.clone());
+    let identity = match auth.authenticate_token(req.token.expose()).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            if let AuthError::Revoked { identity, .. } = &e {
+                seen.caller = Some(identity.clone());
+            }
+            let error = match e {
+                AuthError::Revoked { .. } => StsError::AccessDenied(
+                    "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked".into(),
+                ),
+                _ => StsError::from(e.clone()),
+            };
+            return Err(StsRefusal {
+                error,
+                cause: StsCause::Auth(e),
+            });
+        }
+    };
+    seen.caller = Some(identity.clone());
+    if !policies.holds(&identity, &req.role) {
+        let held: Vec<String> = policies
+            .roles_for(&identity)
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        return Err(StsRefusal {
+            error: StsError::AccessDenied(format!(
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: {} does not hold role {} (roles held: [{}])",
+                identity.subject,
+                req.role,
+                held.join(", ")
+            )),
+            cause: StsCause::RoleNotHeld,
+        });
+    }
+    let length = session_length(req.duration, config.default_session, config.max_session)?;
+    let (access_key_id, secret_access_key) =
+        super::session::new_credentials().map_err(|_| StsError::Internal)?;
+    let session = Session {
+        access_key_id: access_key_id.clone(),
+        secret_access_key,
+        issuer: identity.issuer.clone(),
+        subject: identity.subject.clone(),
+        token_id: identity.token_id.clone(),
+        role: req.role.clone(),
+        session_name: req.session_name.clone(),
+        claims: identity.claims.clone(),
+        issued_at: now,
+        expires_at: now.saturating_add(i64::try_from(length.as_secs()).unwrap_or(i64::MAX)),
+    };
+    let token = config.keyring.seal(&session).map_err(|e| {
+        tracing::error!(error = %e, "cannot seal a session");
+        StsError::Internal
+    })?;
+    let audience = identity
+        .claim("aud")
+        .and_then(|a| a.as_str().or_else(|| a.as_array()?.first()?.as_str()))
+        .unwrap_or_default();
+    let answer = Secret::new(success_xml(&Issued {
+        request: &req,
+        subject: &identity.subject,
+        audience,
+        provider: &identity.issuer,
+        access_key_id: &access_key_id,
+        secret_access_key: session.secret_access_key.expose(),
+        session_token: &token,
+        expires_at: session.expires_at,
+        request_id,
+    }));
+    Ok(Grant {
+        role: req.role,
+        access_key_id,
+        answer,
+    })
+}
 
 /// Refusals of the STS endpoint, each with the code AWS STS uses for the same failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -119,7 +295,7 @@ pub struct AssumeRequest {
     /// `RoleSessionName`.
     pub session_name: String,
     /// `WebIdentityToken`.
-    pub token: String,
+    pub token: Secret,
     /// `DurationSeconds`, when given.
     pub duration: Option<u64>,
 }
@@ -193,7 +369,7 @@ pub fn parse(params: &[(String, String)]) -> Result<AssumeRequest, StsError> {
             "RoleSessionName must be 2-64 characters of [A-Za-z0-9_+=,.@-]".into(),
         ));
     }
-    let token = required("WebIdentityToken")?.to_string();
+    let token = Secret::new(required("WebIdentityToken")?);
     let duration = match get("DurationSeconds")? {
         None => None,
         Some(d) => Some(d.parse::<u64>().map_err(|_| {

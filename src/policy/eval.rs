@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Decision, Denial, Mode, Permit, PolicySet, Role, RoleRef, RuleKind, RuleRef, ShadowOutcome};
-use crate::model::{Access, Identity};
+use super::{
+    Basis, Decision, Denial, Mode, Permit, PolicySet, Role, RoleRef, RuleKind, RuleRef, ShadowOutcome,
+};
+use crate::model::{Access, Identity, Operation};
 
 /// A role the identity holds, with the member entry that matched.
 #[derive(Clone, Copy)]
@@ -83,17 +85,11 @@ fn judge<'a>(
     Judgement::NoRule
 }
 
-/// Stands in for the access of an empty request: there is nothing to authorize, so it is
-/// refused rather than waved through.
-fn no_access() -> Access {
-    Access::new("(none)", "(none)")
-}
-
 impl PolicySet {
     /// The roles held, in file order, with the member entry that matched.
     fn held(&self, id: &Identity) -> Vec<Held<'_>> {
-        let candidates: &[Role] = match &id.session_role {
-            Some(name) => match self.by_name.get(name.as_str()) {
+        let candidates: &[Role] = match id.session_role() {
+            Some(name) => match self.by_name.get(name) {
                 Some(&i) => std::slice::from_ref(&self.roles[i]),
                 None => &[],
             },
@@ -109,7 +105,7 @@ impl PolicySet {
     }
 
     /// Roles the identity holds (enforced and shadow), in file order. An STS session
-    /// (`identity.session_role = Some(r)`) holds only `r`, and only while the identity is
+    /// (`AuthMethod::Session { role: r, .. }`) holds only `r`, and only while the identity is
     /// still a member of it.
     pub fn roles_for(&self, id: &Identity) -> Vec<RoleRef<'_>> {
         self.held(id)
@@ -126,7 +122,7 @@ impl PolicySet {
     /// Does the identity hold `role`? Follows [`PolicySet::roles_for`]: an STS session holds
     /// only the role it assumed, so a session cannot be used to assume a different role.
     pub fn holds(&self, id: &Identity, role: &str) -> bool {
-        if id.session_role.as_deref().is_some_and(|r| r != role) {
+        if id.session_role().is_some_and(|r| r != role) {
             return false;
         }
         self.by_name
@@ -134,31 +130,38 @@ impl PolicySet {
             .is_some_and(|&i| self.roles[i].member_index(&id.issuer, &id.claims).is_some())
     }
 
-    /// The decision for a request that needs every one of `accesses`.
-    ///
-    /// `accesses` should never be empty; if it is, the request is refused.
-    pub fn decide(&self, id: &Identity, accesses: &[Access]) -> Decision {
+    /// The decision for `operation`, which needs every one of its accesses. An allowed
+    /// operation comes back inside its [`Permit`].
+    pub fn decide(&self, id: &Identity, operation: Operation) -> Decision {
         let held = self.held(id);
         let roles = held.iter().map(|h| Arc::clone(&h.role.name)).collect();
         if self.shadow_all {
-            let shadow = match decide_all(&held, Counted::All, accesses, &id.claims) {
+            let shadow = match decide_all(&held, Counted::All, operation.accesses(), &id.claims) {
                 Ok(rules) => ShadowOutcome::WouldAllow { rules },
                 Err(denial) => ShadowOutcome::WouldDeny(denial),
             };
             return Decision {
-                outcome: Ok(Permit { rules: Vec::new() }),
+                outcome: Ok(Permit {
+                    operation,
+                    rules: Vec::new(),
+                    basis: Basis::ShadowMode,
+                }),
                 shadow: Some(shadow),
                 roles,
             };
         }
-        let outcome =
-            decide_all(&held, Counted::Enforced, accesses, &id.claims).map(|rules| Permit { rules });
         let shadow = held.iter().any(|h| h.role.mode == Mode::Shadow).then(|| {
-            match decide_all(&held, Counted::All, accesses, &id.claims) {
+            match decide_all(&held, Counted::All, operation.accesses(), &id.claims) {
                 Ok(rules) => ShadowOutcome::WouldAllow { rules },
                 Err(denial) => ShadowOutcome::WouldDeny(denial),
             }
         });
+        let outcome =
+            decide_all(&held, Counted::Enforced, operation.accesses(), &id.claims).map(|rules| Permit {
+                operation,
+                rules,
+                basis: Basis::Enforced,
+            });
         Decision {
             outcome,
             shadow,
@@ -196,7 +199,7 @@ impl PolicySet {
         Explanation {
             issuer: id.issuer.clone(),
             subject: id.subject.clone(),
-            session_role: id.session_role.clone(),
+            session_role: id.session_role().map(str::to_string),
             roles,
             accesses,
             allowed,
@@ -206,10 +209,10 @@ impl PolicySet {
 }
 
 /// Allowed: the allow rule for each access. Denied: the first access not allowed.
-fn decide_all(
+fn decide_all<'a>(
     held: &[Held<'_>],
     counted: Counted,
-    accesses: &[Access],
+    accesses: impl Iterator<Item = &'a Access>,
     claims: &Map<String, Value>,
 ) -> Result<Vec<RuleRef>, Denial> {
     let denial = |access: &Access, rule| Denial {
@@ -218,13 +221,10 @@ fn decide_all(
             .filter(|h| counted.includes(h.role))
             .map(|h| h.role.name.to_string())
             .collect(),
-        access: access.clone(),
+        access: Box::new(access.clone()),
         rule,
     };
-    if accesses.is_empty() {
-        return Err(denial(&no_access(), None));
-    }
-    let mut rules = Vec::with_capacity(accesses.len());
+    let mut rules = Vec::with_capacity(accesses.size_hint().0);
     for access in accesses {
         match judge(held, counted, access, claims) {
             Judgement::Allowed(role, i) => rules.push(role.rule_ref(RuleKind::Allow, i)),
@@ -275,7 +275,7 @@ fn rule_check(
     let mut resource_matched = false;
     let mut note = None;
     for pattern in &rule.resources {
-        let checked = pattern.check(&access.resource, claims, kind.on_unusable());
+        let checked = pattern.check(access.resource.as_str(), claims, kind.on_unusable());
         resource_matched |= checked.matched;
         if let (None, Some(var)) = (&note, checked.unusable) {
             let effect = match kind {
@@ -501,7 +501,7 @@ impl fmt::Display for AccessExplanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AuthMethod;
+    use crate::model::{AuthMethod, Resource};
     use serde_json::json;
     use std::path::Path;
     use std::sync::Arc;
@@ -568,8 +568,23 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             claims,
             method: AuthMethod::Bearer,
             token_id: "t".to_string(),
-            session_role: None,
-            session_id: None,
+        }
+    }
+
+    /// An operation needing `accesses`, the first one primary.
+    fn op(accesses: &[Access]) -> Operation {
+        let (first, rest) = accesses.split_first().expect("an operation needs an access");
+        let mut op = Operation::new("test", first.clone());
+        for a in rest {
+            op.also_needs(a.clone());
+        }
+        op
+    }
+
+    fn session(role: &str) -> AuthMethod {
+        AuthMethod::Session {
+            role: role.into(),
+            access_key_id: "ASIATEST".into(),
         }
     }
 
@@ -578,11 +593,11 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     }
 
     fn get(resource: &str) -> Access {
-        Access::new("s3:GetObject", resource)
+        Access::new("s3:GetObject", Resource::parse(resource))
     }
 
     fn put(resource: &str) -> Access {
-        Access::new("s3:PutObject", resource)
+        Access::new("s3:PutObject", Resource::parse(resource))
     }
 
     fn rule(file: &str, role: &str, kind: RuleKind, index: usize) -> RuleRef {
@@ -640,18 +655,18 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             json!({"sub": "a", "groups": ["ml-engineers"], "realm_access": {"roles": ["reader"]}}),
         );
         assert!(set.holds(&id, "trainer") && set.holds(&id, "reader"));
-        id.session_role = Some("reader".into());
+        id.method = session("reader");
         assert_eq!(names(&set, &id), ["reader"]);
         assert!(set.holds(&id, "reader"));
         assert!(!set.holds(&id, "trainer"), "a session cannot switch roles");
-        assert!(set.decide(&id, &[get("s3://public/x")]).is_allowed());
+        assert!(set.decide(&id, op(&[get("s3://public/x")])).is_allowed());
         assert!(
-            !set.decide(&id, &[get("s3://datasets/x")]).is_allowed(),
+            !set.decide(&id, op(&[get("s3://datasets/x")])).is_allowed(),
             "trainer's allow does not apply"
         );
-        id.session_role = Some("writer".into());
+        id.method = session("writer");
         assert!(names(&set, &id).is_empty(), "not a member of writer");
-        id.session_role = Some("nope".into());
+        id.method = session("nope");
         assert!(names(&set, &id).is_empty());
         assert!(!set.holds(&id, "nope"));
     }
@@ -664,7 +679,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     #[test]
     fn allow_records_the_deciding_rule() {
         let set = policies();
-        let decision = set.decide(&engineer(), &[get("s3://datasets/imagenet/1.jpg")]);
+        let decision = set.decide(&engineer(), op(&[get("s3://datasets/imagenet/1.jpg")]));
         let permit = decision.outcome.expect("allowed");
         assert_eq!(
             permit.rules(),
@@ -680,18 +695,18 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             json!({"sub": "a", "groups": ["ml-engineers"], "realm_access": {"roles": ["reader"]}}),
         );
         // reader allows s3://datasets/pii/*; trainer denies it.
-        let decision = set.decide(&id, &[get("s3://datasets/pii/faces.csv")]);
+        let decision = set.decide(&id, op(&[get("s3://datasets/pii/faces.csv")]));
         let denial = decision.outcome.expect_err("denied");
         assert_eq!(
             denial.rule,
             Some(rule("policies/ml.toml", "trainer", RuleKind::Deny, 0))
         );
         assert_eq!(denial.roles, ["trainer", "reader"]);
-        assert_eq!(denial.access, get("s3://datasets/pii/faces.csv"));
+        assert_eq!(*denial.access, get("s3://datasets/pii/faces.csv"));
         // Without trainer, reader's allow stands.
         let reader = identity(ISS, json!({"sub": "r", "realm_access": {"roles": ["reader"]}}));
         assert!(
-            set.decide(&reader, &[get("s3://datasets/pii/faces.csv")])
+            set.decide(&reader, op(&[get("s3://datasets/pii/faces.csv")]))
                 .is_allowed()
         );
     }
@@ -700,7 +715,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     fn default_deny() {
         let set = policies();
         let denial = set
-            .decide(&engineer(), &[put("s3://datasets/x")])
+            .decide(&engineer(), op(&[put("s3://datasets/x")]))
             .outcome
             .expect_err("denied");
         assert_eq!(denial.rule, None);
@@ -710,11 +725,11 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
         );
         let nobody = identity(ISS, json!({"sub": "x"}));
         let denial = set
-            .decide(&nobody, &[get("s3://public/x")])
+            .decide(&nobody, op(&[get("s3://public/x")]))
             .outcome
             .expect_err("denied");
         assert!(denial.roles.is_empty());
-        assert!(set.decide(&nobody, &[get("s3://public/x")]).shadow.is_none());
+        assert!(set.decide(&nobody, op(&[get("s3://public/x")])).shadow.is_none());
     }
 
     #[test]
@@ -724,7 +739,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             put("s3://checkpoints/alice/run1"),
             get("s3://datasets/imagenet/1"),
         ];
-        let permit = set.decide(&engineer(), &copy).outcome.expect("allowed");
+        let permit = set.decide(&engineer(), op(&copy)).outcome.expect("allowed");
         assert_eq!(
             permit.rules(),
             [
@@ -737,25 +752,28 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             get("s3://datasets/pii/x"),
             get("s3://nope/x"),
         ];
-        let denial = set.decide(&engineer(), &copy_pii).outcome.expect_err("denied");
+        let denial = set
+            .decide(&engineer(), op(&copy_pii))
+            .outcome
+            .expect_err("denied");
         assert_eq!(
-            denial.access,
+            *denial.access,
             get("s3://datasets/pii/x"),
             "the first access not allowed"
         );
         let copy_elsewhere = [put("s3://checkpoints/bob/run1"), get("s3://datasets/imagenet/1")];
         let denial = set
-            .decide(&engineer(), &copy_elsewhere)
+            .decide(&engineer(), op(&copy_elsewhere))
             .outcome
             .expect_err("denied");
-        assert_eq!(denial.access, put("s3://checkpoints/bob/run1"));
+        assert_eq!(*denial.access, put("s3://checkpoints/bob/run1"));
         assert_eq!(denial.rule, None);
     }
 
     #[test]
     fn empty_request_is_refused() {
-        let decision = policies().decide(&engineer(), &[]);
-        assert!(!decision.is_allowed());
+        // An `Operation` cannot be empty (its type has a primary access); `check` can be
+        // asked about nothing, and says no.
         assert!(!policies().explain(&engineer(), &[]).allowed);
     }
 
@@ -766,29 +784,35 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
         for sub in ["*", "alice/../bob", "..", ".", "", "bob*", "b?b", "bob/"] {
             let id = identity(ISS, json!({"sub": sub, "groups": ["ml-engineers"]}));
             assert!(
-                !set.decide(&id, std::slice::from_ref(&target)).is_allowed(),
+                !set.decide(&id, op(std::slice::from_ref(&target))).is_allowed(),
                 "sub={sub:?}"
             );
         }
         let id = identity(ISS, json!({"groups": ["ml-engineers"]}));
         assert!(
-            !set.decide(&id, std::slice::from_ref(&target)).is_allowed(),
+            !set.decide(&id, op(std::slice::from_ref(&target))).is_allowed(),
             "missing sub"
         );
         let bob = identity(ISS, json!({"sub": "bob", "groups": ["ml-engineers"]}));
-        assert!(set.decide(&bob, &[target]).is_allowed());
+        assert!(set.decide(&bob, op(&[target])).is_allowed());
     }
 
     #[test]
     fn http_actions() {
         let set = policies();
-        let post = Access::new("http:POST", "http://features/get-online-features");
-        assert!(set.decide(&engineer(), &[post]).is_allowed());
-        let get = Access::new("http:GET", "http://features/get-online-features");
-        assert!(!set.decide(&engineer(), &[get]).is_allowed());
-        let lower = Access::new("http:post", "http://features/get-online-features");
+        let post = Access::new(
+            "http:POST",
+            Resource::parse("http://features/get-online-features"),
+        );
+        assert!(set.decide(&engineer(), op(&[post])).is_allowed());
+        let get = Access::new("http:GET", Resource::parse("http://features/get-online-features"));
+        assert!(!set.decide(&engineer(), op(&[get])).is_allowed());
+        let lower = Access::new(
+            "http:post",
+            Resource::parse("http://features/get-online-features"),
+        );
         assert!(
-            !set.decide(&engineer(), &[lower]).is_allowed(),
+            !set.decide(&engineer(), op(&[lower])).is_allowed(),
             "methods are case-sensitive"
         );
     }
@@ -797,7 +821,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     fn shadow_roles_are_reported_not_enforced() {
         let set = policies();
         // pii-lockdown (shadow) would deny faces; trainer (enforced) allows it.
-        let decision = set.decide(&engineer(), &[get("s3://datasets/faces/1.jpg")]);
+        let decision = set.decide(&engineer(), op(&[get("s3://datasets/faces/1.jpg")]));
         assert!(decision.is_allowed());
         let Some(ShadowOutcome::WouldDeny(denial)) = &decision.shadow else {
             panic!("want would_deny, got {:?}", decision.shadow)
@@ -814,7 +838,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
 
         // writer (shadow) would allow a put that enforcement denies.
         let id = identity(ISS, json!({"sub": "w", "groups": ["writers"]}));
-        let decision = set.decide(&id, &[put("s3://datasets/new")]);
+        let decision = set.decide(&id, op(&[put("s3://datasets/new")]));
         let denial = decision.outcome.expect_err("shadow allow does not count");
         assert!(
             denial.roles.is_empty(),
@@ -831,7 +855,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
     #[test]
     fn shadow_outcome_matches_enforcement_when_shadow_changes_nothing() {
         let set = policies();
-        let decision = set.decide(&engineer(), &[get("s3://datasets/imagenet/1")]);
+        let decision = set.decide(&engineer(), op(&[get("s3://datasets/imagenet/1")]));
         assert!(decision.is_allowed());
         assert_eq!(
             decision.shadow.as_ref().map(ShadowOutcome::as_str),
@@ -850,15 +874,22 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
 "#;
         let set = PolicySet::from_sources(&[(PathBuf::from("h.toml"), src.into())], &[]).expect("valid");
         let anon = identity(ISS, json!({"groups": ["staff"]}));
-        assert!(!set.decide(&anon, &[get("s3://home/bob/secret/k")]).is_allowed());
-        assert!(set.decide(&anon, &[get("s3://home/bob/public/k")]).is_allowed());
+        assert!(
+            !set.decide(&anon, op(&[get("s3://home/bob/secret/k")]))
+                .is_allowed()
+        );
+        assert!(
+            set.decide(&anon, op(&[get("s3://home/bob/public/k")]))
+                .is_allowed()
+        );
         let alice = identity(ISS, json!({"sub": "alice", "groups": ["staff"]}));
         assert!(
-            set.decide(&alice, &[get("s3://home/bob/secret/k")]).is_allowed(),
+            set.decide(&alice, op(&[get("s3://home/bob/secret/k")]))
+                .is_allowed(),
             "bob's deny, not alice's"
         );
         assert!(
-            !set.decide(&alice, &[get("s3://home/alice/secret/k")])
+            !set.decide(&alice, op(&[get("s3://home/alice/secret/k")]))
                 .is_allowed()
         );
     }
@@ -882,11 +913,14 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
             vec![get("s3://datasets/faces/1")],
             vec![put("s3://datasets/new")],
             vec![put("s3://checkpoints/alice/1"), get("s3://public/x")],
-            vec![Access::new("http:POST", "http://features/get-online-features")],
+            vec![Access::new(
+                "http:POST",
+                Resource::parse("http://features/get-online-features"),
+            )],
         ];
         for id in &ids {
             for accesses in &requests {
-                let decision = set.decide(id, accesses);
+                let decision = set.decide(id, op(accesses));
                 let explanation = set.explain(id, accesses);
                 assert_eq!(explanation.allowed, decision.is_allowed(), "{explanation}");
                 let shadow = decision
@@ -976,7 +1010,7 @@ deny = [{ actions = ["s3:*"], resources = ["s3://home/${sub}/secret/*"] }]
             ISS,
             json!({"sub": "../bob", "groups": ["ml-engineers"], "realm_access": {"roles": ["reader"]}}),
         );
-        id.session_role = Some("trainer".into());
+        id.method = session("trainer");
         let explanation = set.explain(&id, &[put("s3://checkpoints/bob/x")]);
         let note = explanation.accesses[0]
             .rules

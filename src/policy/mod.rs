@@ -58,7 +58,7 @@ use std::sync::Arc;
 
 pub use eval::{AccessExplanation, Explanation, RoleExplanation, RuleCheck, Verdict};
 
-use crate::model::Access;
+use crate::model::{Access, Operation};
 use glob::{Glob, OnUnusable, Pattern};
 use member::Member;
 
@@ -163,20 +163,44 @@ impl fmt::Display for RuleRef {
     }
 }
 
-/// Proof that a request was authorized.
+/// Proof that one [`Operation`] was authorized, and the operation itself.
 ///
-/// Only [`PolicySet::decide`] constructs one (the field is private and there is no `Clone`),
-/// so a stage that requires a `Permit` cannot be reached by an unauthorized request.
+/// Only [`PolicySet::decide`] constructs one (the fields are private and there is no
+/// `Clone`), and the signer takes the operation it addresses from the permit, so nothing
+/// is signed that was not authorized, and only as it was authorized.
 #[derive(Debug)]
 pub struct Permit {
-    /// The allow rule that granted each access, in the order of the request's accesses.
+    operation: Operation,
+    /// The allow rule that granted each access, in the order of the request's accesses
+    /// (empty when the basis is [`Basis::ShadowMode`]).
     rules: Vec<RuleRef>,
+    basis: Basis,
+}
+
+/// On what grounds a [`Permit`] was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// The identity's enforced roles allow every access.
+    Enforced,
+    /// The whole proxy is in shadow mode: nothing is enforced, and the decision the policies
+    /// would have made is only audited.
+    ShadowMode,
 }
 
 impl Permit {
+    /// The operation that was authorized.
+    pub fn operation(&self) -> &Operation {
+        &self.operation
+    }
+
     /// The allow rule that granted each access, in the order of the request's accesses.
     pub fn rules(&self) -> &[RuleRef] {
         &self.rules
+    }
+
+    /// Why the request may go ahead.
+    pub fn basis(&self) -> Basis {
+        self.basis
     }
 }
 
@@ -186,8 +210,9 @@ pub struct Denial {
     /// Names of the roles that took part in the decision (for an enforced denial, the
     /// enforced roles held; for a shadow one, enforced and shadow roles).
     pub roles: Vec<String>,
-    /// The first access of the request that was not allowed.
-    pub access: Access,
+    /// The first access of the request that was not allowed (boxed: denials are the cold
+    /// path, and keep the decision small).
+    pub access: Box<Access>,
     /// `Some`: the deny rule that matched. `None`: no allow rule matched (default deny).
     pub rule: Option<RuleRef>,
 }
@@ -201,7 +226,7 @@ impl Denial {
         if !verbose {
             return "Access Denied".to_string();
         }
-        let Access { action, resource } = &self.access;
+        let Access { action, resource } = &*self.access;
         match &self.rule {
             Some(rule) => format!(
                 "Access denied: {action} on {resource} is denied by role {} {}[{}] in {}",
@@ -333,7 +358,7 @@ impl Rule {
             && self
                 .resources
                 .iter()
-                .any(|r| r.matches(&access.resource, claims, kind.on_unusable()))
+                .any(|r| r.matches(access.resource.as_str(), claims, kind.on_unusable()))
     }
 
     fn action_matches(&self, action: &str) -> bool {
@@ -422,7 +447,10 @@ mod tests {
     fn denial_messages() {
         let mut denial = Denial {
             roles: vec!["trainer".into()],
-            access: Access::new("s3:PutObject", "s3://datasets/x"),
+            access: Box::new(Access::new(
+                "s3:PutObject",
+                crate::model::Resource::parse("s3://datasets/x"),
+            )),
             rule: None,
         };
         assert_eq!(denial.message(false), "Access Denied");

@@ -2,6 +2,7 @@
 //! policy of browser form uploads), the pooled client, and the binding of multipart upload
 //! ids to their keys. (The pooled client itself is [`crate::net`]'s.)
 
+pub mod forward;
 pub mod post_sign;
 pub mod sign;
 pub mod upload_id;

@@ -4,7 +4,7 @@
 //! the uploader's key. So the request claimgate forwards carries a form it writes itself:
 //!
 //! 1. `key` — the key that was authorized (`${filename}` already replaced), byte for byte,
-//!    read from the [`Operation`]'s [`S3Address::FormUpload`];
+//!    read from the [`Operation`](crate::model::Operation)'s [`S3Address::FormUpload`];
 //! 2. the caller's other fields, minus every credential field (`policy`, the `x-amz-*`
 //!    signature fields, `AWSAccessKeyId`, `signature`);
 //! 3. a fresh SigV4 POST policy, signed with the route's static credentials by aws-sigv4's
@@ -37,7 +37,7 @@ use super::Route;
 use super::sign::{retarget, unsignable};
 use crate::classify::PostForm;
 use crate::config::Credentials;
-use crate::model::{Operation, S3Address};
+use crate::model::S3Address;
 use crate::policy::Permit;
 use crate::sigv4::ALGORITHM;
 use crate::upstream::sign::SignError;
@@ -54,14 +54,14 @@ pub const POLICY_LIFETIME: Duration = Duration::from_secs(5 * 60);
 ///
 /// `length` is the caller's `content-length-range`, which the upstream policy repeats.
 pub fn sign_form_upload(
-    _permit: &Permit,
-    op: &Operation,
+    permit: Permit,
     form: &PostForm,
     length: Option<&RangeInclusive<u64>>,
     parts: &mut Parts,
     route: &Route,
     now: SystemTime,
 ) -> Result<Bytes, SignError> {
+    let op = permit.operation();
     let Some(S3Address::FormUpload { bucket, key }) = &op.s3 else {
         return Err(unsignable("a form upload reached signing unclassified".into()));
     };

@@ -66,12 +66,12 @@ const HOP_BY_HOP: [&str; 8] = [
 /// from the caller's spelling of the path or Host: the bucket and key the upstream receives
 /// are byte for byte the ones that were authorized.
 pub fn sign_upstream(
-    _permit: &Permit,
-    op: &Operation,
+    permit: Permit,
     parts: &mut Parts,
     route: &Route,
     now: SystemTime,
 ) -> Result<(), SignError> {
+    let op = permit.operation();
     let caller_payload = parts
         .headers
         .get("x-amz-content-sha256")
@@ -95,13 +95,15 @@ pub fn sign_upstream(
             );
             sign_v4(
                 parts,
-                &creds,
-                &route.config.region,
-                &route.config.service,
+                &Signer {
+                    credentials: &creds,
+                    region: &route.config.region,
+                    service: &route.config.service,
+                    settings: s3_settings(),
+                    signed_headers: s3_signed_header,
+                },
                 body,
                 now,
-                s3_settings(),
-                s3_signed_header,
             )
         }
         Credentials::Bearer { token } => {
@@ -179,6 +181,70 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+}
+
+/// A verified signed-chunk upload goes upstream as its bare bytes: the framing, the chunk
+/// signatures and the trailers are consumed here, so the headers describing them go too.
+pub fn unframe_signed_chunks(headers: &mut HeaderMap) {
+    headers.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static(sigv4::UNSIGNED_PAYLOAD),
+    );
+    match headers.remove("x-amz-decoded-content-length") {
+        Some(len) => {
+            headers.insert(header::CONTENT_LENGTH, len);
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+    let encodings: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::CONTENT_ENCODING);
+    if !encodings.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&encodings.join(","))
+    {
+        headers.insert(header::CONTENT_ENCODING, v);
+    }
+    headers.remove("x-amz-trailer");
+}
+
+/// Headers describing a body claimgate wrote in place of the caller's: its length, MD5 and
+/// SHA-256 (which the upstream signature then covers); the caller's checksums described the
+/// caller's bytes and go.
+pub fn describe_rewritten_body(headers: &mut HeaderMap, body: &[u8]) -> Result<(), SignError> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    for name in [
+        "content-md5",
+        "x-amz-checksum-crc32",
+        "x-amz-checksum-crc32c",
+        "x-amz-checksum-crc64nvme",
+        "x-amz-checksum-sha1",
+        "x-amz-checksum-sha256",
+        "x-amz-sdk-checksum-algorithm",
+        "x-amz-trailer",
+        "x-amz-decoded-content-length",
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::TRANSFER_ENCODING);
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body));
+    let sha = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body));
+    let value =
+        |v: String| HeaderValue::try_from(v).map_err(|_| unsignable("a digest is not a header value".into()));
+    headers.insert(header::CONTENT_LENGTH, value(body.len().to_string())?);
+    headers.insert("content-md5", value(md5)?);
+    headers.insert("x-amz-content-sha256", value(sha)?);
+    Ok(())
 }
 
 /// What the upstream signature says about the body. The caller's digest is kept when it
@@ -293,21 +359,37 @@ pub fn s3_signed_header(name: &str) -> bool {
     name == "host" || name == "content-md5" || name == "content-type" || name.starts_with("x-amz-")
 }
 
-/// Signs `parts` in place with SigV4: adds `authorization`, `x-amz-date` and, per
-/// `settings`, `x-amz-content-sha256` and `x-amz-security-token`. Signs the headers
-/// `include` selects.
-#[allow(clippy::too_many_arguments)]
+/// Who signs a request, for what, and by which rules.
+pub struct Signer<'a> {
+    /// The credentials.
+    pub credentials: &'a AwsCredentials,
+    /// The SigV4 region.
+    pub region: &'a str,
+    /// The SigV4 service name.
+    pub service: &'a str,
+    /// Encoding, normalization and payload-hash rules ([`s3_settings`] for S3).
+    pub settings: SigningSettings,
+    /// Which of the request's headers are signed.
+    pub signed_headers: fn(&str) -> bool,
+}
+
+/// Signs `parts` in place with SigV4: adds `authorization`, `x-amz-date` and, per the
+/// signer's settings, `x-amz-content-sha256` and `x-amz-security-token`.
 pub fn sign_v4(
     parts: &mut Parts,
-    creds: &AwsCredentials,
-    region: &str,
-    service: &str,
+    signer: &Signer<'_>,
     body: SignableBody<'_>,
     now: SystemTime,
-    settings: SigningSettings,
-    include: fn(&str) -> bool,
 ) -> Result<(), SignError> {
-    let identity = creds.clone().into();
+    let Signer {
+        credentials: creds,
+        region,
+        service,
+        settings,
+        signed_headers: include,
+    } = signer;
+    let settings = settings.clone();
+    let identity = (*creds).clone().into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)

@@ -448,19 +448,16 @@ fn read_leaves(xml: &[u8]) -> Result<Leaves, UploadIdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Access;
+    use crate::model::{Access, Resource};
 
     fn binding() -> UploadIdBinding {
         UploadIdBinding::from_secret(b"route-secret")
     }
 
     fn op(name: &'static str, s3: S3Address) -> Operation {
-        Operation {
-            name,
-            accesses: vec![Access::new("s3:PutObject", "s3://b/k")],
-            s3: Some(s3),
-            copy_source: None,
-        }
+        let mut op = Operation::new(name, Access::new("s3:PutObject", Resource::s3_object("b", "k")));
+        op.s3 = Some(s3);
+        op
     }
 
     fn object(key: &str) -> S3Address {

@@ -952,13 +952,15 @@ pub fn session_request(
     );
     claimgate::upstream::sign::sign_v4(
         &mut parts,
-        &aws,
-        "us-east-1",
-        "s3",
+        &claimgate::upstream::sign::Signer {
+            credentials: &aws,
+            region: "us-east-1",
+            service: "s3",
+            settings: claimgate::upstream::sign::s3_settings(),
+            signed_headers: |_| true,
+        },
         aws_sigv4::http_request::SignableBody::Bytes(body),
         std::time::SystemTime::now(),
-        claimgate::upstream::sign::s3_settings(),
-        |_| true,
     )
     .unwrap();
     parts.uri = sent;

@@ -1,0 +1,408 @@
+//! The request flow, in one place: [`run`] reads top to bottom as the phases
+//!
+//! route → authenticate → classify → authorize → sign → forward
+//!
+//! each a call into the module that owns it, then one audit/metrics step that always runs,
+//! whatever the outcome ([`context`]).
+//!
+//! [`handle`] never fails: every phase's refusal becomes a [`Rejection`] rendered in the
+//! caller's dialect, and every request — allowed, refused or broken mid-stream — produces
+//! exactly one audit record (emitted when the response body finishes or is dropped).
+//! Two requests take a turn of their own: STS calls ([`sts`]) and browser form uploads,
+//! whose credentials and key are in the body ([`form`]).
+
+mod answer;
+mod context;
+mod form;
+mod sts;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::audit::AuditLog;
+use crate::body::{Checked, ProxyBody, UpstreamBody};
+use crate::classify::{self, ClassifyError, PendingPostObject, RequestTarget, S3Target};
+use crate::clock::SharedClock;
+use crate::config::{Config, RouteKind};
+use crate::digest::Declared;
+use crate::identity::chunked::{ChunkChain, VerifiedChunks};
+use crate::identity::{AuthError, Authenticated, Authenticator};
+use crate::metrics::Metrics;
+use crate::model::{AuthMethod, Identity, Operation, ResourceKind};
+use crate::policy::{Permit, PolicySet};
+use crate::rejection::{Rejection, UpstreamError};
+use crate::upstream::forward::{ForwardError, Wait, forward};
+use crate::upstream::sign::{self, sign_upstream, strip_hop_by_hop};
+use crate::upstream::{Route, Router};
+use answer::Reply;
+use context::Ctx;
+
+/// Everything a request needs, shared by all connections.
+pub struct Proxy {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Upstream routes.
+    pub router: Router,
+    /// Proves callers' credentials (tokens, sessions, revocation).
+    pub auth: Arc<Authenticator>,
+    /// Compiled policies.
+    pub policies: Arc<PolicySet>,
+    /// Audit writer.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time source.
+    pub clock: SharedClock,
+}
+
+impl Proxy {
+    /// Assembles the proxy from a validated config, whose keyring, revocation list,
+    /// policies and TLS settings were built when it was validated.
+    pub fn new(
+        config: Arc<Config>,
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Result<Proxy, String> {
+        let auth = Authenticator::new(
+            &config.issuers,
+            config.sts.as_ref().map(|s| s.keyring.clone()),
+            config.revocations.clone(),
+            clock.clone(),
+            metrics.clone(),
+        )?;
+        Ok(Proxy {
+            router: Router::new(&config.routes)?,
+            policies: config.policies.clone(),
+            auth: Arc::new(auth),
+            config,
+            audit,
+            metrics,
+            clock,
+        })
+    }
+}
+
+/// Serves one request.
+pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let mut ctx = Ctx::new(&proxy, &parts, remote);
+    match run(&proxy, parts, body, &mut ctx).await {
+        Ok(upstream) => ctx.respond(upstream),
+        Err(rejection) => ctx.refuse(&rejection),
+    }
+}
+
+/// The phases, in order. Returns the upstream's response or the first refusal.
+async fn run(
+    proxy: &Proxy,
+    mut parts: Parts,
+    body: Incoming,
+    ctx: &mut Ctx,
+) -> Result<Response<Reply>, Rejection> {
+    // A header that `Connection` names is removed before anything (signature verification
+    // included) looks at the request, so it cannot be verified and then dropped.
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(config) = &proxy.config.sts
+        && crate::identity::sts::is_sts_request(&parts)
+    {
+        return Ok(sts::assume_role(proxy, config, parts, body, ctx).await);
+    }
+
+    // route: the target is read once; routing, classification and signing all use it
+    let target = RequestTarget::read(&parts)?;
+    let route = select_route(proxy, &target, ctx)?;
+
+    // authenticate (a browser form upload may carry its credentials in its form instead)
+    let caller = match authenticate(proxy, &route, &parts, ctx).await {
+        Err(AuthError::Missing) if route.config.kind == RouteKind::S3 && classify::is_form_upload(&parts) => {
+            return match classify(proxy, &route, &parts, &target)? {
+                Classified::Form(pending) => {
+                    form::upload(proxy, &route, parts, body, None, pending, ctx).await
+                }
+                Classified::Op(_) | Classified::NeedsBody(_) => Err(AuthError::Missing.into()),
+            };
+        }
+        found => found?,
+    };
+
+    // classify (DeleteObjects: from its size-capped body, which is then written anew from
+    // the authorized entries; PostObject: from its form, in a flow of its own)
+    let (operation, inbound) = match classify(proxy, &route, &parts, &target)? {
+        Classified::Op(op) => (*op, Inbound::Streamed(body)),
+        Classified::NeedsBody(pending) => delete_objects(proxy, pending, body, ctx).await?,
+        Classified::Form(pending) => {
+            return form::upload(proxy, &route, parts, body, Some(caller.identity), pending, ctx).await;
+        }
+    };
+    ctx.classified(&operation);
+    check_buckets(&route, &operation)?;
+
+    // authorize
+    let permit = authorize(proxy, &route, &caller.identity, operation, ctx)?;
+
+    // sign (the body's digests are read first: signing replaces the caller's headers)
+    let (body, wait) = upstream_body(inbound, caller.chunks, &mut parts.headers, ctx)?;
+    let answer = answer::unwrap_upload_id(&route, permit.operation(), &mut parts, ctx)?;
+    sign_upstream(permit, &mut parts, &route, proxy.clock.now())?;
+
+    // forward
+    let resp = send(proxy, &route, Request::from_parts(parts, body), wait, ctx).await?;
+    answer::screen(proxy, &route, resp, answer, ctx).await
+}
+
+/// Picks the route; an HTTP route's refusals are JSON problems from here on.
+fn select_route(proxy: &Proxy, target: &RequestTarget, ctx: &mut Ctx) -> Result<Arc<Route>, Rejection> {
+    let route = proxy
+        .router
+        .select(target.host(), target.path())
+        .ok_or_else(|| Rejection::NoRoute {
+            path: target.path().to_string(),
+        })?
+        .clone();
+    ctx.routed(&route);
+    Ok(route)
+}
+
+/// Who is calling, held against the revocation list; sessions are for S3 routes only.
+async fn authenticate(
+    proxy: &Proxy,
+    route: &Route,
+    parts: &Parts,
+    ctx: &mut Ctx,
+) -> Result<Authenticated, AuthError> {
+    let caller = proxy.auth.authenticate(parts).await?;
+    ctx.authenticated(&caller.identity);
+    if matches!(caller.identity.method, AuthMethod::Session { .. }) && route.config.kind == RouteKind::Http {
+        // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
+        // session-signed body to its signature.
+        return Err(AuthError::UnsupportedScheme {
+            scheme: "AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)".into(),
+        });
+    }
+    Ok(caller)
+}
+
+/// Policy decides; the audit record learns the roles, the rule and any shadow outcome.
+fn authorize(
+    proxy: &Proxy,
+    route: &Route,
+    identity: &Identity,
+    operation: Operation,
+    ctx: &mut Ctx,
+) -> Result<Permit, Rejection> {
+    let decision = proxy.policies.decide(identity, operation);
+    ctx.decided(&decision, &route.config.name);
+    decision.outcome.map_err(|denial| Rejection::Denied {
+        message: denial.message(proxy.config.server.verbose_denials),
+    })
+}
+
+/// What classification needs before authorization.
+enum Classified {
+    /// Classified from the request head.
+    Op(Box<Operation>),
+    /// DeleteObjects: the keys are in the body.
+    NeedsBody(classify::PendingDeleteObjects),
+    /// PostObject: the key, options and perhaps credentials are in the form.
+    Form(PendingPostObject),
+}
+
+fn classify(
+    proxy: &Proxy,
+    route: &Route,
+    parts: &Parts,
+    target: &RequestTarget,
+) -> Result<Classified, Rejection> {
+    match route.config.kind {
+        RouteKind::S3 => {
+            let s3 = S3Target {
+                virtual_host: proxy.config.server.public_host.as_deref(),
+                keys: route.config.keys,
+            };
+            match classify::classify_s3(parts, target, &s3) {
+                Ok(op) => Ok(Classified::Op(Box::new(op))),
+                Err(ClassifyError::BodyRequired(pending)) => Ok(Classified::NeedsBody(pending)),
+                Err(ClassifyError::FormRequired(pending)) => Ok(Classified::Form(pending)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        RouteKind::Http => Ok(Classified::Op(Box::new(classify::classify_http(
+            &route.config.name,
+            route.config.path_prefix.as_deref(),
+            parts,
+        )?))),
+    }
+}
+
+/// The caller's body, as the sign phase takes it.
+enum Inbound {
+    /// Streamed through as it arrives.
+    Streamed(Incoming),
+    /// Read whole to authorize it (DeleteObjects), and forwarded as written anew.
+    Rewritten {
+        /// What the caller sent: its digests are checked against these bytes.
+        original: Bytes,
+        /// What goes upstream in its place.
+        rewritten: Bytes,
+    },
+}
+
+/// Classifies DeleteObjects from its size-capped body. What is forwarded is a body written
+/// from the authorized entries, never the caller's XML.
+async fn delete_objects(
+    proxy: &Proxy,
+    pending: classify::PendingDeleteObjects,
+    body: Incoming,
+    ctx: &mut Ctx,
+) -> Result<(Operation, Inbound), Rejection> {
+    let xml = read_capped(body, proxy.config.server.max_inspected_body).await?;
+    ctx.bytes_in.bytes.store(xml.len() as u64, Ordering::Relaxed);
+    let list = classify::parse_delete_objects(&xml)?;
+    let op = pending.finish(list.keys())?;
+    let rewritten = Bytes::from(list.render());
+    Ok((
+        op,
+        Inbound::Rewritten {
+            original: xml,
+            rewritten,
+        },
+    ))
+}
+
+/// The body that goes upstream, held to the digests the caller declared (and for a signed
+/// aws-chunked upload, to its chunk signatures), with the headers that describe it.
+fn upstream_body(
+    inbound: Inbound,
+    chunks: Option<ChunkChain>,
+    headers: &mut http::HeaderMap,
+    ctx: &Ctx,
+) -> Result<(UpstreamBody, Wait), Rejection> {
+    let declared = Declared::from_headers(headers)?;
+    let counter = ctx.bytes_in.clone();
+    match (inbound, chunks) {
+        (Inbound::Rewritten { original, rewritten }, _) => {
+            declared.check(&original)?;
+            sign::describe_rewritten_body(headers, &rewritten)?;
+            Ok((UpstreamBody::Full(Some(rewritten)), Wait::ForUpload))
+        }
+        (Inbound::Streamed(body), Some(chain)) => {
+            sign::unframe_signed_chunks(headers);
+            let inner = Box::new(VerifiedChunks::new(body, chain));
+            Ok((UpstreamBody::Chunked { inner, counter }, Wait::ForUpload))
+        }
+        (Inbound::Streamed(body), None) if body.is_end_stream() => {
+            // Nothing will stream: the empty body is checked here and now.
+            declared.check(b"")?;
+            let body = UpstreamBody::Stream {
+                inner: body,
+                counter,
+                check: None,
+            };
+            Ok((body, Wait::ForHead))
+        }
+        (Inbound::Streamed(body), None) => {
+            let check = (!declared.is_empty()).then(|| Checked::new(&declared));
+            let body = UpstreamBody::Stream {
+                inner: body,
+                counter,
+                check,
+            };
+            Ok((body, Wait::ForUpload))
+        }
+    }
+}
+
+/// Forwards, blaming the caller's body (a digest or chunk signature it broke, an upload
+/// that broke off) rather than the upstream when that is what failed.
+async fn send(
+    proxy: &Proxy,
+    route: &Route,
+    req: Request<UpstreamBody>,
+    wait: Wait,
+    ctx: &Ctx,
+) -> Result<Response<Incoming>, Rejection> {
+    let name = route.config.name.clone();
+    forward(route, req, wait, &proxy.metrics).await.map_err(|e| {
+        ctx.body_failure().unwrap_or(match e {
+            ForwardError::CallerAborted => Rejection::IncompleteBody,
+            ForwardError::Unreachable => UpstreamError::Unreachable { route: name }.into(),
+            ForwardError::Timeout => UpstreamError::Timeout { route: name }.into(),
+        })
+    })
+}
+
+/// Reads a body that must be inspected whole, refusing one larger than `max`.
+async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Rejection> {
+    use http_body_util::{BodyExt, Limited};
+    Limited::new(body, max)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Rejection::BadBody {
+                    reason: format!(
+                        "the request body is larger than the {max} bytes claimgate reads to authorize it"
+                    ),
+                }
+            } else {
+                Rejection::IncompleteBody
+            }
+        })
+}
+
+/// An S3 route restricted to some buckets refuses the others before policy is consulted.
+fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
+    let Some(allowed) = &route.config.buckets else {
+        return Ok(());
+    };
+    for access in op.accesses() {
+        match access.resource.kind() {
+            // Listing the account's buckets would show buckets this route does not serve.
+            ResourceKind::S3Account => {
+                return Err(ClassifyError::NotImplemented {
+                    what: "ListBuckets on a route limited to some buckets".into(),
+                }
+                .into());
+            }
+            ResourceKind::S3 { bucket, .. } if !allowed.iter().any(|b| b == bucket) => {
+                return Err(Rejection::BucketNotServed {
+                    bucket: bucket.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// 16 uppercase hex digits, like S3's request ids.
+pub fn new_request_id() -> String {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        static FALLBACK: AtomicU64 = AtomicU64::new(1);
+        b = FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    }
+    hex::encode_upper(b)
+}
+
+/// An answer the proxy makes itself (admin endpoints).
+pub fn plain(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body.into(), None));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
