@@ -27,6 +27,7 @@ pub mod body;
 pub mod classify;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod diag;
 pub mod digest;

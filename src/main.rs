@@ -31,6 +31,7 @@ enum Command {
         config: PathBuf,
     },
     /// Everything on this machine: proxy + dev OIDC issuer + local S3 store + demo identities.
+    #[cfg(feature = "dev")]
     Dev {
         /// State directory (signing key, data, tokens, audit log); reused across starts.
         #[arg(long, global = true, default_value = "claimgate-dev")]
@@ -47,6 +48,14 @@ enum Command {
         session: String,
         #[command(subcommand)]
         command: Option<DevCommand>,
+    },
+    // A build without the `dev` feature still knows the word, to say why it cannot run it.
+    /// Not in this build (built without the `dev` feature).
+    #[cfg(not(feature = "dev"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Dev {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<std::ffi::OsString>,
     },
     /// Check the config and policies; print every problem as file:line: reason.
     Validate {
@@ -73,6 +82,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "dev")]
 #[derive(Subcommand)]
 enum DevCommand {
     /// Mint a token from the dev issuer (prints it).
@@ -105,6 +115,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
+        #[cfg(feature = "dev")]
         Command::Dev {
             dir,
             port,
@@ -112,6 +123,15 @@ fn main() -> ExitCode {
             session,
             command,
         } => dev(dir, port, tls, &session, command),
+        #[cfg(not(feature = "dev"))]
+        Command::Dev { .. } => {
+            eprintln!(
+                "claimgate dev: this build has no `dev` feature (it was built with \
+                 --no-default-features, which leaves out the dev IdP and S3 store); \
+                 build with default features for it: `cargo run -- dev`"
+            );
+            ExitCode::from(EX_CONFIG) // EX_USAGE
+        }
         Command::Check {
             config,
             token,
@@ -181,6 +201,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
+#[cfg(feature = "dev")]
 fn dev(dir: PathBuf, port: u16, tls: bool, session: &str, command: Option<DevCommand>) -> ExitCode {
     if let Some(DevCommand::Token { sub, claim, ttl }) = command {
         let ttl = match humantime::parse_duration(&ttl) {
