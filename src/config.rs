@@ -125,7 +125,7 @@ struct RawRevocations {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    kind: Spanned<String>,
+    kind: Spanned<RouteKind>,
     upstream: Spanned<String>,
     region: Option<String>,
     /// SigV4 signing service name; default `s3`.
@@ -139,15 +139,23 @@ struct RawRoute {
     credentials: Spanned<RawCredentials>,
 }
 
+/// A route's credentials, as written: `kind` picks the shape, and serde refuses a field the
+/// kind does not have.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredentials {
-    kind: String,
-    access_key_id: Option<String>,
-    secret_access_key: Option<String>,
-    session_token: Option<String>,
-    token: Option<String>,
-    header: Option<String>,
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RawCredentials {
+    Static {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
+    Bearer {
+        token: String,
+    },
+    ApiKey {
+        header: String,
+        token: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -208,7 +216,8 @@ pub struct TlsFiles {
 }
 
 /// What kind of upstream a route fronts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     /// An S3-compatible object store.
     S3,
@@ -221,42 +230,91 @@ pub enum RouteKind {
 pub struct RouteConfig {
     /// Unique name; HTTP policies address the route by it.
     pub name: String,
-    /// S3 or HTTP.
-    pub kind: RouteKind,
     /// Base URL of the upstream.
     pub upstream: url::Url,
-    /// SigV4 region (S3 routes).
+    /// Extra CA for the upstream.
+    pub ca_file: Option<PathBuf>,
+    /// What the upstream speaks, with the settings only that kind of route has.
+    pub api: RouteApi,
+}
+
+impl RouteConfig {
+    /// S3 or HTTP.
+    pub fn kind(&self) -> RouteKind {
+        match self.api {
+            RouteApi::S3(_) => RouteKind::S3,
+            RouteApi::Http(_) => RouteKind::Http,
+        }
+    }
+
+    /// The S3 settings, on an S3 route.
+    pub fn s3(&self) -> Option<&S3Route> {
+        match &self.api {
+            RouteApi::S3(s3) => Some(s3),
+            RouteApi::Http(_) => None,
+        }
+    }
+
+    /// The HTTP settings, on an HTTP route.
+    pub fn http(&self) -> Option<&HttpRoute> {
+        match &self.api {
+            RouteApi::Http(http) => Some(http),
+            RouteApi::S3(_) => None,
+        }
+    }
+}
+
+/// What a route's upstream speaks.
+#[derive(Debug, Clone)]
+pub enum RouteApi {
+    /// An S3-compatible object store, signed with SigV4.
+    S3(S3Route),
+    /// An HTTP service such as a feature store.
+    Http(HttpRoute),
+}
+
+/// An S3 route's settings.
+#[derive(Debug, Clone)]
+pub struct S3Route {
+    /// SigV4 region.
     pub region: String,
-    /// SigV4 service name (S3 routes).
+    /// SigV4 service name (`s3`).
     pub service: String,
     /// Buckets this route serves; all when absent.
     pub buckets: Option<Vec<String>>,
-    /// Path prefix selecting an HTTP route.
-    pub path_prefix: Option<String>,
-    /// Host selecting an HTTP route.
-    pub host: Option<String>,
-    /// Extra CA for the upstream.
-    pub ca_file: Option<PathBuf>,
-    /// S3 routes: whether object keys with `.`, `..` or empty segments are refused (the
-    /// default: filesystem-backed stores resolve them to other objects) or forwarded
-    /// literally (`literal_dot_keys = true`, for stores that keep them literal, like AWS S3).
+    /// Whether object keys with `.`, `..` or empty segments are refused (the default:
+    /// filesystem-backed stores resolve them to other objects) or forwarded literally
+    /// (`literal_dot_keys = true`, for stores that keep them literal, like AWS S3).
     pub keys: KeyRule,
-    /// How claimgate authenticates to the upstream.
-    pub credentials: Credentials,
+    /// The keys requests are signed with.
+    pub credentials: SigV4Keys,
 }
 
-/// Downstream credentials of a route.
+/// Long-lived AWS keys a route signs with.
 #[derive(Clone, Debug)]
-pub enum Credentials {
-    /// Long-lived AWS keys; requests are signed with SigV4.
-    Static {
-        /// Access key id.
-        access_key_id: Secret,
-        /// Secret access key.
-        secret_access_key: Secret,
-        /// Optional session token.
-        session_token: Option<Secret>,
-    },
+pub struct SigV4Keys {
+    /// Access key id.
+    pub access_key_id: Secret,
+    /// Secret access key.
+    pub secret_access_key: Secret,
+    /// Optional session token.
+    pub session_token: Option<Secret>,
+}
+
+/// An HTTP route's settings.
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    /// Path prefix selecting the route.
+    pub path_prefix: Option<String>,
+    /// Host selecting the route.
+    pub host: Option<String>,
+    /// How claimgate authenticates to the upstream.
+    pub credentials: HttpCredentials,
+}
+
+/// How claimgate authenticates to an HTTP upstream.
+#[derive(Clone, Debug)]
+pub enum HttpCredentials {
     /// `Authorization: Bearer <token>`.
     Bearer {
         /// The token.
@@ -323,25 +381,10 @@ impl Collector<'_> {
         }
     }
 
-    fn secret(
-        &mut self,
-        reference: Option<&str>,
-        what: &str,
-        at: &Spanned<RawCredentials>,
-    ) -> Option<Secret> {
-        match reference {
-            None => {
-                self.at(at, format!("credentials need `{what}`"));
-                None
-            }
-            Some(r) => match secret::resolve(r, self.base) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    self.at(at, format!("{what}: {e}"));
-                    None
-                }
-            },
-        }
+    fn secret(&mut self, reference: &str, what: &str, at: &Spanned<RawCredentials>) -> Option<Secret> {
+        secret::resolve(reference, self.base)
+            .map_err(|e| self.at(at, format!("{what}: {e}")))
+            .ok()
     }
 
     fn addr(&mut self, v: &Spanned<String>) -> Option<SocketAddr> {
@@ -471,7 +514,7 @@ impl Config {
         };
         let http_routes: Vec<String> = routes
             .iter()
-            .filter(|r| r.kind == RouteKind::Http)
+            .filter(|r| r.kind() == RouteKind::Http)
             .map(|r| r.name.clone())
             .collect();
         let policies = match PolicySet::load_dir(&policies_dir, &http_routes) {
@@ -712,9 +755,13 @@ fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Route
             out.push(route);
         }
     }
-    let s3_routes = out.iter().filter(|r| r.kind == RouteKind::S3).count();
+    let s3_routes = out.iter().filter(|r| r.kind() == RouteKind::S3).count();
     if s3_routes > 1 {
-        for r in raw.iter().filter(|r| r.get_ref().kind.get_ref() == "s3").skip(1) {
+        for r in raw
+            .iter()
+            .filter(|r| *r.get_ref().kind.get_ref() == RouteKind::S3)
+            .skip(1)
+        {
             c.at(r, "only one S3 route is supported per listener for now");
         }
     }
@@ -734,17 +781,7 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
             format!("route name {name:?} must be letters, digits, '-' or '_'"),
         );
     }
-    let kind = match r.kind.get_ref().as_str() {
-        "s3" => RouteKind::S3,
-        "http" => RouteKind::Http,
-        other => {
-            c.at(
-                &r.kind,
-                format!("unknown route kind {other:?} (\"s3\" or \"http\")"),
-            );
-            return None;
-        }
-    };
+    let kind = *r.kind.get_ref();
     let upstream = match url::Url::parse(r.upstream.get_ref()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
         Ok(_) => {
@@ -787,78 +824,101 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
         Some(flag) if *flag.get_ref() => KeyRule::Literal,
         _ => KeyRule::Canonical,
     };
-    let credentials = compile_credentials(c, &r.credentials, kind)?;
+    let ca_file = r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file"));
+    let misplaced = |field: &str, on: &str| format!("route {name:?}: `{field}` applies to {on} routes only");
+    let api = match kind {
+        RouteKind::S3 => {
+            for (set, field) in [(path_prefix.is_some(), "path_prefix"), (r.host.is_some(), "host")] {
+                if set {
+                    c.at(raw, misplaced(field, "HTTP"));
+                }
+            }
+            RouteApi::S3(S3Route {
+                region,
+                service: r.service.clone().unwrap_or_else(|| "s3".into()),
+                buckets: r.buckets.clone(),
+                keys,
+                credentials: s3_credentials(c, &r.credentials)?,
+            })
+        }
+        RouteKind::Http => {
+            for (set, field) in [
+                (r.buckets.is_some(), "buckets"),
+                (r.region.is_some(), "region"),
+                (r.service.is_some(), "service"),
+            ] {
+                if set {
+                    c.at(raw, misplaced(field, "S3"));
+                }
+            }
+            RouteApi::Http(HttpRoute {
+                path_prefix,
+                host: r.host.clone().map(|h| h.to_ascii_lowercase()),
+                credentials: http_credentials(c, &r.credentials)?,
+            })
+        }
+    };
     Some(RouteConfig {
         name,
-        kind,
         upstream,
-        region,
-        service: r.service.clone().unwrap_or_else(|| "s3".into()),
-        buckets: r.buckets.clone(),
-        path_prefix,
-        host: r.host.clone().map(|h| h.to_ascii_lowercase()),
-        ca_file: r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file")),
-        keys,
-        credentials,
+        ca_file,
+        api,
     })
 }
 
-fn compile_credentials(
-    c: &mut Collector<'_>,
-    raw: &Spanned<RawCredentials>,
-    kind: RouteKind,
-) -> Option<Credentials> {
-    let r = raw.get_ref();
-    match (r.kind.as_str(), kind) {
-        ("static", RouteKind::S3) => {
-            let ak = c.secret(r.access_key_id.as_deref(), "access_key_id", raw);
-            let sk = c.secret(r.secret_access_key.as_deref(), "secret_access_key", raw);
-            let st = match r.session_token.as_deref() {
+fn s3_credentials(c: &mut Collector<'_>, raw: &Spanned<RawCredentials>) -> Option<SigV4Keys> {
+    match raw.get_ref() {
+        RawCredentials::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            let ak = c.secret(access_key_id, "access_key_id", raw);
+            let sk = c.secret(secret_access_key, "secret_access_key", raw);
+            let st = match session_token {
                 None => None,
-                Some(t) => c.secret(Some(t), "session_token", raw),
+                Some(t) => Some(c.secret(t, "session_token", raw)?),
             };
-            Some(Credentials::Static {
+            Some(SigV4Keys {
                 access_key_id: ak?,
                 secret_access_key: sk?,
                 session_token: st,
             })
         }
-        ("bearer", RouteKind::Http) => Some(Credentials::Bearer {
-            token: c.secret(r.token.as_deref(), "token", raw)?,
-        }),
-        ("api_key", RouteKind::Http) => {
-            let header = match r
-                .header
-                .as_deref()
-                .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
-            {
-                Some(Ok(h)) => Some(h),
-                Some(Err(_)) => {
-                    c.at(raw, "`header` is not a valid header name");
-                    None
-                }
-                None => {
-                    c.at(raw, "api_key credentials need `header`");
-                    None
-                }
+        other => {
+            let kind = if matches!(other, RawCredentials::Bearer { .. }) {
+                "bearer"
+            } else {
+                "api_key"
             };
-            let key = c.secret(r.token.as_deref(), "token", raw);
-            Some(Credentials::ApiKey {
+            c.at(
+                raw,
+                format!("credentials kind {kind:?} does not fit an S3 route (use \"static\")"),
+            );
+            None
+        }
+    }
+}
+
+fn http_credentials(c: &mut Collector<'_>, raw: &Spanned<RawCredentials>) -> Option<HttpCredentials> {
+    match raw.get_ref() {
+        RawCredentials::Bearer { token } => Some(HttpCredentials::Bearer {
+            token: c.secret(token, "token", raw)?,
+        }),
+        RawCredentials::ApiKey { header, token } => {
+            let header = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| c.at(raw, "`header` is not a valid header name"))
+                .ok();
+            let key = c.secret(token, "token", raw);
+            Some(HttpCredentials::ApiKey {
                 header: header?,
                 key: key?,
             })
         }
-        (k, RouteKind::S3) => {
+        RawCredentials::Static { .. } => {
             c.at(
                 raw,
-                format!("credentials kind {k:?} does not fit an S3 route (use \"static\")"),
-            );
-            None
-        }
-        (k, RouteKind::Http) => {
-            c.at(
-                raw,
-                format!("credentials kind {k:?} does not fit an HTTP route (use \"bearer\" or \"api_key\")"),
+                "credentials kind \"static\" does not fit an HTTP route (use \"bearer\" or \"api_key\")",
             );
             None
         }
@@ -911,12 +971,8 @@ credentials = { kind = "bearer", token = "file:sk" }
         assert_eq!(c.audit, AuditSink::Stdout);
         assert!(c.server.verbose_denials);
         assert_eq!(c.policies.role_count(), 1);
-        match &c.routes[0].credentials {
-            Credentials::Static {
-                secret_access_key, ..
-            } => assert_eq!(secret_access_key.expose(), "secret"),
-            other => panic!("{other:?}"),
-        }
+        let s3 = c.routes[0].s3().expect("an S3 route");
+        assert_eq!(s3.credentials.secret_access_key.expose(), "secret");
     }
 
     #[test]
@@ -971,7 +1027,10 @@ credentials = { kind = "bearer", token = "file:sk" }
     #[test]
     fn secrets_never_appear_in_problems() {
         let dir = tempfile::tempdir().unwrap();
-        let text = GOOD.replace("kind = \"static\"", "kind = \"bearer\"");
+        let text = GOOD.replace(
+            "kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\"",
+            "kind = \"bearer\", token = \"secret\"",
+        );
         let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
         assert!(!e.to_string().contains("secret\n"));
         assert!(e.to_string().contains("does not fit an S3 route"), "{e}");

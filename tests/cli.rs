@@ -159,3 +159,35 @@ fn the_example_policies_validate_and_explain() {
         Some(0)
     );
 }
+
+#[test]
+fn a_bad_tls_pem_is_a_config_problem_not_a_failed_start() {
+    let config = CONFIG.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+    );
+    let dir = setup(&config, POLICY);
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("claimgate.toml");
+    let out = validate(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("claimgate.toml:3:"), "{err}");
+    assert!(err.contains("cert.pem"), "{err}");
+    let out = claimgate()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -126,6 +126,13 @@ async fn a_revoked_subject_gets_no_session_and_no_data() {
     let r = assume(&p, &mallory, TRAINER, &[]).await;
     assert_eq!(r.status, 403);
     assert_eq!(element(&r.text(), "Code"), "AccessDenied");
+    // the STS refusal is counted like any other revoked credential
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(&m, "claimgate_auth_failures_total", &[("reason", "revoked")]),
+        1.0,
+        "{m}"
+    );
     let r = p
         .client
         .get(&p.url("/datasets?list-type=2"), Some(&mallory))
@@ -139,6 +146,10 @@ async fn a_revoked_subject_gets_no_session_and_no_data() {
     let audit = p.audit(2).await;
     assert_eq!(audit[1]["reason"], "revoked");
     assert_eq!(audit[1]["detail"], "revoked: token leaked in a notebook");
+    // the STS call's record names who was refused, and why
+    assert_eq!(audit[0]["identity"]["sub"], "mallory");
+    assert_eq!(audit[0]["detail"], "revoked: token leaked in a notebook");
+    assert_eq!(audit[1]["identity"]["sub"], "mallory");
 
     // revoking takes effect on a running proxy when the file changes
     let alice = idp.token("alice", &["ml-engineers"]);

@@ -52,7 +52,7 @@ pub(super) fn unwrap_upload_id(
     parts: &mut Parts,
     ctx: &mut Ctx,
 ) -> Result<Option<upload_id::Answer>, Rejection> {
-    if route.config.kind != RouteKind::S3 || !upload_id::involves(op) {
+    if route.config.kind() != RouteKind::S3 || !upload_id::involves(op) {
         return Ok(None);
     }
     let Some(binding) = &route.upload_ids else {
@@ -99,7 +99,7 @@ pub(super) async fn screen_auth_errors(
         .size_hint()
         .upper()
         .is_some_and(|n| n <= MAX_SCREENED_ERROR);
-    if route.config.kind != RouteKind::S3 || !matches!(status.as_u16(), 400 | 403) || !small {
+    if route.config.kind() != RouteKind::S3 || !matches!(status.as_u16(), 400 | 403) || !small {
         return Ok(resp.map(Reply::Stream));
     }
     let (parts, body) = resp.into_parts();

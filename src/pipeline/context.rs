@@ -118,7 +118,7 @@ impl Ctx {
     /// The route phase picked `route`; an HTTP route's refusals are JSON problems.
     pub(super) fn routed(&mut self, route: &Route) {
         self.route = Some(route.config.name.clone());
-        if route.config.kind == RouteKind::Http {
+        if route.config.kind() == RouteKind::Http {
             self.style = ErrorStyle::Problem;
         }
     }

@@ -30,7 +30,7 @@ use crate::audit::AuditLog;
 use crate::body::{Checked, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, PendingPostObject, RequestTarget, S3Target};
 use crate::clock::SharedClock;
-use crate::config::{Config, RouteKind};
+use crate::config::{Config, RouteApi, RouteKind};
 use crate::digest::Declared;
 use crate::identity::chunked::{ChunkChain, VerifiedChunks};
 use crate::identity::{AuthError, Authenticated, Authenticator};
@@ -122,7 +122,9 @@ async fn run(
 
     // authenticate (a browser form upload may carry its credentials in its form instead)
     let caller = match authenticate(proxy, &route, &parts, ctx).await {
-        Err(AuthError::Missing) if route.config.kind == RouteKind::S3 && classify::is_form_upload(&parts) => {
+        Err(AuthError::Missing)
+            if route.config.kind() == RouteKind::S3 && classify::is_form_upload(&parts) =>
+        {
             return match classify(proxy, &route, &parts, &target)? {
                 Classified::Form(pending) => {
                     form::upload(proxy, &route, parts, body, None, pending, ctx).await
@@ -180,7 +182,8 @@ async fn authenticate(
 ) -> Result<Authenticated, AuthError> {
     let caller = proxy.auth.authenticate(parts).await?;
     ctx.authenticated(&caller.identity);
-    if matches!(caller.identity.method, AuthMethod::Session { .. }) && route.config.kind == RouteKind::Http {
+    if matches!(caller.identity.method, AuthMethod::Session { .. }) && route.config.kind() == RouteKind::Http
+    {
         // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
         // session-signed body to its signature.
         return Err(AuthError::UnsupportedScheme {
@@ -221,11 +224,11 @@ fn classify(
     parts: &Parts,
     target: &RequestTarget,
 ) -> Result<Classified, Rejection> {
-    match route.config.kind {
-        RouteKind::S3 => {
+    match &route.config.api {
+        RouteApi::S3(config) => {
             let s3 = S3Target {
                 virtual_host: proxy.config.server.public_host.as_deref(),
-                keys: route.config.keys,
+                keys: config.keys,
             };
             match classify::classify_s3(parts, target, &s3) {
                 Ok(op) => Ok(Classified::Op(Box::new(op))),
@@ -234,9 +237,9 @@ fn classify(
                 Err(e) => Err(e.into()),
             }
         }
-        RouteKind::Http => Ok(Classified::Op(Box::new(classify::classify_http(
+        RouteApi::Http(config) => Ok(Classified::Op(Box::new(classify::classify_http(
             &route.config.name,
-            route.config.path_prefix.as_deref(),
+            config.path_prefix.as_deref(),
             parts,
         )?))),
     }
@@ -361,7 +364,7 @@ async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Rejection> {
 
 /// An S3 route restricted to some buckets refuses the others before policy is consulted.
 fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
-    let Some(allowed) = &route.config.buckets else {
+    let Some(allowed) = route.config.s3().and_then(|s3| s3.buckets.as_ref()) else {
         return Ok(());
     };
     for access in op.accesses() {

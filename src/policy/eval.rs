@@ -685,6 +685,20 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             permit.rules(),
             [rule("policies/ml.toml", "trainer", RuleKind::Allow, 0)]
         );
+        assert_eq!(permit.basis(), Basis::Enforced);
+        assert_eq!(permit.operation().primary(), &get("s3://datasets/imagenet/1.jpg"));
+    }
+
+    #[test]
+    fn whole_proxy_shadow_mode_issues_permits_that_say_so() {
+        let set = policies().with_global_mode(Mode::Shadow);
+        let denied = op(&[put("s3://datasets/x")]);
+        let decision = set.decide(&engineer(), denied.clone());
+        assert!(matches!(decision.shadow, Some(ShadowOutcome::WouldDeny(_))));
+        let permit = decision.outcome.expect("shadow mode lets the request through");
+        assert_eq!(permit.basis(), Basis::ShadowMode);
+        assert!(permit.rules().is_empty(), "no rule allowed it");
+        assert_eq!(permit.operation(), &denied);
     }
 
     #[test]

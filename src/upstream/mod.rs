@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hyper_util::client::legacy::Client;
 
 use crate::body::UpstreamBody;
-use crate::config::{Credentials, RouteConfig, RouteKind};
+use crate::config::{RouteApi, RouteConfig};
 use crate::net;
 use crate::upstream::upload_id::UploadIdBinding;
 
@@ -44,25 +44,10 @@ impl Route {
         let authority = authority
             .parse()
             .map_err(|e| format!("route {}: bad upstream authority: {e}", config.name))?;
-        let upload_ids = match (&config.kind, &config.credentials) {
-            (
-                RouteKind::S3,
-                Credentials::Static {
-                    secret_access_key, ..
-                },
-            ) => Some(UploadIdBinding::from_secret(
-                secret_access_key.expose().as_bytes(),
-            )),
-            (RouteKind::S3, _) => {
-                // Config validation admits only static credentials on S3 routes; without a
-                // secret there is nothing to bind upload ids with, so refuse to start.
-                return Err(format!(
-                    "route {}: S3 routes need static credentials (upload ids are bound with their secret)",
-                    config.name
-                ));
-            }
-            (RouteKind::Http, _) => None,
-        };
+        // S3 routes bind multipart upload ids with a key derived from the route's secret.
+        let upload_ids = config
+            .s3()
+            .map(|s3| UploadIdBinding::from_secret(s3.credentials.secret_access_key.expose().as_bytes()));
         Ok(Route {
             client: net::client(connector),
             upload_ids,
@@ -87,16 +72,21 @@ impl Router {
         let mut s3 = None;
         for r in routes {
             let route = Arc::new(Route::new(r.clone())?);
-            match r.kind {
-                RouteKind::S3 => s3 = Some(route),
-                RouteKind::Http => http.push(route),
+            match r.api {
+                RouteApi::S3(_) => s3 = Some(route),
+                RouteApi::Http(_) => http.push(route),
             }
         }
         // Host routes first, then longer prefixes before shorter ones.
         http.sort_by_key(|r| {
             (
-                r.config.host.is_none(),
-                std::cmp::Reverse(r.config.path_prefix.as_ref().map_or(0, String::len)),
+                r.config.http().and_then(|h| h.host.as_ref()).is_none(),
+                std::cmp::Reverse(
+                    r.config
+                        .http()
+                        .and_then(|h| h.path_prefix.as_ref())
+                        .map_or(0, String::len),
+                ),
             )
         });
         Ok(Router { http, s3 })
@@ -109,16 +99,15 @@ impl Router {
         self.http
             .iter()
             .find(|r| {
-                let host_ok = match (&r.config.host, host) {
+                let Some(config) = r.config.http() else {
+                    return false;
+                };
+                let host_ok = match (&config.host, host) {
                     (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
                     (Some(_), None) => false,
                     (None, _) => true,
                 };
-                let prefix_ok = r
-                    .config
-                    .path_prefix
-                    .as_deref()
-                    .is_none_or(|p| path.starts_with(p));
+                let prefix_ok = config.path_prefix.as_deref().is_none_or(|p| path.starts_with(p));
                 host_ok && prefix_ok
             })
             .or(self.s3.as_ref())

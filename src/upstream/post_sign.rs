@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use super::Route;
 use super::sign::{retarget, unsignable};
 use crate::classify::PostForm;
-use crate::config::Credentials;
+use crate::config::SigV4Keys;
 use crate::model::S3Address;
 use crate::policy::Permit;
 use crate::sigv4::ALGORITHM;
@@ -65,16 +65,16 @@ pub fn sign_form_upload(
     let Some(S3Address::FormUpload { bucket, key }) = &op.s3 else {
         return Err(unsignable("a form upload reached signing unclassified".into()));
     };
-    let Credentials::Static {
-        access_key_id,
-        secret_access_key,
-        session_token,
-    } = &route.config.credentials
-    else {
+    let Some(s3) = route.config.s3() else {
         return Err(unsignable(
             "a form upload (PostObject) needs the route's SigV4 credentials".into(),
         ));
     };
+    let SigV4Keys {
+        access_key_id,
+        secret_access_key,
+        session_token,
+    } = &s3.credentials;
     retarget(op, parts, route)?;
     let caller_headers: Vec<HeaderName> = parts
         .headers
@@ -90,8 +90,8 @@ pub fn sign_form_upload(
     let credential = format!(
         "{}/{date}/{}/{}/aws4_request",
         access_key_id.expose(),
-        route.config.region,
-        route.config.service
+        s3.region,
+        s3.service
     );
     let mut fields: Vec<(&str, &str)> = vec![("key", key.as_str())];
     fields.extend(form.forwarded_fields());
@@ -113,12 +113,7 @@ pub fn sign_form_upload(
     }
     let expiration = humantime::format_rfc3339_seconds(now + POLICY_LIFETIME).to_string();
     let policy = STANDARD.encode(json!({ "expiration": expiration, "conditions": conditions }).to_string());
-    let signing_key = generate_signing_key(
-        secret_access_key.expose(),
-        now,
-        &route.config.region,
-        &route.config.service,
-    );
+    let signing_key = generate_signing_key(secret_access_key.expose(), now, &s3.region, &s3.service);
     let signature = calculate_signature(signing_key, policy.as_bytes());
 
     fields.push(("x-amz-algorithm", ALGORITHM));

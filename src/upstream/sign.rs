@@ -17,7 +17,7 @@ use aws_sigv4::sign::v4;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
-use crate::config::Credentials;
+use crate::config::{HttpCredentials, RouteApi, SigV4Keys};
 use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
 use crate::sigv4;
@@ -79,12 +79,13 @@ pub fn sign_upstream(
         .map(str::to_string);
     retarget(op, parts, route)?;
 
-    match &route.config.credentials {
-        Credentials::Static {
-            access_key_id,
-            secret_access_key,
-            session_token,
-        } => {
+    match &route.config.api {
+        RouteApi::S3(s3) => {
+            let SigV4Keys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } = &s3.credentials;
             let body = payload_for(caller_payload.as_deref())?;
             let creds = AwsCredentials::new(
                 access_key_id.expose(),
@@ -97,8 +98,8 @@ pub fn sign_upstream(
                 parts,
                 &Signer {
                     credentials: &creds,
-                    region: &route.config.region,
-                    service: &route.config.service,
+                    region: &s3.region,
+                    service: &s3.service,
                     settings: s3_settings(),
                     signed_headers: s3_signed_header,
                 },
@@ -106,18 +107,20 @@ pub fn sign_upstream(
                 now,
             )
         }
-        Credentials::Bearer { token } => {
-            let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| unsignable("route token is not a valid header value".into()))?;
-            parts.headers.insert(header::AUTHORIZATION, sensitive(value));
-            Ok(())
-        }
-        Credentials::ApiKey { header, key } => {
-            let value = HeaderValue::from_str(key.expose())
-                .map_err(|_| unsignable("route key is not a valid header value".into()))?;
-            parts.headers.insert(header.clone(), sensitive(value));
-            Ok(())
-        }
+        RouteApi::Http(http) => match &http.credentials {
+            HttpCredentials::Bearer { token } => {
+                let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| unsignable("route token is not a valid header value".into()))?;
+                parts.headers.insert(header::AUTHORIZATION, sensitive(value));
+                Ok(())
+            }
+            HttpCredentials::ApiKey { header, key } => {
+                let value = HeaderValue::from_str(key.expose())
+                    .map_err(|_| unsignable("route key is not a valid header value".into()))?;
+                parts.headers.insert(header.clone(), sensitive(value));
+                Ok(())
+            }
+        },
     }
 }
 
@@ -275,15 +278,15 @@ fn upstream_path_and_query(
     address: Option<&S3Address>,
 ) -> Result<http::uri::PathAndQuery, SignError> {
     let path = parts.uri.path();
-    let rest = match route.config.kind {
-        crate::config::RouteKind::Http => match route.config.path_prefix.as_deref() {
+    let rest = match &route.config.api {
+        RouteApi::Http(http) => match http.path_prefix.as_deref() {
             Some(prefix) => path
                 .strip_prefix(prefix)
                 .map(|r| format!("/{r}"))
                 .unwrap_or_else(|| path.to_string()),
             None => path.to_string(),
         },
-        crate::config::RouteKind::S3 => {
+        RouteApi::S3(_) => {
             let address =
                 address.ok_or_else(|| unsignable("an S3 request reached signing unclassified".into()))?;
             s3_path(address)
