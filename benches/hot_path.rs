@@ -227,7 +227,7 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
         issued_at: NOW,
         expires_at: NOW + 3600,
     };
-    let token = ring.seal(&session).unwrap();
+    let token = ring.seal(&session).unwrap().expose().to_string();
     let mut parts = get_request();
     let creds = aws_credential_types::Credentials::new(&ak, sk.expose(), Some(token.clone()), None, "bench");
     claimgate::upstream::sign::sign_v4(

@@ -105,14 +105,24 @@ struct RawPolicies {
     dir: Option<String>,
     /// `"enforce"` (default) or `"shadow"`: the whole proxy audits decisions without
     /// enforcing them.
-    mode: Option<Spanned<String>>,
+    mode: Option<Mode>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: Option<String>,
-    format: Option<Spanned<String>>,
+    /// Checked, not used: there is one format.
+    #[serde(rename = "format")]
+    _format: Option<AuditFormat>,
+}
+
+/// How audit records are written.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuditFormat {
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,25 +478,9 @@ impl Config {
                 "no [[routes]]: claimgate has nowhere to send requests",
             ));
         }
-        let audit = match &raw.audit {
-            None => AuditSink::Stdout,
-            Some(a) => {
-                if let Some(f) = &a.format
-                    && f.get_ref() != "json"
-                {
-                    c.at(
-                        f,
-                        format!(
-                            "unknown audit format {:?}: only \"json\" is supported",
-                            f.get_ref()
-                        ),
-                    );
-                }
-                match a.path.as_deref() {
-                    None | Some("-") => AuditSink::Stdout,
-                    Some(p) => AuditSink::File(c.path(p)),
-                }
-            }
+        let audit = match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
+            None | Some("-") => AuditSink::Stdout,
+            Some(p) => AuditSink::File(c.path(p)),
         };
         let revocations = raw.revocations.as_ref().and_then(|r| {
             Revocations::load(&c.path(&r.file))
@@ -494,37 +488,7 @@ impl Config {
                 .map_err(|mut problems| c.problems.append(&mut problems))
                 .ok()
         });
-
-        let policies_dir = c.path(
-            raw.policies
-                .as_ref()
-                .and_then(|p| p.dir.as_deref())
-                .unwrap_or("policies"),
-        );
-        let global_mode = match raw.policies.as_ref().and_then(|p| p.mode.as_ref()) {
-            None => Mode::Enforce,
-            Some(m) => match m.get_ref().as_str() {
-                "enforce" => Mode::Enforce,
-                "shadow" => Mode::Shadow,
-                other => {
-                    c.at(m, format!("unknown mode {other:?} (\"enforce\" or \"shadow\")"));
-                    Mode::Enforce
-                }
-            },
-        };
-        let http_routes: Vec<String> = routes
-            .iter()
-            .filter(|r| r.kind() == RouteKind::Http)
-            .map(|r| r.name.clone())
-            .collect();
-        let policies = match PolicySet::load_dir(&policies_dir, &http_routes) {
-            Ok(p) => Some(p.with_global_mode(global_mode)),
-            Err(mut problems) => {
-                c.problems.append(&mut problems);
-                None
-            }
-        };
-
+        let (policies_dir, policies) = compile_policies(&mut c, raw.policies.as_ref(), &routes);
         match policies {
             Some(policies) if c.problems.is_empty() => Ok(Config {
                 path: path.to_path_buf(),
@@ -574,6 +538,27 @@ fn policy_problems_despite(path: &Path, source: &str) -> Vec<Problem> {
     PolicySet::load_dir(&base.join(dir), &http_routes)
         .err()
         .unwrap_or_default()
+}
+
+/// The policies directory and the policies in it, checked against the HTTP routes they
+/// may name.
+fn compile_policies(
+    c: &mut Collector<'_>,
+    raw: Option<&RawPolicies>,
+    routes: &[RouteConfig],
+) -> (PathBuf, Option<PolicySet>) {
+    let dir = c.path(raw.and_then(|p| p.dir.as_deref()).unwrap_or("policies"));
+    let mode = raw.and_then(|p| p.mode).unwrap_or(Mode::Enforce);
+    let http_routes: Vec<String> = routes
+        .iter()
+        .filter(|r| r.kind() == RouteKind::Http)
+        .map(|r| r.name.clone())
+        .collect();
+    let policies = PolicySet::load_dir(&dir, &http_routes)
+        .map(|p| p.with_global_mode(mode))
+        .map_err(|mut problems| c.problems.append(&mut problems))
+        .ok();
+    (dir, policies)
 }
 
 fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConfig {
@@ -781,7 +766,6 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
             format!("route name {name:?} must be letters, digits, '-' or '_'"),
         );
     }
-    let kind = *r.kind.get_ref();
     let upstream = match url::Url::parse(r.upstream.get_ref()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
         Ok(_) => {
@@ -799,9 +783,71 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
             return None;
         }
     };
+    let ca_file = r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file"));
+    let api = match r.kind.get_ref() {
+        RouteKind::S3 => RouteApi::S3(compile_s3_route(c, raw, &name)?),
+        RouteKind::Http => RouteApi::Http(compile_http_route(c, raw, &name)?),
+    };
+    Some(RouteConfig {
+        name,
+        upstream,
+        ca_file,
+        api,
+    })
+}
+
+/// Refuses the settings of the other kind of route: on this route they would do nothing.
+fn refuse_misplaced(
+    c: &mut Collector<'_>,
+    raw: &Spanned<RawRoute>,
+    name: &str,
+    fields: &[(bool, &str)],
+    on: &str,
+) {
+    for (set, field) in fields {
+        if *set {
+            c.at(
+                raw,
+                format!("route {name:?}: `{field}` applies to {on} routes only"),
+            );
+        }
+    }
+}
+
+fn compile_s3_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str) -> Option<S3Route> {
+    let r = raw.get_ref();
+    let fields = [
+        (r.path_prefix.is_some(), "path_prefix"),
+        (r.host.is_some(), "host"),
+    ];
+    refuse_misplaced(c, raw, name, &fields, "HTTP");
     let region = r.region.clone().unwrap_or_default();
-    if kind == RouteKind::S3 && region.is_empty() {
+    if region.is_empty() {
         c.at(raw, format!("route {name:?}: S3 routes need `region` (it is part of the SigV4 signature and is never guessed from the host)"));
+    }
+    let keys = match &r.literal_dot_keys {
+        Some(flag) if *flag.get_ref() => KeyRule::Literal,
+        _ => KeyRule::Canonical,
+    };
+    Some(S3Route {
+        region,
+        service: r.service.clone().unwrap_or_else(|| "s3".into()),
+        buckets: r.buckets.clone(),
+        keys,
+        credentials: s3_credentials(c, &r.credentials)?,
+    })
+}
+
+fn compile_http_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str) -> Option<HttpRoute> {
+    let r = raw.get_ref();
+    let fields = [
+        (r.buckets.is_some(), "buckets"),
+        (r.region.is_some(), "region"),
+        (r.service.is_some(), "service"),
+    ];
+    refuse_misplaced(c, raw, name, &fields, "S3");
+    if let Some(flag) = &r.literal_dot_keys {
+        c.at(flag, format!("route {name:?}: literal_dot_keys applies to S3 routes only (HTTP routes always refuse dot segments)"));
     }
     let path_prefix = r.path_prefix.as_ref().map(|p| {
         let v = p.get_ref().clone();
@@ -810,59 +856,16 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
         }
         v
     });
-    if kind == RouteKind::Http && path_prefix.is_none() && r.host.is_none() {
+    if path_prefix.is_none() && r.host.is_none() {
         c.at(
             raw,
             format!("route {name:?}: HTTP routes need `path_prefix` or `host`"),
         );
     }
-    let keys = match &r.literal_dot_keys {
-        Some(flag) if kind == RouteKind::Http => {
-            c.at(flag, format!("route {name:?}: literal_dot_keys applies to S3 routes only (HTTP routes always refuse dot segments)"));
-            KeyRule::Canonical
-        }
-        Some(flag) if *flag.get_ref() => KeyRule::Literal,
-        _ => KeyRule::Canonical,
-    };
-    let ca_file = r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file"));
-    let misplaced = |field: &str, on: &str| format!("route {name:?}: `{field}` applies to {on} routes only");
-    let api = match kind {
-        RouteKind::S3 => {
-            for (set, field) in [(path_prefix.is_some(), "path_prefix"), (r.host.is_some(), "host")] {
-                if set {
-                    c.at(raw, misplaced(field, "HTTP"));
-                }
-            }
-            RouteApi::S3(S3Route {
-                region,
-                service: r.service.clone().unwrap_or_else(|| "s3".into()),
-                buckets: r.buckets.clone(),
-                keys,
-                credentials: s3_credentials(c, &r.credentials)?,
-            })
-        }
-        RouteKind::Http => {
-            for (set, field) in [
-                (r.buckets.is_some(), "buckets"),
-                (r.region.is_some(), "region"),
-                (r.service.is_some(), "service"),
-            ] {
-                if set {
-                    c.at(raw, misplaced(field, "S3"));
-                }
-            }
-            RouteApi::Http(HttpRoute {
-                path_prefix,
-                host: r.host.clone().map(|h| h.to_ascii_lowercase()),
-                credentials: http_credentials(c, &r.credentials)?,
-            })
-        }
-    };
-    Some(RouteConfig {
-        name,
-        upstream,
-        ca_file,
-        api,
+    Some(HttpRoute {
+        path_prefix,
+        host: r.host.clone().map(|h| h.to_ascii_lowercase()),
+        credentials: http_credentials(c, &r.credentials)?,
     })
 }
 

@@ -6,18 +6,21 @@
 //! listener ─▶ route ─▶ authenticate ─▶ classify ─▶ authorize ─▶ sign ─▶ forward ─▶ audit + metrics
 //! ```
 //!
-//! | stage        | module                 | output                         |
-//! |--------------|------------------------|--------------------------------|
-//! | listener     | [`server`]             | connections, TLS, admin port   |
-//! | route        | [`upstream::routes`]   | the [`upstream::Route`]        |
-//! | authenticate | [`identity`]           | [`model::Identity`]            |
-//! | classify     | [`classify`]           | [`model::Operation`]           |
-//! | authorize    | [`policy`]             | [`policy::Permit`] or a denial |
-//! | sign         | [`upstream::sign`]     | an upstream request            |
-//! | forward      | [`upstream::forward`]  | the streamed response          |
-//! |  (integrity) | [`digest`]             | bodies held to their digests   |
-//! |  (forms)     | [`body::form_file`]          | form uploads' files, measured  |
-//! | audit        | [`audit`], [`metrics`] | one record + counters          |
+//! | stage        | module                    | output                                      |
+//! |--------------|---------------------------|---------------------------------------------|
+//! | listener     | [`server`]                | connections, TLS, admin port                |
+//! | route        | [`upstream::Router`]      | the [`upstream::Route`]                     |
+//! | authenticate | [`identity`]              | [`identity::Authenticated`]                 |
+//! | classify     | [`classify`]              | a [`model::Operation`]                      |
+//! | authorize    | [`policy`]                | a [`policy::Permit`] holding it, or a denial |
+//! | sign         | [`upstream::sign`]        | an upstream request (consumes the permit)   |
+//! | forward      | [`upstream::forward`]     | the streamed response                       |
+//! |  (integrity) | [`digest`], [`body`]      | bodies held to their digests                |
+//! | audit        | [`audit`], [`metrics`]    | one record + counters                       |
+//!
+//! Beneath the stages, shared by them and depending on none: [`model`] (the values passed
+//! between stages), [`sigv4`] (SigV4 for verifier and signer alike), [`net`] (TLS and the
+//! outbound client), [`secret`], [`clock`], [`diag`]. `tests/layering.rs` keeps it that way.
 //!
 //! Refusals from any stage become a [`rejection::Rejection`], rendered the way the caller's
 //! client expects (S3 XML or JSON problem).

@@ -110,130 +110,145 @@ fn element(out: &mut String, name: &str, value: &str) {
 /// Parses a DeleteObjects body.
 pub fn parse_delete_objects(xml: &[u8]) -> Result<DeleteList, ClassifyError> {
     let mut reader = Reader::from_reader(xml);
-    let mut path: Vec<Vec<u8>> = Vec::new();
-    let mut objects = Vec::new();
-    let mut current: Option<DeleteEntry> = None;
-    let mut quiet = None;
-    let mut text = String::new();
+    let mut doc = Document::default();
     let mut buf = Vec::new();
-    let mut root_seen = false;
     loop {
         let event = reader
             .read_event_into(&mut buf)
             .map_err(|e| malformed(format!("not well-formed XML: {e}")))?;
         match event {
             Event::DocType(_) => return Err(malformed("DTDs are not accepted")),
-            Event::Start(e) => {
-                let name = e.local_name().as_ref().to_vec();
-                check_position(&path, &name)?;
-                if path.is_empty() && std::mem::replace(&mut root_seen, true) {
-                    return Err(malformed("the document has more than one root element"));
-                }
-                if name == b"Object" {
-                    current = Some(DeleteEntry {
-                        key: String::new(),
-                        version: None,
-                        conditions: Vec::new(),
-                    });
-                }
-                path.push(name);
-                text.clear();
-            }
-            Event::Empty(e) => {
-                let name = e.local_name().as_ref().to_vec();
-                check_position(&path, &name)?;
-                if path.is_empty() {
-                    return Err(malformed("the <Delete> element is empty"));
-                }
-                return Err(malformed(format!(
-                    "an empty <{}/> element",
-                    String::from_utf8_lossy(&name)
-                )));
-            }
+            Event::Start(e) => doc.open(e.local_name().as_ref())?,
+            Event::Empty(e) => return Err(doc.empty(e.local_name().as_ref())),
             Event::Text(t) => {
                 let s = t.decode().map_err(|e| malformed(format!("bad text: {e}")))?;
                 let s = quick_xml::escape::unescape(&s).map_err(|e| malformed(format!("bad escape: {e}")))?;
-                if !in_leaf(&path) && !s.trim().is_empty() {
+                if !in_leaf(&doc.path) && !s.trim().is_empty() {
                     return Err(malformed("text outside the elements that hold values"));
                 }
-                push_text(&mut text, &s, &path)?;
+                push_text(&mut doc.text, &s, &doc.path)?;
             }
             Event::GeneralRef(r) => {
                 // `&amp;` and friends arrive as references (see `crate::xml_text`).
                 let c = crate::xml_text::reference_char(&r).map_err(malformed)?;
-                push_text(&mut text, c.encode_utf8(&mut [0; 4]), &path)?;
+                push_text(&mut doc.text, c.encode_utf8(&mut [0; 4]), &doc.path)?;
             }
             Event::CData(t) => {
                 let s = String::from_utf8(t.into_inner().into_owned())
                     .map_err(|_| malformed("a CDATA section is not UTF-8"))?;
-                push_text(&mut text, &s, &path)?;
+                push_text(&mut doc.text, &s, &doc.path)?;
             }
-            Event::End(_) => {
-                let name = path.pop().unwrap_or_default();
-                let value = std::mem::take(&mut text);
-                match (name.as_slice(), current.as_mut()) {
-                    (b"Object", _) => {
-                        let entry = current.take().ok_or_else(|| malformed("an unopened <Object>"))?;
-                        if entry.key.is_empty() {
-                            return Err(malformed("an <Object> without a <Key>"));
-                        }
-                        objects.push(entry);
-                    }
-                    (b"Key", Some(entry)) if !entry.key.is_empty() => {
-                        return Err(malformed("an <Object> with more than one <Key>"));
-                    }
-                    (b"Key", Some(entry)) => {
-                        if value.is_empty() {
-                            return Err(malformed("an empty <Key>"));
-                        }
-                        entry.key = value;
-                    }
-                    (b"VersionId", Some(entry)) if entry.version.is_some() => {
-                        return Err(malformed("an <Object> with more than one <VersionId>"));
-                    }
-                    (b"VersionId", Some(entry)) => entry.version = Some(value),
-                    (b"ETag" | b"LastModifiedTime" | b"Size", Some(entry)) => {
-                        let name = match name.as_slice() {
-                            b"ETag" => "ETag",
-                            b"LastModifiedTime" => "LastModifiedTime",
-                            _ => "Size",
-                        };
-                        if entry.conditions.iter().any(|(n, _)| *n == name) {
-                            return Err(malformed(format!("an <Object> with more than one <{name}>")));
-                        }
-                        if name == "Size" && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()))
-                        {
-                            return Err(malformed("<Size> must be a whole number of bytes"));
-                        }
-                        entry.conditions.push((name, value));
-                    }
-                    (b"Quiet", _) if quiet.is_some() => {
-                        return Err(malformed("<Quiet> is given more than once"));
-                    }
-                    (b"Quiet", _) => {
-                        quiet = Some(match value.trim() {
-                            "true" => true,
-                            "false" => false,
-                            other => {
-                                return Err(malformed(format!(
-                                    "<Quiet> must be true or false, not `{other}`"
-                                )));
-                            }
-                        });
-                    }
-                    _ => {}
-                }
-            }
+            Event::End(_) => doc.close()?,
             Event::Eof => break,
             // Comments and processing instructions carry nothing; the body is rewritten anyway.
             _ => {}
         }
         buf.clear();
     }
-    if !path.is_empty() || !root_seen {
+    if !doc.path.is_empty() || !doc.root_seen {
         return Err(malformed("the document ends inside an element"));
     }
-    Ok(DeleteList { objects, quiet })
+    Ok(DeleteList {
+        objects: doc.objects,
+        quiet: doc.quiet,
+    })
+}
+
+/// What the parser has read so far.
+#[derive(Default)]
+struct Document {
+    /// The open elements, outermost first.
+    path: Vec<Vec<u8>>,
+    objects: Vec<DeleteEntry>,
+    /// The `<Object>` being read.
+    current: Option<DeleteEntry>,
+    quiet: Option<bool>,
+    /// The text of the element being read.
+    text: String,
+    root_seen: bool,
+}
+
+impl Document {
+    fn open(&mut self, name: &[u8]) -> Result<(), ClassifyError> {
+        check_position(&self.path, name)?;
+        if self.path.is_empty() && std::mem::replace(&mut self.root_seen, true) {
+            return Err(malformed("the document has more than one root element"));
+        }
+        if name == b"Object" {
+            self.current = Some(DeleteEntry {
+                key: String::new(),
+                version: None,
+                conditions: Vec::new(),
+            });
+        }
+        self.path.push(name.to_vec());
+        self.text.clear();
+        Ok(())
+    }
+
+    /// `<Name/>`: every element of the schema holds something.
+    fn empty(&self, name: &[u8]) -> ClassifyError {
+        if let Err(e) = check_position(&self.path, name) {
+            return e;
+        }
+        if self.path.is_empty() {
+            return malformed("the <Delete> element is empty");
+        }
+        malformed(format!("an empty <{}/> element", String::from_utf8_lossy(name)))
+    }
+
+    fn close(&mut self) -> Result<(), ClassifyError> {
+        let name = self.path.pop().unwrap_or_default();
+        let value = std::mem::take(&mut self.text);
+        match (name.as_slice(), self.current.as_mut()) {
+            (b"Object", _) => {
+                let entry = self
+                    .current
+                    .take()
+                    .ok_or_else(|| malformed("an unopened <Object>"))?;
+                if entry.key.is_empty() {
+                    return Err(malformed("an <Object> without a <Key>"));
+                }
+                self.objects.push(entry);
+            }
+            (b"Key", Some(entry)) if !entry.key.is_empty() => {
+                return Err(malformed("an <Object> with more than one <Key>"));
+            }
+            (b"Key", Some(_)) if value.is_empty() => return Err(malformed("an empty <Key>")),
+            (b"Key", Some(entry)) => entry.key = value,
+            (b"VersionId", Some(entry)) if entry.version.is_some() => {
+                return Err(malformed("an <Object> with more than one <VersionId>"));
+            }
+            (b"VersionId", Some(entry)) => entry.version = Some(value),
+            (b"ETag", Some(entry)) => add_condition(entry, "ETag", value)?,
+            (b"LastModifiedTime", Some(entry)) => add_condition(entry, "LastModifiedTime", value)?,
+            (b"Size", Some(entry)) => add_condition(entry, "Size", value)?,
+            (b"Quiet", _) if self.quiet.is_some() => {
+                return Err(malformed("<Quiet> is given more than once"));
+            }
+            (b"Quiet", _) => {
+                self.quiet = Some(match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(malformed(format!("<Quiet> must be true or false, not `{other}`"))),
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A conditional-delete element (`ETag`, `LastModifiedTime`, `Size`), at most once each.
+fn add_condition(entry: &mut DeleteEntry, name: &'static str, value: String) -> Result<(), ClassifyError> {
+    if entry.conditions.iter().any(|(n, _)| *n == name) {
+        return Err(malformed(format!("an <Object> with more than one <{name}>")));
+    }
+    if name == "Size" && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(malformed("<Size> must be a whole number of bytes"));
+    }
+    entry.conditions.push((name, value));
+    Ok(())
 }
 
 /// Adds decoded text to the current value, refusing what no key can hold: control characters

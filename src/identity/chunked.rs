@@ -146,89 +146,31 @@ impl<B> VerifiedChunks<B> {
     fn step(&mut self) -> Result<Option<Option<Bytes>>, ChunkError> {
         loop {
             match &self.state {
-                State::Header => {
-                    let Some(end) = find_crlf(&self.buf) else {
-                        if self.buf.len() > MAX_LINE {
-                            return Err(ChunkError::Malformed("chunk header too long"));
-                        }
-                        return Ok(None);
-                    };
-                    let line = std::str::from_utf8(&self.buf[..end])
-                        .map_err(|_| ChunkError::Malformed("chunk header"))?;
-                    let (size, sig) = line
-                        .split_once(";chunk-signature=")
-                        .ok_or(ChunkError::Malformed("chunk header without chunk-signature"))?;
-                    let len =
-                        usize::from_str_radix(size, 16).map_err(|_| ChunkError::Malformed("chunk size"))?;
-                    if len > MAX_CHUNK {
-                        return Err(ChunkError::Malformed("chunk larger than 16 MiB"));
-                    }
-                    if sig.len() != 64 || !sig.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(ChunkError::Malformed("chunk signature"));
-                    }
-                    let signature = sig.to_ascii_lowercase();
-                    self.buf.advance(end + 2);
-                    self.state = State::Data { len, signature };
-                }
+                State::Header => match self.header()? {
+                    Some(next) => self.state = next,
+                    None => return Ok(None),
+                },
                 State::Data { len, signature } => {
-                    let (len, final_chunk) = (*len, *len == 0);
-                    // The final (empty) chunk has no trailing CRLF when trailers follow.
-                    let need = if final_chunk && self.chain.trailer == Trailer::Signed {
-                        0
-                    } else {
-                        len + 2
-                    };
-                    if self.buf.len() < need {
-                        return Ok(None);
-                    }
-                    let data = self.buf.split_to(len).freeze();
-                    if need == len + 2 {
-                        if &self.buf[..2] != b"\r\n" {
-                            return Err(ChunkError::Malformed("chunk not followed by CRLF"));
+                    let (len, signature) = (*len, signature.clone());
+                    match self.data(len, &signature)? {
+                        Progress::NeedMore => return Ok(None),
+                        Progress::Chunk(data) => {
+                            self.state = State::Header;
+                            return Ok(Some(Some(data)));
                         }
-                        self.buf.advance(2);
+                        Progress::Final => match self.chain.trailer {
+                            Trailer::Signed => self.state = State::Trailers,
+                            Trailer::Absent => {
+                                self.state = State::Done;
+                                return Ok(Some(None));
+                            }
+                        },
                     }
-                    let signature = signature.clone();
-                    self.chain.verify_chunk(&data, &signature)?;
-                    if final_chunk {
-                        self.state = if self.chain.trailer == Trailer::Signed {
-                            State::Trailers
-                        } else {
-                            State::Done
-                        };
-                        if self.chain.trailer == Trailer::Absent {
-                            return Ok(Some(None));
-                        }
-                        continue;
-                    }
-                    self.state = State::Header;
-                    return Ok(Some(Some(data)));
                 }
                 State::Trailers => {
-                    // name:value\r\n … x-amz-trailer-signature:<sig>\r\n \r\n
-                    let Some(pos) = find(&self.buf, b"\r\n\r\n") else {
-                        if self.buf.len() > MAX_LINE {
-                            return Err(ChunkError::Malformed("trailers too long"));
-                        }
+                    if !self.trailers()? {
                         return Ok(None);
-                    };
-                    let block = self.buf.split_to(pos + 4);
-                    let text = std::str::from_utf8(&block).map_err(|_| ChunkError::Malformed("trailers"))?;
-                    let mut canonical = Vec::new();
-                    let mut signature = None;
-                    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-                        let (name, value) = line
-                            .split_once(':')
-                            .ok_or(ChunkError::Malformed("trailer line"))?;
-                        let name = name.trim().to_ascii_lowercase();
-                        if name == "x-amz-trailer-signature" {
-                            signature = Some(value.trim().to_ascii_lowercase());
-                        } else {
-                            canonical.extend_from_slice(format!("{name}:{}\n", value.trim()).as_bytes());
-                        }
                     }
-                    let signature = signature.ok_or(ChunkError::Malformed("no x-amz-trailer-signature"))?;
-                    self.chain.verify_trailer(&canonical, &signature)?;
                     self.state = State::Done;
                     return Ok(Some(None));
                 }
@@ -236,6 +178,93 @@ impl<B> VerifiedChunks<B> {
             }
         }
     }
+
+    /// `<hex size>;chunk-signature=<sig>\r\n`: the next state, once the line is buffered.
+    fn header(&mut self) -> Result<Option<State>, ChunkError> {
+        let Some(end) = find_crlf(&self.buf) else {
+            if self.buf.len() > MAX_LINE {
+                return Err(ChunkError::Malformed("chunk header too long"));
+            }
+            return Ok(None);
+        };
+        let line =
+            std::str::from_utf8(&self.buf[..end]).map_err(|_| ChunkError::Malformed("chunk header"))?;
+        let (size, sig) = line
+            .split_once(";chunk-signature=")
+            .ok_or(ChunkError::Malformed("chunk header without chunk-signature"))?;
+        let len = usize::from_str_radix(size, 16).map_err(|_| ChunkError::Malformed("chunk size"))?;
+        if len > MAX_CHUNK {
+            return Err(ChunkError::Malformed("chunk larger than 16 MiB"));
+        }
+        if sig.len() != 64 || !sig.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ChunkError::Malformed("chunk signature"));
+        }
+        let signature = sig.to_ascii_lowercase();
+        self.buf.advance(end + 2);
+        Ok(Some(State::Data { len, signature }))
+    }
+
+    /// A chunk's `len` bytes and CRLF, verified against `signature` once buffered.
+    fn data(&mut self, len: usize, signature: &str) -> Result<Progress, ChunkError> {
+        let final_chunk = len == 0;
+        // The final (empty) chunk has no trailing CRLF when trailers follow.
+        let crlf = !(final_chunk && self.chain.trailer == Trailer::Signed);
+        if self.buf.len() < len + if crlf { 2 } else { 0 } {
+            return Ok(Progress::NeedMore);
+        }
+        let data = self.buf.split_to(len).freeze();
+        if crlf {
+            if &self.buf[..2] != b"\r\n" {
+                return Err(ChunkError::Malformed("chunk not followed by CRLF"));
+            }
+            self.buf.advance(2);
+        }
+        self.chain.verify_chunk(&data, signature)?;
+        Ok(if final_chunk {
+            Progress::Final
+        } else {
+            Progress::Chunk(data)
+        })
+    }
+
+    /// `name:value\r\n … x-amz-trailer-signature:<sig>\r\n\r\n`, verified once buffered.
+    /// Returns whether it was.
+    fn trailers(&mut self) -> Result<bool, ChunkError> {
+        let Some(pos) = find(&self.buf, b"\r\n\r\n") else {
+            if self.buf.len() > MAX_LINE {
+                return Err(ChunkError::Malformed("trailers too long"));
+            }
+            return Ok(false);
+        };
+        let block = self.buf.split_to(pos + 4);
+        let text = std::str::from_utf8(&block).map_err(|_| ChunkError::Malformed("trailers"))?;
+        let mut canonical = Vec::new();
+        let mut signature = None;
+        for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or(ChunkError::Malformed("trailer line"))?;
+            let name = name.trim().to_ascii_lowercase();
+            if name == "x-amz-trailer-signature" {
+                signature = Some(value.trim().to_ascii_lowercase());
+            } else {
+                canonical.extend_from_slice(format!("{name}:{}\n", value.trim()).as_bytes());
+            }
+        }
+        let signature = signature.ok_or(ChunkError::Malformed("no x-amz-trailer-signature"))?;
+        self.chain.verify_trailer(&canonical, &signature)?;
+        Ok(true)
+    }
+}
+
+/// What reading a chunk's data came to.
+enum Progress {
+    /// Not all of it is buffered yet.
+    NeedMore,
+    /// A verified chunk of the object.
+    Chunk(Bytes),
+    /// The verified final (empty) chunk.
+    Final,
 }
 
 fn find_crlf(b: &[u8]) -> Option<usize> {

@@ -126,7 +126,7 @@ impl Keyring {
     }
 
     /// Seals a session with the newest key.
-    pub fn seal(&self, session: &Session) -> Result<String, String> {
+    pub fn seal(&self, session: &Session) -> Result<Secret, String> {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness".to_string())?;
@@ -138,7 +138,7 @@ impl Keyring {
         blob.extend_from_slice(&key.id);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&data);
-        Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(blob)))
+        Ok(Secret::new(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(blob))))
     }
 
     /// Opens a session token sealed by any key of the ring.
@@ -216,10 +216,10 @@ mod tests {
         let old = Keyring::new(&[key(1)]).unwrap();
         let rotated = Keyring::new(&[key(2), key(1)]).unwrap();
         let s = session();
-        let token = old.seal(&s).unwrap();
+        let token = old.seal(&s).unwrap().expose().to_string();
         assert!(token.starts_with("CGS1."));
         assert_eq!(rotated.unseal(&token).unwrap(), s);
-        let new_token = rotated.seal(&s).unwrap();
+        let new_token = rotated.seal(&s).unwrap().expose().to_string();
         assert_eq!(old.unseal(&new_token), Err(SealError::UnknownKey));
         assert!(!token.contains(s.secret_access_key.expose()));
     }
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn any_modification_is_refused() {
         let ring = Keyring::new(&[key(1)]).unwrap();
-        let token = ring.seal(&session()).unwrap();
+        let token = ring.seal(&session()).unwrap().expose().to_string();
         let bytes = token.as_bytes();
         for i in PREFIX.len()..bytes.len() {
             let mut t = bytes.to_vec();

@@ -149,6 +149,19 @@ async fn grant(
         });
     }
     let length = session_length(req.duration, config.default_session, config.max_session)?;
+    issue(&config.keyring, &identity, req, length, now, request_id)
+}
+
+/// Makes the session: fresh credentials, sealed with the claims that made them into the
+/// session token, and the answer that hands them out.
+fn issue(
+    keyring: &Keyring,
+    identity: &Identity,
+    req: AssumeRequest,
+    length: Duration,
+    now: i64,
+    request_id: &str,
+) -> Result<Grant, StsRefusal> {
     let (access_key_id, secret_access_key) =
         super::session::new_credentials().map_err(|_| StsError::Internal)?;
     let session = Session {
@@ -163,7 +176,7 @@ async fn grant(
         issued_at: now,
         expires_at: now.saturating_add(i64::try_from(length.as_secs()).unwrap_or(i64::MAX)),
     };
-    let token = config.keyring.seal(&session).map_err(|e| {
+    let token = keyring.seal(&session).map_err(|e| {
         tracing::error!(error = %e, "cannot seal a session");
         StsError::Internal
     })?;
@@ -178,7 +191,7 @@ async fn grant(
         provider: &identity.issuer,
         access_key_id: &access_key_id,
         secret_access_key: session.secret_access_key.expose(),
-        session_token: &token,
+        session_token: token.expose(),
         expires_at: session.expires_at,
         request_id,
     }));

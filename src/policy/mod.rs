@@ -75,7 +75,8 @@ pub struct PolicySet {
 }
 
 /// Whether a role's decisions are enforced or only recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The role's rules decide requests.
     #[default]

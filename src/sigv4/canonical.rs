@@ -13,13 +13,15 @@
 use http::request::Parts;
 use percent_encoding::percent_decode_str;
 
+use super::Carrier;
+
 /// The canonical request of `parts` as received, as bytes (header values may carry
 /// non-UTF-8 octets). `None` when a signed header is missing: nothing could match.
 /// A presigned URL's own `X-Amz-Signature` is left out of the query.
 pub fn canonical_request(
     parts: &Parts,
     signed_headers: &[String],
-    presigned: bool,
+    carrier: Carrier,
     payload_hash: &str,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(512);
@@ -27,7 +29,7 @@ pub fn canonical_request(
     out.push(b'\n');
     out.extend_from_slice(super::canonical_s3_path(parts.uri.path()).as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_query(parts.uri.query().unwrap_or_default(), presigned).as_bytes());
+    out.extend_from_slice(canonical_query(parts.uri.query().unwrap_or_default(), carrier).as_bytes());
     out.push(b'\n');
     for name in signed_headers {
         out.extend_from_slice(name.as_bytes());
@@ -76,9 +78,9 @@ fn push_trimmed(out: &mut Vec<u8>, value: &[u8]) {
 
 /// Every query parameter (but `X-Amz-Signature` when presigned), decoded once, re-encoded
 /// with only unreserved characters bare, sorted, `name=value` joined by `&`.
-pub fn canonical_query(query: &str, presigned: bool) -> String {
+pub fn canonical_query(query: &str, carrier: Carrier) -> String {
     let mut pairs: Vec<(String, String)> = query_pairs(query)
-        .filter(|(name, _)| !(presigned && decoded_eq(name, super::param::SIGNATURE)))
+        .filter(|(name, _)| !(carrier == Carrier::Query && decoded_eq(name, super::param::SIGNATURE)))
         .map(|(name, value)| (reencode(name), reencode(value)))
         .collect();
     pairs.sort_unstable();

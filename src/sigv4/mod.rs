@@ -13,6 +13,16 @@ pub use time::{parse_amz_date, rfc3339};
 use aws_lc_rs::hmac;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
+/// Where a request carries its SigV4 signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The `Authorization` header.
+    Header,
+    /// The query: a presigned URL (its own `X-Amz-Signature` is left out of the canonical
+    /// query).
+    Query,
+}
+
 /// The only algorithm SigV4 (as opposed to SigV4a) uses.
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 

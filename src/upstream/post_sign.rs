@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use super::Route;
 use super::sign::{retarget, unsignable};
 use crate::classify::PostForm;
-use crate::config::SigV4Keys;
+use crate::config::S3Route;
 use crate::model::S3Address;
 use crate::policy::Permit;
 use crate::sigv4::ALGORITHM;
@@ -70,11 +70,6 @@ pub fn sign_form_upload(
             "a form upload (PostObject) needs the route's SigV4 credentials".into(),
         ));
     };
-    let SigV4Keys {
-        access_key_id,
-        secret_access_key,
-        session_token,
-    } = &s3.credentials;
     retarget(op, parts, route)?;
     let caller_headers: Vec<HeaderName> = parts
         .headers
@@ -86,46 +81,83 @@ pub fn sign_form_upload(
         parts.headers.remove(name);
     }
 
-    let (date, amz_date) = amz_dates(now);
-    let credential = format!(
-        "{}/{date}/{}/{}/aws4_request",
-        access_key_id.expose(),
-        s3.region,
-        s3.service
-    );
+    let signed = SignedPolicy::new(s3, (bucket, key), form, length, now);
     let mut fields: Vec<(&str, &str)> = vec![("key", key.as_str())];
     fields.extend(form.forwarded_fields());
-    let mut conditions: Vec<Value> = vec![json!({ "bucket": bucket }), json!(["eq", "$key", key])];
-    conditions.extend(
-        form.forwarded_fields()
-            .filter(|(name, _)| *name != "bucket")
-            .map(|(name, value)| json!(["eq", format!("${name}"), value])),
-    );
-    if let Some(range) = length {
-        conditions.push(json!(["content-length-range", range.start(), range.end()]));
-    }
-    conditions.push(json!({ "x-amz-algorithm": ALGORITHM }));
-    conditions.push(json!({ "x-amz-credential": credential }));
-    conditions.push(json!({ "x-amz-date": amz_date }));
-    let token = session_token.as_ref().map(|t| t.expose());
-    if let Some(token) = token {
-        conditions.push(json!({ "x-amz-security-token": token }));
-    }
-    let expiration = humantime::format_rfc3339_seconds(now + POLICY_LIFETIME).to_string();
-    let policy = STANDARD.encode(json!({ "expiration": expiration, "conditions": conditions }).to_string());
-    let signing_key = generate_signing_key(secret_access_key.expose(), now, &s3.region, &s3.service);
-    let signature = calculate_signature(signing_key, policy.as_bytes());
-
     fields.push(("x-amz-algorithm", ALGORITHM));
-    fields.push(("x-amz-credential", &credential));
-    fields.push(("x-amz-date", &amz_date));
-    if let Some(token) = token {
-        fields.push(("x-amz-security-token", token));
+    fields.push(("x-amz-credential", &signed.credential));
+    fields.push(("x-amz-date", &signed.amz_date));
+    if let Some(token) = &s3.credentials.session_token {
+        fields.push(("x-amz-security-token", token.expose()));
     }
-    fields.push(("policy", &policy));
-    fields.push(("x-amz-signature", &signature));
+    fields.push(("policy", &signed.policy));
+    fields.push(("x-amz-signature", &signed.signature));
     let prefix = field_section(form, &fields)?;
+    recount_length(parts, form, &prefix)?;
+    Ok(prefix)
+}
 
+/// The route's own POST policy for the upload, signed with its keys: it pins the bucket,
+/// the authorized key and every forwarded field to their values, and repeats the caller's
+/// `content-length-range`.
+struct SignedPolicy {
+    credential: String,
+    amz_date: String,
+    /// Base64 of the policy document.
+    policy: String,
+    signature: String,
+}
+
+impl SignedPolicy {
+    fn new(
+        route: &S3Route,
+        (bucket, key): (&str, &str),
+        form: &PostForm,
+        length: Option<&RangeInclusive<u64>>,
+        now: SystemTime,
+    ) -> Self {
+        let S3Route {
+            region,
+            service,
+            credentials: keys,
+            ..
+        } = route;
+        let (date, amz_date) = amz_dates(now);
+        let credential = format!(
+            "{}/{date}/{region}/{service}/aws4_request",
+            keys.access_key_id.expose()
+        );
+        let mut conditions: Vec<Value> = vec![json!({ "bucket": bucket }), json!(["eq", "$key", key])];
+        conditions.extend(
+            form.forwarded_fields()
+                .filter(|(name, _)| *name != "bucket")
+                .map(|(name, value)| json!(["eq", format!("${name}"), value])),
+        );
+        if let Some(range) = length {
+            conditions.push(json!(["content-length-range", range.start(), range.end()]));
+        }
+        conditions.push(json!({ "x-amz-algorithm": ALGORITHM }));
+        conditions.push(json!({ "x-amz-credential": credential }));
+        conditions.push(json!({ "x-amz-date": amz_date }));
+        if let Some(token) = &keys.session_token {
+            conditions.push(json!({ "x-amz-security-token": token.expose() }));
+        }
+        let expiration = humantime::format_rfc3339_seconds(now + POLICY_LIFETIME).to_string();
+        let policy =
+            STANDARD.encode(json!({ "expiration": expiration, "conditions": conditions }).to_string());
+        let signing_key = generate_signing_key(keys.secret_access_key.expose(), now, region, service);
+        let signature = calculate_signature(signing_key, policy.as_bytes());
+        SignedPolicy {
+            credential,
+            amz_date,
+            policy,
+            signature,
+        }
+    }
+}
+
+/// A `Content-Length` the caller sent counted its own fields; the upstream gets ours.
+fn recount_length(parts: &mut Parts, form: &PostForm, prefix: &[u8]) -> Result<(), SignError> {
     if let Some(declared) = parts.headers.get(header::CONTENT_LENGTH) {
         let declared: u64 = declared
             .to_str()
@@ -140,7 +172,7 @@ pub fn sign_form_upload(
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
-    Ok(prefix)
+    Ok(())
 }
 
 /// `yyyymmdd` and `yyyymmddThhmmssZ` of `now`, UTC.

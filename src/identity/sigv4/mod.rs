@@ -50,7 +50,7 @@ pub use verify::{verify, verify_with};
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::sigv4::DEFAULT_SKEW_SECS;
+use crate::sigv4::{Carrier, DEFAULT_SKEW_SECS};
 
 /// What a SigV4-authenticated request claims, parsed but not yet verified.
 ///
@@ -84,6 +84,15 @@ pub struct SigV4Claim {
 }
 
 impl SigV4Claim {
+    /// Where the signature travels.
+    pub fn carrier(&self) -> Carrier {
+        if self.presigned {
+            Carrier::Query
+        } else {
+            Carrier::Header
+        }
+    }
+
     /// The credential scope: `date/region/service/aws4_request`.
     pub fn credential_scope(&self) -> String {
         format!(
@@ -297,9 +306,9 @@ impl Default for VerifyOptions {
     }
 }
 
-fn malformed(presigned: bool, reason: impl Into<String>) -> SigV4Error {
+fn malformed(carrier: Carrier, reason: impl Into<String>) -> SigV4Error {
     SigV4Error::Malformed {
-        presigned,
+        presigned: carrier == Carrier::Query,
         reason: reason.into(),
     }
 }

@@ -6,7 +6,9 @@ use percent_encoding::percent_decode_str;
 
 use super::{SigV4Claim, SigV4Error, algorithm_name, malformed};
 use crate::sigv4::header::{X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
-use crate::sigv4::{ALGORITHM, MAX_PRESIGNED_EXPIRES, decoded_eq, param, parse_amz_date, query_pairs};
+use crate::sigv4::{
+    ALGORITHM, Carrier, MAX_PRESIGNED_EXPIRES, decoded_eq, param, parse_amz_date, query_pairs,
+};
 
 /// Reads the SigV4 claim from a request, checking its form but nothing cryptographic.
 ///
@@ -21,7 +23,7 @@ pub fn parse(parts: &Parts) -> Result<Option<SigV4Claim>, SigV4Error> {
     match (header, presigned) {
         (None, false) => Ok(None),
         (Some(_), true) => Err(malformed(
-            false,
+            Carrier::Header,
             "the request carries both an Authorization header and X-Amz-Algorithm in the query; send one",
         )),
         (Some(value), false) => parse_header_form(value, &parts.headers).map(Some),
@@ -37,11 +39,14 @@ fn authorization_v4(headers: &HeaderMap) -> Result<Option<&str>, SigV4Error> {
             continue;
         }
         if found.is_some() {
-            return Err(malformed(false, "more than one AWS4 Authorization header"));
+            return Err(malformed(
+                Carrier::Header,
+                "more than one AWS4 Authorization header",
+            ));
         }
         let s = value
             .to_str()
-            .map_err(|_| malformed(false, "the Authorization header is not visible ASCII"))?;
+            .map_err(|_| malformed(Carrier::Header, "the Authorization header is not visible ASCII"))?;
         found = Some(s);
     }
     let Some(value) = found else {
@@ -50,7 +55,7 @@ fn authorization_v4(headers: &HeaderMap) -> Result<Option<&str>, SigV4Error> {
     let (algorithm, _) = value.split_once(' ').unwrap_or((value, ""));
     if algorithm != ALGORITHM {
         return Err(malformed(
-            false,
+            Carrier::Header,
             format!(
                 "unsupported algorithm {:?}: configure the client for SigV4 ({ALGORITHM})",
                 algorithm_name(algorithm)
@@ -63,7 +68,7 @@ fn authorization_v4(headers: &HeaderMap) -> Result<Option<&str>, SigV4Error> {
 /// `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/s3/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=<hex>`.
 fn parse_header_form(value: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV4Error> {
-    let m = |reason: &str| malformed(false, reason);
+    let m = |reason: &str| malformed(Carrier::Header, reason);
     let rest = value[ALGORITHM.len()..].trim_start_matches(' ');
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for component in rest.split(',') {
@@ -77,24 +82,27 @@ fn parse_header_form(value: &str, headers: &HeaderMap) -> Result<SigV4Claim, Sig
             "Signature" => &mut signature,
             _ => {
                 return Err(malformed(
-                    false,
+                    Carrier::Header,
                     format!("unexpected part {key:?}: expected Credential, SignedHeaders and Signature"),
                 ));
             }
         };
         if slot.replace(val).is_some() {
-            return Err(malformed(false, format!("{key} appears more than once")));
+            return Err(malformed(
+                Carrier::Header,
+                format!("{key} appears more than once"),
+            ));
         }
     }
     let credential = credential.ok_or_else(|| m("missing Credential"))?;
     let signed_headers = signed_headers.ok_or_else(|| m("missing SignedHeaders"))?;
     let signature = signature.ok_or_else(|| m("missing Signature"))?;
 
-    let amz_date = single_header(headers, X_AMZ_DATE, false)?
+    let amz_date = single_header(headers, X_AMZ_DATE, Carrier::Header)?
         .ok_or_else(|| m("missing x-amz-date header (yyyymmddThhmmssZ); the Date header is not accepted"))?;
-    let session_token = single_header(headers, X_AMZ_SECURITY_TOKEN, false)?.map(str::to_string);
+    let session_token = single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Header)?.map(str::to_string);
     build_claim(
-        false,
+        Carrier::Header,
         credential,
         signed_headers,
         signature,
@@ -116,9 +124,12 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
         };
         let decoded = percent_decode_str(value)
             .decode_utf8()
-            .map_err(|_| malformed(true, format!("{} is not UTF-8", NAMES[i])))?;
+            .map_err(|_| malformed(Carrier::Query, format!("{} is not UTF-8", NAMES[i])))?;
         if values[i].replace(decoded.into_owned()).is_some() {
-            return Err(malformed(true, format!("{} appears more than once", NAMES[i])));
+            return Err(malformed(
+                Carrier::Query,
+                format!("{} appears more than once", NAMES[i]),
+            ));
         }
     }
     let [
@@ -131,12 +142,12 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
         token,
     ] = values;
     let require = |v: Option<String>, name: &str| {
-        v.ok_or_else(|| malformed(true, format!("missing query parameter {name}")))
+        v.ok_or_else(|| malformed(Carrier::Query, format!("missing query parameter {name}")))
     };
     let algorithm = require(algorithm, param::ALGORITHM)?;
     if algorithm != ALGORITHM {
         return Err(malformed(
-            true,
+            Carrier::Query,
             format!(
                 "unsupported X-Amz-Algorithm {:?}: configure the client for SigV4 ({ALGORITHM})",
                 algorithm_name(&algorithm)
@@ -155,7 +166,7 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
         .filter(|e| (1..=MAX_PRESIGNED_EXPIRES).contains(e))
         .ok_or_else(|| {
             malformed(
-                true,
+                Carrier::Query,
                 format!(
                     "X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGNED_EXPIRES} (7 days)"
                 ),
@@ -163,18 +174,18 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
         })?;
     let session_token = match token {
         Some(t) => {
-            if single_header(headers, X_AMZ_SECURITY_TOKEN, true)?.is_some_and(|h| h != t) {
+            if single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Query)?.is_some_and(|h| h != t) {
                 return Err(malformed(
-                    true,
+                    Carrier::Query,
                     "X-Amz-Security-Token and the x-amz-security-token header differ; send one",
                 ));
             }
             Some(t)
         }
-        None => single_header(headers, X_AMZ_SECURITY_TOKEN, true)?.map(str::to_string),
+        None => single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Query)?.map(str::to_string),
     };
     build_claim(
-        true,
+        Carrier::Query,
         &credential,
         &signed_headers,
         &signature,
@@ -185,7 +196,7 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
 }
 
 fn build_claim(
-    presigned: bool,
+    carrier: Carrier,
     credential: &str,
     signed_headers: &str,
     signature: &str,
@@ -193,7 +204,7 @@ fn build_claim(
     expires: Option<u64>,
     session_token: Option<String>,
 ) -> Result<SigV4Claim, SigV4Error> {
-    let m = |reason: String| malformed(presigned, reason);
+    let m = |reason: String| malformed(carrier, reason);
 
     let scope: Vec<&str> = credential.split('/').collect();
     let [access_key_id, scope_date, region, service, terminator] = scope.as_slice() else {
@@ -251,7 +262,7 @@ fn build_claim(
         request_time,
         expires,
         session_token,
-        presigned,
+        presigned: carrier == Carrier::Query,
     })
 }
 
@@ -260,17 +271,17 @@ fn build_claim(
 pub(super) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &str,
-    presigned: bool,
+    carrier: Carrier,
 ) -> Result<Option<&'a str>, SigV4Error> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(malformed(presigned, format!("more than one {name} header")));
+        return Err(malformed(carrier, format!("more than one {name} header")));
     }
     value
         .to_str()
         .map(Some)
-        .map_err(|_| malformed(presigned, format!("the {name} header is not visible ASCII")))
+        .map_err(|_| malformed(carrier, format!("the {name} header is not visible ASCII")))
 }

@@ -3,7 +3,7 @@
 use super::*;
 use http::request::Parts;
 
-use crate::sigv4::{canonical_query, canonical_request, parse_amz_date, rfc3339};
+use crate::sigv4::{Carrier, canonical_query, canonical_request, parse_amz_date, rfc3339};
 
 const NOW: i64 = 1_440_938_160; // 2015-08-30T12:36:00Z
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -73,7 +73,7 @@ fn vanilla_parses_and_verifies() {
     assert_eq!(claim.signed_headers, ["host", "x-amz-date"]);
     assert_eq!(claim.request_time, NOW);
     assert!(!claim.presigned);
-    let canonical = canonical_request(&p, &claim.signed_headers, claim.presigned, EMPTY_SHA256).unwrap();
+    let canonical = canonical_request(&p, &claim.signed_headers, claim.carrier(), EMPTY_SHA256).unwrap();
     assert_eq!(
         String::from_utf8(canonical).unwrap(),
         format!(
@@ -443,13 +443,13 @@ fn host_falls_back_to_the_authority() {
 #[test]
 fn canonical_query_and_headers() {
     assert_eq!(
-        canonical_query("b=2&a=%7e+x&a=1&c&&d=%2f%2F/&X-Amz-Signature=s", false),
+        canonical_query("b=2&a=%7e+x&a=1&c&&d=%2f%2F/&X-Amz-Signature=s", Carrier::Header),
         "X-Amz-Signature=s&a=1&a=~%2Bx&b=2&c=&d=%2F%2F%2F"
     );
-    assert_eq!(canonical_query("X-Amz-Signature=s&a=1", true), "a=1");
-    assert_eq!(canonical_query("X-Amz-%53ignature=s&a=1", true), "a=1");
+    assert_eq!(canonical_query("X-Amz-Signature=s&a=1", Carrier::Query), "a=1");
+    assert_eq!(canonical_query("X-Amz-%53ignature=s&a=1", Carrier::Query), "a=1");
     assert_eq!(
-        canonical_query("%E1%88%B4=bar&Param=Value", false),
+        canonical_query("%E1%88%B4=bar&Param=Value", Carrier::Header),
         "%E1%88%B4=bar&Param=Value"
     );
 }
@@ -486,7 +486,7 @@ fn errors_never_show_secrets() {
     for e in [
         SigV4Error::SignatureDoesNotMatch,
         SigV4Error::MissingContentSha256,
-        malformed(true, "x"),
+        malformed(Carrier::Query, "x"),
     ] {
         assert!(!e.reason().is_empty() && !e.s3_code().is_empty());
     }

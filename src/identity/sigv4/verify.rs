@@ -7,7 +7,7 @@ use http::request::Parts;
 use super::parse::single_header;
 use super::{PayloadHash, SigV4Claim, SigV4Error, VerifyOptions, malformed};
 use crate::sigv4::header::{X_AMZ_CONTENT_SHA256, X_AMZ_DATE};
-use crate::sigv4::{UNSIGNED_PAYLOAD, canonical_request, rfc3339, signing_key, string_to_sign};
+use crate::sigv4::{Carrier, UNSIGNED_PAYLOAD, canonical_request, rfc3339, signing_key, string_to_sign};
 
 /// [`verify_with`] S3's rules ([`VerifyOptions::S3`]).
 pub fn verify(
@@ -42,7 +42,7 @@ pub fn verify_with(
     }
     if claim.amz_date.get(..8) != Some(claim.scope_date.as_str()) {
         return Err(malformed(
-            claim.presigned,
+            claim.carrier(),
             format!(
                 "credential scope date {} is not the date of the request time {}",
                 claim.scope_date, claim.amz_date
@@ -54,7 +54,7 @@ pub fn verify_with(
     }
     check_amz_headers_signed(claim, &parts.headers)?;
     let payload = payload_hash(claim, &parts.headers, &opts.payload)?;
-    let canonical = canonical_request(parts, &claim.signed_headers, claim.presigned, &payload)
+    let canonical = canonical_request(parts, &claim.signed_headers, claim.carrier(), &payload)
         .ok_or(SigV4Error::SignatureDoesNotMatch)?;
     let string_to_sign = string_to_sign(&claim.amz_date, &claim.credential_scope(), &canonical);
     let key = signing_key(
@@ -88,7 +88,7 @@ fn check_time(claim: &SigV4Claim, now: i64, skew_secs: i64) -> Result<(), SigV4E
         }
         let expires = claim
             .expires
-            .ok_or_else(|| malformed(true, "missing X-Amz-Expires"))?;
+            .ok_or_else(|| malformed(Carrier::Query, "missing X-Amz-Expires"))?;
         let expiry = claim
             .request_time
             .saturating_add(i64::try_from(expires).unwrap_or(i64::MAX));
@@ -109,7 +109,7 @@ fn check_amz_headers_signed(claim: &SigV4Claim, headers: &HeaderMap) -> Result<(
         .keys()
         .map(|n| n.as_str())
         .filter(|n| n.starts_with("x-amz-"))
-        .filter(|n| !value_is_signed_anyway(n, claim.presigned))
+        .filter(|n| !value_is_signed_anyway(n, claim.carrier()))
         .filter(|n| !claim.signed_headers.iter().any(|s| s == n))
         .collect();
     if unsigned.is_empty() {
@@ -123,14 +123,14 @@ fn check_amz_headers_signed(claim: &SigV4Claim, headers: &HeaderMap) -> Result<(
 
 /// Headers whose value the signature covers without listing them: the payload hash (the
 /// canonical request's last line) and, in the header form, the date (the string to sign).
-fn value_is_signed_anyway(name: &str, presigned: bool) -> bool {
-    name == X_AMZ_CONTENT_SHA256 || (name == X_AMZ_DATE && !presigned)
+fn value_is_signed_anyway(name: &str, carrier: Carrier) -> bool {
+    name == X_AMZ_CONTENT_SHA256 || (name == X_AMZ_DATE && carrier == Carrier::Header)
 }
 
 fn payload_hash(claim: &SigV4Claim, headers: &HeaderMap, rule: &PayloadHash) -> Result<String, SigV4Error> {
     match rule {
         PayloadHash::Body(hash) => Ok(hash.clone()),
-        PayloadHash::S3 => match single_header(headers, X_AMZ_CONTENT_SHA256, claim.presigned)? {
+        PayloadHash::S3 => match single_header(headers, X_AMZ_CONTENT_SHA256, claim.carrier())? {
             Some(v) => Ok(v.to_string()),
             None if claim.presigned => Ok(UNSIGNED_PAYLOAD.to_string()),
             None => Err(SigV4Error::MissingContentSha256),
