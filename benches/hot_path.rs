@@ -248,7 +248,9 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
     g.bench_function("parse + unseal + verify SigV4", |b| {
         b.iter(|| {
             let claim = sigv4::parse(&parts).unwrap().unwrap();
-            let s = ring.unseal(claim.session_token.as_deref().unwrap()).unwrap();
+            let s = ring
+                .unseal(claim.session_token.as_ref().unwrap().expose())
+                .unwrap();
             sigv4::verify(&claim, &parts, s.secret_access_key.expose(), NOW).unwrap();
             s
         })

@@ -105,16 +105,14 @@ struct RawPolicies {
     dir: Option<String>,
     /// `"enforce"` (default) or `"shadow"`: the whole proxy audits decisions without
     /// enforcing them.
-    mode: Option<Mode>,
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     path: Option<String>,
-    /// Checked, not used: there is one format.
-    #[serde(rename = "format")]
-    _format: Option<AuditFormat>,
+    format: Option<Spanned<String>>,
 }
 
 /// How audit records are written.
@@ -135,7 +133,7 @@ struct RawRevocations {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
-    kind: Spanned<RouteKind>,
+    kind: Spanned<String>,
     upstream: Spanned<String>,
     region: Option<String>,
     /// SigV4 signing service name; default `s3`.
@@ -146,25 +144,27 @@ struct RawRoute {
     ca_file: Option<Spanned<String>>,
     /// S3 routes: forward keys with `.`, `..` or empty segments literally (default: refuse).
     literal_dot_keys: Option<Spanned<bool>>,
-    credentials: Spanned<RawCredentials>,
+    credentials: Spanned<toml::Value>,
 }
 
 /// A route's credentials, as written: `kind` picks the shape, and serde refuses a field the
-/// kind does not have.
+/// kind does not have. Read from the route's table in a second pass, so a bad credentials
+/// table is one problem among the others, not the end of reading. The references are held
+/// as [`Secret`]s: a literal secret is still a secret.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawCredentials {
     Static {
-        access_key_id: String,
-        secret_access_key: String,
-        session_token: Option<String>,
+        access_key_id: Secret,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
     },
     Bearer {
-        token: String,
+        token: Secret,
     },
     ApiKey {
         header: String,
-        token: String,
+        token: Secret,
     },
 }
 
@@ -391,8 +391,26 @@ impl Collector<'_> {
         }
     }
 
-    fn secret(&mut self, reference: &str, what: &str, at: &Spanned<RawCredentials>) -> Option<Secret> {
-        secret::resolve(reference, self.base)
+    /// A value written as one of a few names (`kind = "s3"`), read by serde: the problem,
+    /// if any, names the choices.
+    fn choice<T: serde::de::DeserializeOwned>(&mut self, v: &Spanned<String>, what: &str) -> Option<T> {
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(v.get_ref());
+        T::deserialize(de)
+            .map_err(|e| self.at(v, format!("{what}: {e}")))
+            .ok()
+    }
+
+    /// A table read by serde into its typed shape (`credentials = { kind = … }`).
+    fn shaped<T: serde::de::DeserializeOwned>(&mut self, v: &Spanned<toml::Value>, what: &str) -> Option<T> {
+        v.get_ref()
+            .clone()
+            .try_into()
+            .map_err(|e| self.at(v, format!("{what}: {e}")))
+            .ok()
+    }
+
+    fn secret<T>(&mut self, reference: &Secret, what: &str, at: &Spanned<T>) -> Option<Secret> {
+        secret::resolve(reference.expose(), self.base)
             .map_err(|e| self.at(at, format!("{what}: {e}")))
             .ok()
     }
@@ -478,6 +496,9 @@ impl Config {
                 "no [[routes]]: claimgate has nowhere to send requests",
             ));
         }
+        if let Some(format) = raw.audit.as_ref().and_then(|a| a.format.as_ref()) {
+            c.choice::<AuditFormat>(format, "audit format");
+        }
         let audit = match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
             None | Some("-") => AuditSink::Stdout,
             Some(p) => AuditSink::File(c.path(p)),
@@ -548,7 +569,9 @@ fn compile_policies(
     routes: &[RouteConfig],
 ) -> (PathBuf, Option<PolicySet>) {
     let dir = c.path(raw.and_then(|p| p.dir.as_deref()).unwrap_or("policies"));
-    let mode = raw.and_then(|p| p.mode).unwrap_or(Mode::Enforce);
+    let mode = (raw.and_then(|p| p.mode.as_ref()))
+        .and_then(|m| c.choice(m, "policies mode"))
+        .unwrap_or(Mode::Enforce);
     let http_routes: Vec<String> = routes
         .iter()
         .filter(|r| r.kind() == RouteKind::Http)
@@ -744,13 +767,21 @@ fn compile_routes(c: &mut Collector<'_>, raw: &[Spanned<RawRoute>]) -> Vec<Route
     if s3_routes > 1 {
         for r in raw
             .iter()
-            .filter(|r| *r.get_ref().kind.get_ref() == RouteKind::S3)
+            .filter(|r| r.get_ref().kind() == Some(RouteKind::S3))
             .skip(1)
         {
             c.at(r, "only one S3 route is supported per listener for now");
         }
     }
     out
+}
+
+impl RawRoute {
+    /// The route's kind, if it names one (the problem is reported where it is compiled).
+    fn kind(&self) -> Option<RouteKind> {
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(self.kind.get_ref());
+        RouteKind::deserialize(de).ok()
+    }
 }
 
 fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<RouteConfig> {
@@ -784,9 +815,11 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
         }
     };
     let ca_file = r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file"));
-    let api = match r.kind.get_ref() {
-        RouteKind::S3 => RouteApi::S3(compile_s3_route(c, raw, &name)?),
-        RouteKind::Http => RouteApi::Http(compile_http_route(c, raw, &name)?),
+    let kind: Option<RouteKind> = c.choice(&r.kind, "route kind");
+    let credentials: Option<RawCredentials> = c.shaped(&r.credentials, "credentials");
+    let api = match kind? {
+        RouteKind::S3 => RouteApi::S3(compile_s3_route(c, raw, &name, credentials)?),
+        RouteKind::Http => RouteApi::Http(compile_http_route(c, raw, &name, credentials)?),
     };
     Some(RouteConfig {
         name,
@@ -814,7 +847,12 @@ fn refuse_misplaced(
     }
 }
 
-fn compile_s3_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str) -> Option<S3Route> {
+fn compile_s3_route(
+    c: &mut Collector<'_>,
+    raw: &Spanned<RawRoute>,
+    name: &str,
+    credentials: Option<RawCredentials>,
+) -> Option<S3Route> {
     let r = raw.get_ref();
     let fields = [
         (r.path_prefix.is_some(), "path_prefix"),
@@ -834,11 +872,16 @@ fn compile_s3_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str) 
         service: r.service.clone().unwrap_or_else(|| "s3".into()),
         buckets: r.buckets.clone(),
         keys,
-        credentials: s3_credentials(c, &r.credentials)?,
+        credentials: s3_credentials(c, &r.credentials, credentials?)?,
     })
 }
 
-fn compile_http_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str) -> Option<HttpRoute> {
+fn compile_http_route(
+    c: &mut Collector<'_>,
+    raw: &Spanned<RawRoute>,
+    name: &str,
+    credentials: Option<RawCredentials>,
+) -> Option<HttpRoute> {
     let r = raw.get_ref();
     let fields = [
         (r.buckets.is_some(), "buckets"),
@@ -865,12 +908,16 @@ fn compile_http_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>, name: &str
     Some(HttpRoute {
         path_prefix,
         host: r.host.clone().map(|h| h.to_ascii_lowercase()),
-        credentials: http_credentials(c, &r.credentials)?,
+        credentials: http_credentials(c, &r.credentials, credentials?)?,
     })
 }
 
-fn s3_credentials(c: &mut Collector<'_>, raw: &Spanned<RawCredentials>) -> Option<SigV4Keys> {
-    match raw.get_ref() {
+fn s3_credentials(
+    c: &mut Collector<'_>,
+    raw: &Spanned<toml::Value>,
+    creds: RawCredentials,
+) -> Option<SigV4Keys> {
+    match &creds {
         RawCredentials::Static {
             access_key_id,
             secret_access_key,
@@ -903,8 +950,12 @@ fn s3_credentials(c: &mut Collector<'_>, raw: &Spanned<RawCredentials>) -> Optio
     }
 }
 
-fn http_credentials(c: &mut Collector<'_>, raw: &Spanned<RawCredentials>) -> Option<HttpCredentials> {
-    match raw.get_ref() {
+fn http_credentials(
+    c: &mut Collector<'_>,
+    raw: &Spanned<toml::Value>,
+    creds: RawCredentials,
+) -> Option<HttpCredentials> {
+    match &creds {
         RawCredentials::Bearer { token } => Some(HttpCredentials::Bearer {
             token: c.secret(token, "token", raw)?,
         }),
@@ -1025,6 +1076,40 @@ credentials = { kind = "bearer", token = "file:sk" }
                 .all(|l| l.contains("claimgate.toml:") || l.contains("p.toml:")),
             "{all}"
         );
+    }
+
+    #[test]
+    fn typed_settings_are_problems_among_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD.replace("kind = \"http\"", "kind = \"grpc\"").replace(
+            "kind = \"static\", access_key_id = \"AK\"",
+            "kind = \"static\", acces_key_id = \"AK\"",
+        ) + "\n[policies]\nmode = \"enforcing\"\n\n[audit]\nformat = \"csv\"\n";
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        let all = e.to_string();
+        for needle in [
+            "route kind: unknown variant `grpc`, expected `s3` or `http`",
+            "credentials: unknown field `acces_key_id`",
+            "policies mode: unknown variant `enforcing`",
+            "audit format: unknown variant `csv`, expected `json`",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_setting_of_the_other_kind_of_route_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = GOOD
+            .replace(
+                "region = \"us-east-1\"",
+                "region = \"us-east-1\"\nhost = \"s3.example.com\"",
+            )
+            .replace("kind = \"http\"", "kind = \"http\"\nbuckets = [\"b\"]");
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("`host` applies to HTTP routes only"), "{all}");
+        assert!(all.contains("`buckets` applies to S3 routes only"), "{all}");
     }
 
     #[test]

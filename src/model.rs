@@ -108,6 +108,31 @@ mod tests {
         assert_eq!(claim_at(c, "https://x/groups").unwrap()[0], "g");
         assert!(claim_at(c, "realm_access.nope").is_none());
     }
+
+    #[test]
+    fn resources_are_built_from_parts_and_read_back_the_same() {
+        let object = Resource::s3_object("b", "a/../k");
+        assert_eq!(object, "s3://b/a/../k");
+        assert_eq!(object, Resource::parse("s3://b/a/../k"));
+        assert_eq!(Resource::s3_bucket("b"), Resource::parse("s3://b"));
+        assert_eq!(Resource::s3_account(), Resource::parse("s3://"));
+        let http = Resource::http("features", "get-online-features");
+        assert_eq!(http, "http://features/get-online-features");
+        assert_eq!(http, Resource::parse("http://features/get-online-features"));
+        assert_eq!(Resource::parse("arn:aws:s3:::b").kind(), &ResourceKind::Other);
+    }
+
+    #[test]
+    fn an_operation_always_has_its_primary_access_first() {
+        let mut op = Operation::new(
+            "CopyObject",
+            Access::new("s3:PutObject", Resource::s3_object("b", "k")),
+        );
+        op.also_needs(Access::new("s3:GetObject", Resource::s3_object("src", "k")));
+        let actions: Vec<&str> = op.accesses().map(|a| a.action.as_str()).collect();
+        assert_eq!(actions, ["s3:PutObject", "s3:GetObject"]);
+        assert!(op.needs_action("s3:GetObject") && !op.needs_action("s3:DeleteObject"));
+    }
 }
 
 /// One permission a request needs: an IAM-style action on a resource.
@@ -157,8 +182,11 @@ pub enum ResourceKind {
     Http {
         /// The route's name.
         route: String,
+        /// The path on it, without the route's prefix or a leading `/`.
+        path: String,
     },
-    /// A resource given as text that names none of the above (`claimgate check`).
+    /// A resource given as text that names none of the above: only `claimgate check`
+    /// reads resources from text, and a request never classifies to one.
     Other,
 }
 
@@ -197,7 +225,10 @@ impl Resource {
     pub fn http(route: &str, path: &str) -> Self {
         Resource {
             text: format!("http://{route}/{path}"),
-            kind: ResourceKind::Http { route: route.into() },
+            kind: ResourceKind::Http {
+                route: route.into(),
+                path: path.into(),
+            },
         }
     }
 
@@ -215,8 +246,10 @@ impl Resource {
                 key,
             }
         } else if let Some(rest) = text.strip_prefix("http://") {
+            let (route, path) = rest.split_once('/').unwrap_or((rest, ""));
             ResourceKind::Http {
-                route: rest.split('/').next().unwrap_or_default().into(),
+                route: route.into(),
+                path: path.into(),
             }
         } else {
             ResourceKind::Other

@@ -196,9 +196,9 @@ impl Rejection {
 fn auth_status(e: &AuthError) -> (StatusCode, &'static str) {
     match e {
         AuthError::Missing | AuthError::Revoked { .. } => (StatusCode::FORBIDDEN, "AccessDenied"),
-        AuthError::UnsupportedScheme { .. } | AuthError::Ambiguous { .. } => {
-            (StatusCode::BAD_REQUEST, "InvalidArgument")
-        }
+        AuthError::UnsupportedScheme { .. }
+        | AuthError::SessionNotAccepted { .. }
+        | AuthError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "InvalidArgument"),
         AuthError::Expired { .. } => (StatusCode::BAD_REQUEST, "ExpiredToken"),
         AuthError::Malformed { .. }
         | AuthError::UnknownIssuer { .. }

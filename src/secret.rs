@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A secret that cannot be logged by accident: `Debug` and `Display` print a placeholder,
 /// and its bytes are zeroed when it is dropped. It serializes as its value, for the one
@@ -69,6 +69,7 @@ pub fn resolve(reference: &str, base: &Path) -> Result<Secret, String> {
         let path = base.join(path);
         return match std::fs::read_to_string(&path) {
             Ok(v) => {
+                let v = Zeroizing::new(v);
                 let v = v.trim_end_matches(['\n', '\r']).to_string();
                 if v.is_empty() {
                     Err(format!("secret file {} is empty", path.display()))

@@ -419,6 +419,11 @@ async fn sessions_are_for_s3_routes_only() {
         .await;
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(feast.seen().is_empty());
+    // proven, then refused: the record names the session's caller
+    let audit = p.audit(2).await;
+    assert_eq!(audit[1]["reason"], "unsupported_scheme");
+    assert_eq!(audit[1]["identity"]["sub"], "alice");
+    assert_eq!(audit[1]["identity"]["auth_method"], "sts_session");
 }
 
 /// Frames `data` as a signed aws-chunked body (written here from the S3 documentation,

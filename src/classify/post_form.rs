@@ -227,8 +227,10 @@ pub struct FilePart {
     pub content_type: Option<String>,
 }
 
-/// A form read up to the content of its `file` part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A form read up to the content of its `file` part. `Debug` leaves out the values of the
+/// credential fields (the session token, the signature, the policy); the values are wiped
+/// when the form is dropped.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PostForm {
     /// Every field before the file, in order, names lowercased.
     fields: Vec<(String, String)>,
@@ -238,6 +240,38 @@ pub struct PostForm {
     /// Offset of the file's first content byte in the body.
     content_start: usize,
     boundary: Boundary,
+}
+
+impl std::fmt::Debug for PostForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<(&str, &str)> = (self.fields.iter())
+            .map(|(n, v)| {
+                let shown = if CREDENTIAL_FIELDS.contains(&n.as_str()) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (n.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("PostForm")
+            .field("fields", &fields)
+            .field("key", &self.key)
+            .field("file", &self.file)
+            .field("content_start", &self.content_start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostForm {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (name, value) in &mut self.fields {
+            if CREDENTIAL_FIELDS.contains(&name.as_str()) {
+                value.zeroize();
+            }
+        }
+    }
 }
 
 impl PostForm {

@@ -31,6 +31,7 @@ use crate::classify::PostForm;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::model::Identity;
+use crate::secret::Secret;
 pub use bearer::BearerTokens;
 use chunked::ChunkChain;
 use post_policy::{FormSignature, PostPolicy};
@@ -166,6 +167,16 @@ pub enum AuthError {
         /// Seconds since the session's end.
         ago: i64,
     },
+    /// A session signature where the route takes bearer tokens only: HTTP upstreams never
+    /// see an S3-style payload hash, so nothing would hold a session-signed body to its
+    /// signature.
+    #[error(
+        "unsupported authorization scheme \"AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)\": send `Authorization: Bearer <token>`"
+    )]
+    SessionNotAccepted {
+        /// The session's identity, proven but not accepted here (for the audit record).
+        identity: Arc<Identity>,
+    },
     /// On the revocation list. The reason goes to the audit record, not to the caller.
     #[error("access revoked for this identity; ask your platform team")]
     Revoked {
@@ -187,7 +198,9 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
-            AuthError::UnsupportedScheme { .. } => "unsupported_scheme",
+            AuthError::UnsupportedScheme { .. } | AuthError::SessionNotAccepted { .. } => {
+                "unsupported_scheme"
+            }
             AuthError::Malformed { .. } => "malformed",
             AuthError::Ambiguous { .. } => "ambiguous",
             AuthError::UnknownIssuer { .. } => "unknown_issuer",
@@ -217,6 +230,15 @@ pub struct Authenticated {
     /// For `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]` uploads: the chain the body's chunk
     /// signatures are verified against as they stream.
     pub chunks: Option<ChunkChain>,
+}
+
+/// Which credentials a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// Bearer tokens and STS sessions (S3 routes).
+    BearerOrSession,
+    /// Bearer tokens only (HTTP routes).
+    Bearer,
 }
 
 /// Proves who is calling, by whichever credentials the request carries, and holds every
@@ -268,12 +290,17 @@ impl Authenticator {
 
     /// Proves the credentials in the request head: a SigV4 signature (header or presigned
     /// URL) made with a claimgate STS session, or an OIDC bearer token. Two sets of
-    /// credentials are refused rather than one picked; none is [`AuthError::Missing`].
-    pub async fn authenticate(&self, parts: &Parts) -> Result<Authenticated, AuthError> {
+    /// credentials are refused rather than one picked; none is [`AuthError::Missing`]; a
+    /// session where the route `accepts` bearer tokens only is refused once proven.
+    pub async fn authenticate(&self, parts: &Parts, accepts: Accepts) -> Result<Authenticated, AuthError> {
         refuse_ambiguous(parts)?;
         if let Some(claim) = sigv4::parse(parts)? {
             let (session, chunks) = self.session(parts, &claim)?;
-            let identity = self.admit(session.into_identity())?;
+            let identity = Arc::new(session.into_identity());
+            if accepts == Accepts::Bearer {
+                return Err(AuthError::SessionNotAccepted { identity });
+            }
+            let identity = self.admit(identity)?;
             return Ok(Authenticated { identity, chunks });
         }
         let token = bearer_token(parts)?;
@@ -311,7 +338,10 @@ impl Authenticator {
     /// Verifies a session-signed request and, for a signed-chunk upload, sets up the chain
     /// its chunks continue.
     fn session(&self, parts: &Parts, claim: &SigV4Claim) -> Result<(Session, Option<ChunkChain>), AuthError> {
-        let session = self.open_session(&claim.access_key_id, claim.session_token.as_deref())?;
+        let session = self.open_session(
+            &claim.access_key_id,
+            claim.session_token.as_ref().map(Secret::expose),
+        )?;
         let secret = session.secret_access_key.expose();
         sigv4::verify(claim, parts, secret, self.clock.unix())?;
         let payload = parts
@@ -319,7 +349,7 @@ impl Authenticator {
             .get(crate::sigv4::header::X_AMZ_CONTENT_SHA256)
             .and_then(|v| v.to_str().ok());
         let trailer = match payload {
-            _ if claim.presigned => None,
+            _ if claim.is_presigned() => None,
             Some(chunked::SIGNED) => Some(chunked::Trailer::Absent),
             Some(chunked::SIGNED_TRAILER) => Some(chunked::Trailer::Signed),
             _ => None,

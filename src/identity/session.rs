@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::{AuthMethod, Identity};
+use zeroize::Zeroizing;
+
 use crate::secret::Secret;
 
 const PREFIX: &str = "CGS1.";
@@ -104,6 +106,7 @@ impl Keyring {
             .map(|(i, s)| {
                 let raw = STANDARD
                     .decode(s.expose().trim())
+                    .map(Zeroizing::new)
                     .map_err(|_| format!("sealing key #{} is not base64", i + 1))?;
                 if raw.len() != 32 {
                     return Err(format!(
@@ -130,9 +133,9 @@ impl Keyring {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness".to_string())?;
-        let mut data = serde_json::to_vec(session).map_err(|e| e.to_string())?;
+        let mut data = Zeroizing::new(serde_json::to_vec(session).map_err(|e| e.to_string())?);
         key.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(&key.id), &mut data)
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad(&key.id), &mut *data)
             .map_err(|_| "sealing failed".to_string())?;
         let mut blob = Vec::with_capacity(4 + NONCE_LEN + data.len());
         blob.extend_from_slice(&key.id);
@@ -144,7 +147,8 @@ impl Keyring {
     /// Opens a session token sealed by any key of the ring.
     pub fn unseal(&self, token: &str) -> Result<Session, SealError> {
         let body = token.strip_prefix(PREFIX).ok_or(SealError::NotOurs)?;
-        let mut blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| SealError::NotOurs)?;
+        // The plaintext (the session's secret among it) is wiped once read.
+        let mut blob = Zeroizing::new(URL_SAFE_NO_PAD.decode(body).map_err(|_| SealError::NotOurs)?);
         if blob.len() < 4 + NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(SealError::Corrupt);
         }
@@ -174,8 +178,8 @@ fn aad(id: &[u8; 4]) -> Aad<[u8; 24]> {
 /// A fresh `ASIA…` access key id and a 40-character secret, as AWS shapes them.
 pub fn new_credentials() -> Result<(String, Secret), String> {
     const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut raw = [0u8; 16 + 30];
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| "no randomness".to_string())?;
+    let mut raw = Zeroizing::new([0u8; 16 + 30]);
+    aws_lc_rs::rand::fill(raw.as_mut()).map_err(|_| "no randomness".to_string())?;
     let ak: String = std::iter::once("ASIA".to_string())
         .chain(
             raw[..16]

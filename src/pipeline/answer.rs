@@ -62,7 +62,7 @@ pub(super) fn unwrap_upload_id(
     };
     upload_id::unwrap_request(binding, op, &mut parts.uri).map_err(|e| {
         if let UploadIdError::NoSuchUpload { detail } = &e {
-            ctx.detail = Some((*detail).to_string());
+            ctx.note(*detail);
         }
         e.into()
     })
@@ -115,7 +115,7 @@ pub(super) async fn screen_auth_errors(
         .and_then(|r| r.split("</Code>").next())
         .unwrap_or_default();
     if let Some(code) = UPSTREAM_AUTH_CODES.iter().find(|c| **c == code) {
-        ctx.upstream_status = Some(status.as_u16());
+        ctx.upstream_refused(status.as_u16());
         proxy.metrics.upstream_error(name, "auth");
         tracing::error!(route = %name, upstream_code = %code, "upstream refused the route's credentials; check the route's credentials, region and clock");
         return Err(UpstreamError::CredentialsRefused {
@@ -143,9 +143,9 @@ async fn bind_upload_ids(
     let (mut parts, body) = resp.into_parts();
     let status = parts.status.as_u16();
     let refuse = |ctx: &mut Ctx, e: UploadIdError| -> Rejection {
-        ctx.upstream_status = Some(status);
+        ctx.upstream_refused(status);
         proxy.metrics.upstream_error(name, "answer");
-        tracing::error!(route = %name, error = %e, "upstream answer refused: its upload ids cannot be bound");
+        tracing::error!(route = %name, operation = ctx.operation_name(), error = %e, "upstream answer refused: its upload ids cannot be bound");
         e.into()
     };
     let encoded = parts

@@ -67,9 +67,9 @@ pub(super) struct Ctx {
     rule: Option<String>,
     shadow: Option<AuditShadow>,
     /// More about how the request ended than the caller's message says.
-    pub(super) detail: Option<String>,
+    detail: Option<String>,
     /// The upstream's status, when it answered and its answer was not passed on as is.
-    pub(super) upstream_status: Option<u16>,
+    upstream_status: Option<u16>,
     status: u16,
     reason: Option<&'static str>,
 }
@@ -140,6 +140,21 @@ impl Ctx {
                 .map(|a| format!("{} {}", a.action, a.resource))
                 .collect(),
         });
+    }
+
+    /// The operation's name, once classified.
+    pub(super) fn operation_name(&self) -> &'static str {
+        self.operation.as_ref().map_or("-", |o| o.name)
+    }
+
+    /// The upstream answered `status`, and its answer was refused rather than passed on.
+    pub(super) fn upstream_refused(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+    }
+
+    /// Says more than the caller's message will, for the audit record.
+    pub(super) fn note(&mut self, detail: impl Into<String>) {
+        self.detail = Some(detail.into());
     }
 
     /// The STS endpoint's call: there is no route, and the operation is fixed.
@@ -259,9 +274,15 @@ impl Ctx {
             Rejection::Internal => tracing::error!(request_id = %self.request_id, "internal error"),
             Rejection::Auth(e) => {
                 self.metrics.auth_failure(e.reason());
-                if let AuthError::Revoked { reason, identity } = e {
-                    self.caller.get_or_insert_with(|| identity.clone());
-                    self.detail = Some(format!("revoked: {reason}"));
+                match e {
+                    AuthError::Revoked { reason, identity } => {
+                        self.caller.get_or_insert_with(|| identity.clone());
+                        self.detail = Some(format!("revoked: {reason}"));
+                    }
+                    AuthError::SessionNotAccepted { identity } => {
+                        self.caller.get_or_insert_with(|| identity.clone());
+                    }
+                    _ => {}
                 }
             }
             _ => {}

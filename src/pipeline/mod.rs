@@ -33,9 +33,9 @@ use crate::clock::SharedClock;
 use crate::config::{Config, RouteApi, RouteKind};
 use crate::digest::Declared;
 use crate::identity::chunked::{ChunkChain, VerifiedChunks};
-use crate::identity::{AuthError, Authenticated, Authenticator};
+use crate::identity::{Accepts, AuthError, Authenticated, Authenticator};
 use crate::metrics::Metrics;
-use crate::model::{AuthMethod, Identity, Operation, ResourceKind};
+use crate::model::{Identity, Operation, ResourceKind};
 use crate::policy::{Permit, PolicySet};
 use crate::rejection::{Rejection, UpstreamError};
 use crate::upstream::forward::{ForwardError, Wait, forward};
@@ -151,8 +151,9 @@ async fn run(
     let permit = authorize(proxy, &route, &caller.identity, operation, ctx)?;
 
     // sign (the body's digests are read first: signing replaces the caller's headers)
-    let (body, wait) = upstream_body(inbound, caller.chunks, &mut parts.headers, ctx)?;
+    let declared = Declared::from_headers(&parts.headers)?;
     let answer = answer::unwrap_upload_id(&route, permit.operation(), &mut parts, ctx)?;
+    let (body, wait) = upstream_body(inbound, &declared, caller.chunks, &mut parts.headers, ctx)?;
     sign_upstream(permit, &mut parts, &route, proxy.clock.now())?;
 
     // forward
@@ -180,16 +181,12 @@ async fn authenticate(
     parts: &Parts,
     ctx: &mut Ctx,
 ) -> Result<Authenticated, AuthError> {
-    let caller = proxy.auth.authenticate(parts).await?;
+    let accepts = match route.config.kind() {
+        RouteKind::S3 => Accepts::BearerOrSession,
+        RouteKind::Http => Accepts::Bearer,
+    };
+    let caller = proxy.auth.authenticate(parts, accepts).await?;
     ctx.authenticated(&caller.identity);
-    if matches!(caller.identity.method, AuthMethod::Session { .. }) && route.config.kind() == RouteKind::Http
-    {
-        // HTTP upstreams never see an S3-style payload hash, so nothing would hold a
-        // session-signed body to its signature.
-        return Err(AuthError::UnsupportedScheme {
-            scheme: "AWS SigV4 on an HTTP route (send Authorization: Bearer <token>)".into(),
-        });
-    }
     Ok(caller)
 }
 
@@ -284,11 +281,11 @@ async fn delete_objects(
 /// aws-chunked upload, to its chunk signatures), with the headers that describe it.
 fn upstream_body(
     inbound: Inbound,
+    declared: &Declared,
     chunks: Option<ChunkChain>,
     headers: &mut http::HeaderMap,
     ctx: &Ctx,
 ) -> Result<(UpstreamBody, Wait), Rejection> {
-    let declared = Declared::from_headers(headers)?;
     let counter = ctx.bytes_in.clone();
     match (inbound, chunks) {
         (Inbound::Rewritten { original, rewritten }, _) => {
@@ -312,7 +309,7 @@ fn upstream_body(
             Ok((body, Wait::ForHead))
         }
         (Inbound::Streamed(body), None) => {
-            let check = (!declared.is_empty()).then(|| Checked::new(&declared));
+            let check = (!declared.is_empty()).then(|| Checked::new(declared));
             let body = UpstreamBody::Stream {
                 inner: body,
                 counter,

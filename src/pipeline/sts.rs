@@ -32,7 +32,7 @@ pub(super) async fn assume_role(
                 &proxy.auth,
                 &proxy.policies,
                 config,
-                &params,
+                &params.0,
                 now,
                 ctx.request_id(),
             )
@@ -73,13 +73,20 @@ pub(super) async fn assume_role(
     resp
 }
 
+/// An STS call's parameters, the web identity token among them: wiped when dropped.
+struct Params(Vec<(String, String)>);
+
+impl Drop for Params {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (_, value) in &mut self.0 {
+            value.zeroize();
+        }
+    }
+}
+
 /// The call's parameters: the form body's, then the query's.
-async fn read_params(
-    proxy: &Proxy,
-    parts: &Parts,
-    body: Incoming,
-    ctx: &Ctx,
-) -> Result<Vec<(String, String)>, StsError> {
+async fn read_params(proxy: &Proxy, parts: &Parts, body: Incoming, ctx: &Ctx) -> Result<Params, StsError> {
     use http_body_util::{BodyExt, Limited};
     let max = proxy.config.server.max_inspected_body;
     let form = Limited::new(body, max)
@@ -91,8 +98,10 @@ async fn read_params(
         .bytes
         .store(form.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let query = parts.uri.query().unwrap_or_default().as_bytes();
-    Ok(url::form_urlencoded::parse(&form)
-        .chain(url::form_urlencoded::parse(query))
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect())
+    Ok(Params(
+        url::form_urlencoded::parse(&form)
+            .chain(url::form_urlencoded::parse(query))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    ))
 }

@@ -139,7 +139,10 @@ pub fn canonical_s3_path(path: &str) -> String {
 /// `aws4_request`.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hmac::Key {
     let mut k = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret}").as_bytes()),
+        &hmac::Key::new(
+            hmac::HMAC_SHA256,
+            zeroize::Zeroizing::new(format!("AWS4{secret}")).as_bytes(),
+        ),
         date.as_bytes(),
     );
     for part in [region, service, "aws4_request"] {

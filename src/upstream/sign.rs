@@ -21,6 +21,7 @@ use crate::config::{HttpCredentials, RouteApi, SigV4Keys};
 use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
 use crate::sigv4;
+use crate::sigv4::header::{X_AMZ_CONTENT_SHA256, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
 use crate::upstream::Route;
 
 /// Refusals of the sign stage.
@@ -40,9 +41,9 @@ pub enum SignError {
 /// before forwarding.
 const STRIPPED_HEADERS: [&str; 5] = [
     "authorization",
-    "x-amz-security-token",
-    "x-amz-date",
-    "x-amz-content-sha256",
+    X_AMZ_SECURITY_TOKEN,
+    X_AMZ_DATE,
+    X_AMZ_CONTENT_SHA256,
     "expect",
 ];
 
@@ -74,7 +75,7 @@ pub fn sign_upstream(
     let op = permit.operation();
     let caller_payload = parts
         .headers
-        .get("x-amz-content-sha256")
+        .get(X_AMZ_CONTENT_SHA256)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     retarget(op, parts, route)?;
@@ -109,8 +110,9 @@ pub fn sign_upstream(
         }
         RouteApi::Http(http) => match &http.credentials {
             HttpCredentials::Bearer { token } => {
-                let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| unsignable("route token is not a valid header value".into()))?;
+                let value =
+                    HeaderValue::from_str(&zeroize::Zeroizing::new(format!("Bearer {}", token.expose())))
+                        .map_err(|_| unsignable("route token is not a valid header value".into()))?;
                 parts.headers.insert(header::AUTHORIZATION, sensitive(value));
                 Ok(())
             }
@@ -190,7 +192,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// signatures and the trailers are consumed here, so the headers describing them go too.
 pub fn unframe_signed_chunks(headers: &mut HeaderMap) {
     headers.insert(
-        "x-amz-content-sha256",
+        X_AMZ_CONTENT_SHA256,
         HeaderValue::from_static(sigv4::UNSIGNED_PAYLOAD),
     );
     match headers.remove("x-amz-decoded-content-length") {
@@ -246,7 +248,7 @@ pub fn describe_rewritten_body(headers: &mut HeaderMap, body: &[u8]) -> Result<(
         |v: String| HeaderValue::try_from(v).map_err(|_| unsignable("a digest is not a header value".into()));
     headers.insert(header::CONTENT_LENGTH, value(body.len().to_string())?);
     headers.insert("content-md5", value(md5)?);
-    headers.insert("x-amz-content-sha256", value(sha)?);
+    headers.insert(X_AMZ_CONTENT_SHA256, value(sha)?);
     Ok(())
 }
 

@@ -50,6 +50,7 @@ pub use verify::{verify, verify_with};
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::secret::Secret;
 use crate::sigv4::{Carrier, DEFAULT_SKEW_SECS};
 
 /// What a SigV4-authenticated request claims, parsed but not yet verified.
@@ -77,20 +78,16 @@ pub struct SigV4Claim {
     pub expires: Option<u64>,
     /// The session token: the `x-amz-security-token` header (header form) or the
     /// `X-Amz-Security-Token` parameter (presigned; the header if there is no parameter).
-    pub session_token: Option<String>,
-    /// Whether the signature travels in the query (a presigned URL) rather than in the
-    /// `Authorization` header.
-    pub presigned: bool,
+    pub session_token: Option<Secret>,
+    /// Where the signature travels: the `Authorization` header, or the query (a presigned
+    /// URL).
+    pub carrier: Carrier,
 }
 
 impl SigV4Claim {
-    /// Where the signature travels.
-    pub fn carrier(&self) -> Carrier {
-        if self.presigned {
-            Carrier::Query
-        } else {
-            Carrier::Header
-        }
+    /// Whether the signature travels in the query (a presigned URL).
+    pub fn is_presigned(&self) -> bool {
+        self.carrier == Carrier::Query
     }
 
     /// The credential scope: `date/region/service/aws4_request`.
@@ -118,7 +115,7 @@ impl fmt::Debug for SigV4Claim {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
-            .field("presigned", &self.presigned)
+            .field("carrier", &self.carrier)
             .finish()
     }
 }

@@ -5,6 +5,7 @@ use http::request::Parts;
 use percent_encoding::percent_decode_str;
 
 use super::{SigV4Claim, SigV4Error, algorithm_name, malformed};
+use crate::secret::Secret;
 use crate::sigv4::header::{X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
 use crate::sigv4::{
     ALGORITHM, Carrier, MAX_PRESIGNED_EXPIRES, decoded_eq, param, parse_amz_date, query_pairs,
@@ -100,7 +101,7 @@ fn parse_header_form(value: &str, headers: &HeaderMap) -> Result<SigV4Claim, Sig
 
     let amz_date = single_header(headers, X_AMZ_DATE, Carrier::Header)?
         .ok_or_else(|| m("missing x-amz-date header (yyyymmddThhmmssZ); the Date header is not accepted"))?;
-    let session_token = single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Header)?.map(str::to_string);
+    let session_token = single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Header)?.map(Secret::new);
     build_claim(
         Carrier::Header,
         credential,
@@ -180,9 +181,9 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
                     "X-Amz-Security-Token and the x-amz-security-token header differ; send one",
                 ));
             }
-            Some(t)
+            Some(Secret::new(t))
         }
-        None => single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Query)?.map(str::to_string),
+        None => single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Query)?.map(Secret::new),
     };
     build_claim(
         Carrier::Query,
@@ -202,7 +203,7 @@ fn build_claim(
     signature: &str,
     amz_date: &str,
     expires: Option<u64>,
-    session_token: Option<String>,
+    session_token: Option<Secret>,
 ) -> Result<SigV4Claim, SigV4Error> {
     let m = |reason: String| malformed(carrier, reason);
 
@@ -262,7 +263,7 @@ fn build_claim(
         request_time,
         expires,
         session_token,
-        presigned: carrier == Carrier::Query,
+        carrier,
     })
 }
 

@@ -3,6 +3,7 @@
 use super::*;
 use http::request::Parts;
 
+use crate::secret::Secret;
 use crate::sigv4::{Carrier, canonical_query, canonical_request, parse_amz_date, rfc3339};
 
 const NOW: i64 = 1_440_938_160; // 2015-08-30T12:36:00Z
@@ -72,8 +73,8 @@ fn vanilla_parses_and_verifies() {
     );
     assert_eq!(claim.signed_headers, ["host", "x-amz-date"]);
     assert_eq!(claim.request_time, NOW);
-    assert!(!claim.presigned);
-    let canonical = canonical_request(&p, &claim.signed_headers, claim.carrier(), EMPTY_SHA256).unwrap();
+    assert!(!claim.is_presigned());
+    let canonical = canonical_request(&p, &claim.signed_headers, claim.carrier, EMPTY_SHA256).unwrap();
     assert_eq!(
         String::from_utf8(canonical).unwrap(),
         format!(
@@ -217,7 +218,7 @@ const PRESIGNED: &str = "/?X-Amz-Algorithm=AWS4-HMAC-SHA256\
 fn presigned_vanilla_verifies() {
     let p = parts(PRESIGNED, &[("host", "example.amazonaws.com")]);
     let claim = parse(&p).unwrap().unwrap();
-    assert!(claim.presigned);
+    assert!(claim.is_presigned());
     assert_eq!(claim.expires, Some(3600));
     assert_eq!(claim.session_token, None);
     verify_with(&claim, &p, SECRET, NOW, &vector_opts()).unwrap();
@@ -288,7 +289,7 @@ fn presigned_parse_errors() {
     // Session token: the parameter; a differing header is refused.
     let with_token = format!("{PRESIGNED}&X-Amz-Security-Token=tok%2Ben");
     let claim = parse(&parts(&with_token, &[("host", "h")])).unwrap().unwrap();
-    assert_eq!(claim.session_token.as_deref(), Some("tok+en"));
+    assert_eq!(claim.session_token.as_ref().map(Secret::expose), Some("tok+en"));
     let reason = malformed_reason(&parts(
         &with_token,
         &[("host", "h"), ("x-amz-security-token", "other")],

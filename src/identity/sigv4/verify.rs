@@ -35,14 +35,14 @@ pub fn verify_with(
 ) -> Result<(), SigV4Error> {
     if claim.service != opts.service {
         return Err(SigV4Error::WrongService {
-            presigned: claim.presigned,
+            presigned: claim.is_presigned(),
             service: claim.service.clone(),
             expected: opts.service.to_string(),
         });
     }
     if claim.amz_date.get(..8) != Some(claim.scope_date.as_str()) {
         return Err(malformed(
-            claim.carrier(),
+            claim.carrier,
             format!(
                 "credential scope date {} is not the date of the request time {}",
                 claim.scope_date, claim.amz_date
@@ -54,7 +54,7 @@ pub fn verify_with(
     }
     check_amz_headers_signed(claim, &parts.headers)?;
     let payload = payload_hash(claim, &parts.headers, &opts.payload)?;
-    let canonical = canonical_request(parts, &claim.signed_headers, claim.carrier(), &payload)
+    let canonical = canonical_request(parts, &claim.signed_headers, claim.carrier, &payload)
         .ok_or(SigV4Error::SignatureDoesNotMatch)?;
     let string_to_sign = string_to_sign(&claim.amz_date, &claim.credential_scope(), &canonical);
     let key = signing_key(
@@ -82,7 +82,7 @@ fn check_time(claim: &SigV4Claim, now: i64, skew_secs: i64) -> Result<(), SigV4E
         server_time: rfc3339(now),
         max_skew_secs: skew_secs,
     };
-    if claim.presigned {
+    if claim.is_presigned() {
         if claim.request_time > now.saturating_add(skew_secs) {
             return Err(skewed());
         }
@@ -109,7 +109,7 @@ fn check_amz_headers_signed(claim: &SigV4Claim, headers: &HeaderMap) -> Result<(
         .keys()
         .map(|n| n.as_str())
         .filter(|n| n.starts_with("x-amz-"))
-        .filter(|n| !value_is_signed_anyway(n, claim.carrier()))
+        .filter(|n| !value_is_signed_anyway(n, claim.carrier))
         .filter(|n| !claim.signed_headers.iter().any(|s| s == n))
         .collect();
     if unsigned.is_empty() {
@@ -130,9 +130,9 @@ fn value_is_signed_anyway(name: &str, carrier: Carrier) -> bool {
 fn payload_hash(claim: &SigV4Claim, headers: &HeaderMap, rule: &PayloadHash) -> Result<String, SigV4Error> {
     match rule {
         PayloadHash::Body(hash) => Ok(hash.clone()),
-        PayloadHash::S3 => match single_header(headers, X_AMZ_CONTENT_SHA256, claim.carrier())? {
+        PayloadHash::S3 => match single_header(headers, X_AMZ_CONTENT_SHA256, claim.carrier)? {
             Some(v) => Ok(v.to_string()),
-            None if claim.presigned => Ok(UNSIGNED_PAYLOAD.to_string()),
+            None if claim.is_presigned() => Ok(UNSIGNED_PAYLOAD.to_string()),
             None => Err(SigV4Error::MissingContentSha256),
         },
     }
