@@ -21,7 +21,7 @@ use crate::identity::revocation::Revocations;
 use crate::identity::session::Keyring;
 pub use crate::identity::sts::StsConfig;
 pub use crate::identity::{DEFAULT_ALGORITHMS, IssuerConfig};
-use crate::policy::{Mode, PolicySet};
+use crate::policy::{DenialDetail, Mode, PolicySet};
 use crate::secret::{self, Secret};
 
 /// Algorithms accepted when an issuer does not list its own.
@@ -206,8 +206,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Enables virtual-hosted-style buckets under this host.
     pub public_host: Option<String>,
-    /// Whether denial messages name the action, resource and roles.
-    pub verbose_denials: bool,
+    /// How much denial messages tell the caller (`verbose_denials`).
+    pub denials: DenialDetail,
     /// Bound on draining in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// Cap on bodies read whole for authorization, and on a form upload's fields.
@@ -611,7 +611,10 @@ fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConf
         listen,
         tls,
         public_host: s.public_host.clone().map(|h| h.to_ascii_lowercase()),
-        verbose_denials: s.verbose_denials.unwrap_or(true),
+        denials: match s.verbose_denials {
+            Some(false) => DenialDetail::Terse,
+            _ => DenialDetail::Verbose,
+        },
         shutdown_grace: c.duration(s.shutdown_grace.as_ref(), Duration::from_secs(30)),
         max_inspected_body: s.max_inspected_body.unwrap_or(1 << 20),
     }
@@ -1023,7 +1026,7 @@ credentials = { kind = "bearer", token = "file:sk" }
         assert_eq!(c.issuers[0].leeway, Duration::from_secs(60));
         assert_eq!(c.issuers[0].algorithms, DEFAULT_ALGORITHMS.to_vec());
         assert_eq!(c.audit, AuditSink::Stdout);
-        assert!(c.server.verbose_denials);
+        assert_eq!(c.server.denials, DenialDetail::Verbose);
         assert_eq!(c.policies.role_count(), 1);
         let s3 = c.routes[0].s3().expect("an S3 route");
         assert_eq!(s3.credentials.secret_access_key.expose(), "secret");

@@ -201,7 +201,7 @@ fn authorize(
     let decision = proxy.policies.decide(identity, operation);
     ctx.decided(&decision, &route.config.name);
     decision.outcome.map_err(|denial| Rejection::Denied {
-        message: denial.message(proxy.config.server.verbose_denials),
+        message: denial.message(proxy.config.server.denials),
     })
 }
 

@@ -734,7 +734,7 @@ allow = [{ actions = ["s3:PutObject"], resources = ["s3://datasets/*"] }]
             .expect_err("denied");
         assert_eq!(denial.rule, None);
         assert_eq!(
-            denial.message(true),
+            denial.message(crate::policy::DenialDetail::Verbose),
             "Access denied: s3:PutObject on s3://datasets/x is not allowed for roles [trainer] (no rule allows it)"
         );
         let nobody = identity(ISS, json!({"sub": "x"}));

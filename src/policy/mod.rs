@@ -205,6 +205,15 @@ impl Permit {
     }
 }
 
+/// How much a denial tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialDetail {
+    /// The action, resource, roles and deciding rule.
+    Verbose,
+    /// `Access Denied`, as S3 says it.
+    Terse,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -219,12 +228,12 @@ pub struct Denial {
 }
 
 impl Denial {
-    /// The message for the caller. Terse (`Access Denied`, as S3 says it) unless `verbose`,
-    /// which names the action, resource, roles and rule, so an ML engineer can fix the request
-    /// or ask for the right role. Verbose is the default; `server.verbose_denials = false`
-    /// makes it terse for deployments that do not want callers to learn about the policy.
-    pub fn message(&self, verbose: bool) -> String {
-        if !verbose {
+    /// The message for the caller: terse (`Access Denied`, as S3 says it) or verbose, naming
+    /// the action, resource, roles and rule, so an ML engineer can fix the request or ask for
+    /// the right role. Verbose is the default; `server.verbose_denials = false` makes it
+    /// terse for deployments that do not want callers to learn about the policy.
+    pub fn message(&self, detail: DenialDetail) -> String {
+        if detail == DenialDetail::Terse {
             return "Access Denied".to_string();
         }
         let Access { action, resource } = &*self.access;
@@ -249,7 +258,7 @@ impl Denial {
 
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message(true))
+        f.write_str(&self.message(DenialDetail::Verbose))
     }
 }
 
@@ -454,21 +463,21 @@ mod tests {
             )),
             rule: None,
         };
-        assert_eq!(denial.message(false), "Access Denied");
+        assert_eq!(denial.message(DenialDetail::Terse), "Access Denied");
         assert_eq!(
-            denial.message(true),
+            denial.message(DenialDetail::Verbose),
             "Access denied: s3:PutObject on s3://datasets/x is not allowed for roles [trainer] (no rule allows it)"
         );
         denial.rule = Some(rule(RuleKind::Deny));
         assert_eq!(
-            denial.message(true),
+            denial.message(DenialDetail::Verbose),
             "Access denied: s3:PutObject on s3://datasets/x is denied by role trainer deny[0] in policies/ml.toml"
         );
-        assert_eq!(denial.message(false), "Access Denied");
+        assert_eq!(denial.message(DenialDetail::Terse), "Access Denied");
         denial.rule = None;
         denial.roles.clear();
         assert_eq!(
-            denial.message(true),
+            denial.message(DenialDetail::Verbose),
             "Access denied: s3:PutObject on s3://datasets/x is not allowed: the identity holds no role"
         );
     }

@@ -102,15 +102,15 @@ fn parse_header_form(value: &str, headers: &HeaderMap) -> Result<SigV4Claim, Sig
     let amz_date = single_header(headers, X_AMZ_DATE, Carrier::Header)?
         .ok_or_else(|| m("missing x-amz-date header (yyyymmddThhmmssZ); the Date header is not accepted"))?;
     let session_token = single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Header)?.map(Secret::new);
-    build_claim(
-        Carrier::Header,
+    build_claim(Fields {
+        carrier: Carrier::Header,
         credential,
         signed_headers,
         signature,
         amz_date,
-        None,
+        expires: None,
         session_token,
-    )
+    })
 }
 
 /// The presigned form: `X-Amz-Algorithm`, `X-Amz-Credential`, `X-Amz-Date`,
@@ -185,26 +185,38 @@ fn parse_query_form(query: &str, headers: &HeaderMap) -> Result<SigV4Claim, SigV
         }
         None => single_header(headers, X_AMZ_SECURITY_TOKEN, Carrier::Query)?.map(Secret::new),
     };
-    build_claim(
-        Carrier::Query,
-        &credential,
-        &signed_headers,
-        &signature,
-        &date,
-        Some(expires),
+    build_claim(Fields {
+        carrier: Carrier::Query,
+        credential: &credential,
+        signed_headers: &signed_headers,
+        signature: &signature,
+        amz_date: &date,
+        expires: Some(expires),
         session_token,
-    )
+    })
 }
 
-fn build_claim(
+/// The SigV4 values as sent, in either form, before their shapes are checked.
+struct Fields<'a> {
     carrier: Carrier,
-    credential: &str,
-    signed_headers: &str,
-    signature: &str,
-    amz_date: &str,
+    credential: &'a str,
+    signed_headers: &'a str,
+    signature: &'a str,
+    amz_date: &'a str,
     expires: Option<u64>,
     session_token: Option<Secret>,
-) -> Result<SigV4Claim, SigV4Error> {
+}
+
+fn build_claim(fields: Fields<'_>) -> Result<SigV4Claim, SigV4Error> {
+    let Fields {
+        carrier,
+        credential,
+        signed_headers,
+        signature,
+        amz_date,
+        expires,
+        session_token,
+    } = fields;
     let m = |reason: String| malformed(carrier, reason);
 
     let scope: Vec<&str> = credential.split('/').collect();
