@@ -119,7 +119,28 @@ mod tests {
         let http = Resource::http("features", "get-online-features");
         assert_eq!(http, "http://features/get-online-features");
         assert_eq!(http, Resource::parse("http://features/get-online-features"));
-        assert_eq!(Resource::parse("arn:aws:s3:::b").kind(), &ResourceKind::Other);
+        assert_eq!(Resource::parse("arn:aws:s3:::b").kind(), ResourceKind::Other);
+        assert_eq!(
+            object.kind(),
+            ResourceKind::S3 {
+                bucket: "b",
+                key: Some("a/../k")
+            }
+        );
+        assert_eq!(
+            Resource::s3_bucket("b").kind(),
+            ResourceKind::S3 {
+                bucket: "b",
+                key: None
+            }
+        );
+        assert_eq!(
+            Resource::parse("http://features").kind(),
+            ResourceKind::Http {
+                route: "features",
+                path: ""
+            }
+        );
     }
 
     #[test]
@@ -157,66 +178,81 @@ impl Access {
     }
 }
 
-/// What an access is on: the parts the classify stage read, and the text policies match
-/// (`s3://bucket/key`, key percent-decoded; `s3://bucket`; `s3://`; `http://route/path`),
-/// rendered once. Later stages ask for the parts; nobody parses the text back.
+/// What an access is on: the text policies match (`s3://bucket/key`, key percent-decoded;
+/// `s3://bucket`; `s3://`; `http://route/path`), rendered once by the classify stage, and
+/// where its parts lie in that text. Later stages ask for the parts; nobody parses the text
+/// back, and the parts are not stored a second time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     text: String,
-    kind: ResourceKind,
+    shape: Shape,
 }
 
-/// The parts of a [`Resource`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResourceKind {
+/// Where a [`Resource`]'s parts lie in its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    S3Account,
+    /// `s3://bucket`, or `s3://bucket/key` with the key starting at `key_at`.
+    S3 {
+        key_at: Option<usize>,
+    },
+    /// `http://route`, or `http://route/path` with the path starting at `path_at`.
+    Http {
+        path_at: Option<usize>,
+    },
+    Other,
+}
+
+/// The parts of a [`Resource`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind<'a> {
     /// The account (`s3://`): ListBuckets.
     S3Account,
     /// A bucket (`s3://bucket`), or an object or key prefix in it (`s3://bucket/key`).
     S3 {
         /// The bucket.
-        bucket: String,
+        bucket: &'a str,
         /// The key or prefix, percent-decoded once; `None` for the bucket itself.
-        key: Option<String>,
+        key: Option<&'a str>,
     },
     /// A path on an HTTP route (`http://route/path`).
     Http {
         /// The route's name.
-        route: String,
+        route: &'a str,
         /// The path on it, without the route's prefix or a leading `/`.
-        path: String,
+        path: &'a str,
     },
     /// A resource given as text that names none of the above: only `claimgate check`
     /// reads resources from text, and a request never classifies to one.
     Other,
 }
 
+const S3: &str = "s3://";
+const HTTP: &str = "http://";
+
 impl Resource {
     /// `s3://`.
     pub fn s3_account() -> Self {
         Resource {
-            text: "s3://".into(),
-            kind: ResourceKind::S3Account,
+            text: S3.into(),
+            shape: Shape::S3Account,
         }
     }
 
     /// `s3://bucket`.
     pub fn s3_bucket(bucket: &str) -> Self {
         Resource {
-            text: format!("s3://{bucket}"),
-            kind: ResourceKind::S3 {
-                bucket: bucket.into(),
-                key: None,
-            },
+            text: format!("{S3}{bucket}"),
+            shape: Shape::S3 { key_at: None },
         }
     }
 
     /// `s3://bucket/key` (an object, or a listing's prefix).
     pub fn s3_object(bucket: &str, key: &str) -> Self {
         Resource {
-            text: format!("s3://{bucket}/{key}"),
-            kind: ResourceKind::S3 {
-                bucket: bucket.into(),
-                key: Some(key.into()),
+            text: format!("{S3}{bucket}/{key}"),
+            shape: Shape::S3 {
+                key_at: Some(S3.len() + bucket.len() + 1),
             },
         }
     }
@@ -224,39 +260,31 @@ impl Resource {
     /// `http://route/path` (`path` without its leading `/`).
     pub fn http(route: &str, path: &str) -> Self {
         Resource {
-            text: format!("http://{route}/{path}"),
-            kind: ResourceKind::Http {
-                route: route.into(),
-                path: path.into(),
+            text: format!("{HTTP}{route}/{path}"),
+            shape: Shape::Http {
+                path_at: Some(HTTP.len() + route.len() + 1),
             },
         }
     }
 
     /// Reads a resource written as text (the `claimgate check` command line, tests).
     pub fn parse(text: &str) -> Self {
-        let kind = if text == "s3://" {
-            ResourceKind::S3Account
-        } else if let Some(rest) = text.strip_prefix("s3://") {
-            let (bucket, key) = match rest.split_once('/') {
-                Some((b, k)) => (b, Some(k.to_string())),
-                None => (rest, None),
-            };
-            ResourceKind::S3 {
-                bucket: bucket.into(),
-                key,
-            }
-        } else if let Some(rest) = text.strip_prefix("http://") {
-            let (route, path) = rest.split_once('/').unwrap_or((rest, ""));
-            ResourceKind::Http {
-                route: route.into(),
-                path: path.into(),
-            }
+        let after = |scheme: &str| {
+            text.strip_prefix(scheme)
+                .map(|rest| rest.find('/').map(|i| scheme.len() + i + 1))
+        };
+        let shape = if text == S3 {
+            Shape::S3Account
+        } else if let Some(key_at) = after(S3) {
+            Shape::S3 { key_at }
+        } else if let Some(path_at) = after(HTTP) {
+            Shape::Http { path_at }
         } else {
-            ResourceKind::Other
+            Shape::Other
         };
         Resource {
             text: text.into(),
-            kind,
+            shape,
         }
     }
 
@@ -266,8 +294,27 @@ impl Resource {
     }
 
     /// The parts.
-    pub fn kind(&self) -> &ResourceKind {
-        &self.kind
+    pub fn kind(&self) -> ResourceKind<'_> {
+        // (name, rest): what follows the scheme, split at the first `/` when there is one.
+        let split = |scheme: usize, at: Option<usize>| match at {
+            Some(at) => (&self.text[scheme..at - 1], Some(&self.text[at..])),
+            None => (&self.text[scheme..], None),
+        };
+        match self.shape {
+            Shape::S3Account => ResourceKind::S3Account,
+            Shape::S3 { key_at } => {
+                let (bucket, key) = split(S3.len(), key_at);
+                ResourceKind::S3 { bucket, key }
+            }
+            Shape::Http { path_at } => {
+                let (route, path) = split(HTTP.len(), path_at);
+                ResourceKind::Http {
+                    route,
+                    path: path.unwrap_or_default(),
+                }
+            }
+            Shape::Other => ResourceKind::Other,
+        }
     }
 }
 

@@ -16,12 +16,17 @@ allow = [ { actions = ["s3:GetObject"], resources = ["s3://datasets/*"] } ]
 deny = [ { actions = ["s3:*"], resources = ["s3://datasets/pii/*"] } ]
 "#;
 
-fn validate(config: &std::path::Path) -> std::process::Output {
+/// `claimgate <command> --config <config>`, run to the end.
+fn run(command: &str, config: &std::path::Path) -> std::process::Output {
     claimgate()
-        .args(["validate", "--config"])
+        .args([command, "--config"])
         .arg(config)
         .output()
         .unwrap()
+}
+
+fn validate(config: &std::path::Path) -> std::process::Output {
+    run("validate", config)
 }
 
 fn setup(config: &str, policy: &str) -> tempfile::TempDir {
@@ -80,11 +85,7 @@ fn validate_lists_every_problem_with_file_and_line_and_serve_refuses_to_start() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ml.toml:4:"), "{err}");
 
-    let out = claimgate()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run("serve", &cfg);
     assert_eq!(
         out.status.code(),
         Some(64),
@@ -179,11 +180,7 @@ fn a_bad_tls_pem_is_a_config_problem_not_a_failed_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("claimgate.toml:3:"), "{err}");
     assert!(err.contains("cert.pem"), "{err}");
-    let out = claimgate()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = run("serve", &cfg);
     assert_eq!(
         out.status.code(),
         Some(64),

@@ -194,6 +194,25 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The identity that was proven before it was refused (revoked, or a session where the
+    /// route takes none): the audit record names it.
+    pub fn proven_identity(&self) -> Option<&Arc<Identity>> {
+        match self {
+            AuthError::Revoked { identity, .. } | AuthError::SessionNotAccepted { identity } => {
+                Some(identity)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the audit record says beyond the caller's message: the revocation's reason.
+    pub fn audit_detail(&self) -> Option<String> {
+        match self {
+            AuthError::Revoked { reason, .. } => Some(format!("revoked: {reason}")),
+            _ => None,
+        }
+    }
+
     /// Stable short name for audit records and the `reason` metric label.
     pub fn reason(&self) -> &'static str {
         match self {

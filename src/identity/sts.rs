@@ -93,48 +93,40 @@ pub async fn assume_role(
     now: i64,
     request_id: &str,
 ) -> Assumed {
-    let mut assumed = Assumed {
-        role_arn: None,
-        caller: None,
-        outcome: Err(StsError::Internal.into()),
-    };
-    assumed.outcome = grant(auth, policies, config, params, now, request_id, &mut assumed).await;
-    assumed
+    let (mut role_arn, mut caller) = (None, None);
+    let outcome = async {
+        let req = parse(params)?;
+        role_arn = Some(req.role_arn.clone());
+        let identity = auth.authenticate_token(req.token.expose()).await.map_err(|e| {
+            caller = e.proven_identity().cloned();
+            StsRefusal {
+                error: StsError::from(e.clone()),
+                cause: StsCause::Auth(e),
+            }
+        })?;
+        caller = Some(identity.clone());
+        grant(policies, config, req, &identity, now, request_id)
+    }
+    .await;
+    Assumed {
+        role_arn,
+        caller,
+        outcome,
+    }
 }
 
-async fn grant(
-    auth: &Authenticator,
+/// Hands the role's session to `identity`, if it holds the role.
+fn grant(
     policies: &PolicySet,
     config: &StsConfig,
-    params: &[(String, String)],
+    req: AssumeRequest,
+    identity: &Arc<Identity>,
     now: i64,
     request_id: &str,
-    seen: &mut Assumed,
 ) -> Result<Grant, StsRefusal> {
-    let req = parse(params)?;
-    seen.role_arn = Some(req.role_arn.clone());
-    let identity = match auth.authenticate_token(req.token.expose()).await {
-        Ok(identity) => identity,
-        Err(e) => {
-            if let AuthError::Revoked { identity, .. } = &e {
-                seen.caller = Some(identity.clone());
-            }
-            let error = match e {
-                AuthError::Revoked { .. } => StsError::AccessDenied(
-                    "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked".into(),
-                ),
-                _ => StsError::from(e.clone()),
-            };
-            return Err(StsRefusal {
-                error,
-                cause: StsCause::Auth(e),
-            });
-        }
-    };
-    seen.caller = Some(identity.clone());
-    if !policies.holds(&identity, &req.role) {
+    if !policies.holds(identity, &req.role) {
         let held: Vec<String> = policies
-            .roles_for(&identity)
+            .roles_for(identity)
             .iter()
             .map(|r| r.name.to_string())
             .collect();
@@ -149,7 +141,7 @@ async fn grant(
         });
     }
     let length = session_length(req.duration, config.default_session, config.max_session)?;
-    issue(&config.keyring, &identity, req, length, now, request_id)
+    issue(&config.keyring, identity, req, length, now, request_id)
 }
 
 /// Makes the session: fresh credentials, sealed with the claims that made them into the
@@ -286,7 +278,9 @@ impl From<AuthError> for StsError {
                 StsError::IdpRejectedClaim(msg)
             }
             AuthError::KeysUnavailable { .. } => StsError::IdpCommunication(msg),
-            AuthError::Revoked { .. } => StsError::AccessDenied(msg),
+            AuthError::Revoked { .. } => StsError::AccessDenied(
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: the identity is revoked".into(),
+            ),
             AuthError::SigV4(_)
             | AuthError::UnknownAccessKey
             | AuthError::SessionInvalid { .. }

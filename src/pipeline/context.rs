@@ -274,15 +274,11 @@ impl Ctx {
             Rejection::Internal => tracing::error!(request_id = %self.request_id, "internal error"),
             Rejection::Auth(e) => {
                 self.metrics.auth_failure(e.reason());
-                match e {
-                    AuthError::Revoked { reason, identity } => {
-                        self.caller.get_or_insert_with(|| identity.clone());
-                        self.detail = Some(format!("revoked: {reason}"));
-                    }
-                    AuthError::SessionNotAccepted { identity } => {
-                        self.caller.get_or_insert_with(|| identity.clone());
-                    }
-                    _ => {}
+                if let Some(identity) = e.proven_identity() {
+                    self.caller.get_or_insert_with(|| identity.clone());
+                }
+                if let Some(detail) = e.audit_detail() {
+                    self.detail = Some(detail);
                 }
             }
             _ => {}

@@ -375,7 +375,7 @@ fn check_buckets(route: &Route, op: &Operation) -> Result<(), Rejection> {
             }
             ResourceKind::S3 { bucket, .. } if !allowed.iter().any(|b| b == bucket) => {
                 return Err(Rejection::BucketNotServed {
-                    bucket: bucket.clone(),
+                    bucket: bucket.to_string(),
                 });
             }
             _ => {}

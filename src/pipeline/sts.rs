@@ -51,9 +51,7 @@ pub(super) async fn assume_role(
                     match &refusal.cause {
                         StsCause::Auth(e) => {
                             ctx.auth_failed(e);
-                            if let crate::identity::AuthError::Revoked { reason, .. } = e {
-                                detail = format!("revoked: {reason}");
-                            }
+                            detail = e.audit_detail().unwrap_or(detail);
                         }
                         StsCause::RoleNotHeld => ctx.denied(),
                         StsCause::Request | StsCause::Internal => {}
