@@ -79,7 +79,8 @@ fn fixture() -> Fixture {
     .unwrap();
 
     let clock: SharedClock = Arc::new(ManualClock::at(NOW));
-    let auth = Authenticator::new(&config.issuers, None, None, clock, Arc::new(Metrics::new())).unwrap();
+    let auth =
+        Authenticator::new(&config.issuers, None, None, clock, Arc::new(Metrics::new()), None).unwrap();
     assert!(auth.bearer().install_keys(
         ISSUER,
         KeySet {
@@ -90,7 +91,7 @@ fn fixture() -> Fixture {
         .enable_all()
         .build()
         .unwrap();
-    let router = rt.block_on(async { Router::new(&config.routes).unwrap() });
+    let router = rt.block_on(async { Router::new(&config.routes, &config.limits).unwrap() });
     Fixture {
         router,
         config,

@@ -1,16 +1,32 @@
 //! Audit records: one JSON line per request, allowed or refused, written off the hot path.
 //!
-//! Records go through a bounded channel to a writer thread that batches writes and flushes
-//! whenever the queue runs dry. When the queue is full the request waits for room rather
-//! than dropping its record: an audit trail with holes is worse than a slower request.
-//! [`AuditLog::flush`] waits until everything queued before it is on disk (shutdown).
+//! Durability, as promised to whoever reads the trail:
+//!
+//! - Every request takes a *slot* in the writer's bounded queue before anything else happens
+//!   ([`AuditLog::reserve`]); its record is written into that slot when the response ends, so
+//!   a request that was served always has room for its record. When the sink stalls and
+//!   the queue is full, new requests wait for a slot (back-pressure) instead of piling up
+//!   tasks or memory.
+//! - A record is never half-written: records are serialized whole, and a write the sink cut
+//!   short (disk full) is resumed from where it stopped once the sink takes data again.
+//! - While the sink fails, [`AuditLog::is_up`] says so; data access is then refused or served
+//!   according to `[audit] on_failure`. Records already accepted stay queued in memory until
+//!   the sink recovers.
+//! - The file is reopened on request ([`AuditLog::reopen`], SIGHUP/SIGUSR1) and when it is
+//!   moved away or deleted (logrotate without `copytruncate`).
+//! - [`AuditLog::flush`] waits until everything queued before it is on disk (shutdown).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
 
 /// Where audit records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,10 +163,25 @@ enum Msg {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// Records the queue holds (accepted but not yet written), at most.
+const QUEUE: usize = 65_536;
+/// How long a request waits for a queue slot before the sink counts as failing.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the writer thread shares with the request path.
+struct Shared {
+    /// False from a failed write until a write succeeds again.
+    up: AtomicBool,
+    /// Set by [`AuditLog::reopen`]; the writer reopens the file at its next turn.
+    reopen: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
 /// Handle to the audit writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -159,47 +190,109 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// A reserved place in the writer's queue: whatever happens to the request, its record fits.
+pub struct Slot {
+    permit: mpsc::OwnedPermit<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    /// Hands the record to the writer. Never blocks, never fails.
+    pub fn write(self, record: AuditRecord) {
+        self.shared.metrics.audit_queued(1);
+        self.permit.send(Msg::Record(Box::new(record)));
+    }
+}
+
+/// No slot came free in time: the sink is stalled or failing and the queue is full.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit log is not keeping up: its queue of {QUEUE} records is full")]
+pub struct QueueFull;
+
+/// Where the writer puts records.
+enum Out {
+    /// A stream given to us (stdout, or a test's buffer).
+    Stream(Box<dyn Write + Send>),
+    /// A file we opened and may reopen.
+    File {
+        path: PathBuf,
+        file: Option<std::fs::File>,
+    },
+}
+
 impl AuditLog {
     /// Opens the sink and starts the writer thread.
-    pub fn open(sink: &AuditSink) -> std::io::Result<AuditLog> {
-        let out: Box<dyn Write + Send> = match sink {
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::File(path) => Box::new(open_append(path)?),
+    pub fn open(sink: &AuditSink, metrics: Arc<Metrics>) -> std::io::Result<AuditLog> {
+        let out = match sink {
+            AuditSink::Stdout => Out::Stream(Box::new(std::io::stdout())),
+            AuditSink::File(path) => Out::File {
+                file: Some(open_append(path)?),
+                path: path.clone(),
+            },
         };
-        Ok(Self::with_writer(out))
+        Ok(Self::start(out, metrics))
     }
 
-    /// Starts a writer over any sink (tests, benches).
-    pub fn with_writer(out: Box<dyn Write + Send>) -> AuditLog {
-        let (tx, rx) = mpsc::channel(65_536);
+    /// Starts a writer over any stream (tests, benches).
+    pub fn with_writer(out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> AuditLog {
+        Self::start(Out::Stream(out), metrics)
+    }
+
+    fn start(out: Out, metrics: Arc<Metrics>) -> AuditLog {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        metrics.audit_sink_up(true);
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(true),
+            reopen: AtomicBool::new(false),
+            metrics,
+        });
+        let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("claimgate-audit".into())
-            .spawn(move || writer(rx, out))
+            .spawn(move || Writer::new(out, writer_shared).run(rx))
             .expect("spawn audit writer thread");
-        AuditLog { tx }
+        AuditLog { tx, shared }
     }
 
-    /// Queues a record from synchronous code (a body's `Drop`). Never blocks: when the
-    /// queue is full it hands the record to a task that waits for room.
-    pub fn write_now(&self, record: AuditRecord) {
+    /// Reserves a slot for one request's record, waiting for room while the queue is full.
+    pub async fn reserve(&self) -> Result<Slot, QueueFull> {
+        match tokio::time::timeout(SLOT_WAIT, self.tx.clone().reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                permit,
+                shared: self.shared.clone(),
+            }),
+            Ok(Err(_)) | Err(_) => Err(QueueFull),
+        }
+    }
+
+    /// Writes a record that has no slot (a refusal made because none was free): queued if
+    /// there is room after all, else dropped and counted — never waited on, never spawned.
+    pub fn write_unreserved(&self, record: AuditRecord) {
         match self.tx.try_send(Msg::Record(Box::new(record))) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                let tx = self.tx.clone();
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let _ = tx.send(msg).await;
-                    });
-                }
+            Ok(()) => self.shared.metrics.audit_queued(1),
+            Err(_) => {
+                self.shared.metrics.audit_dropped();
+                tracing::error!("audit queue full: a record was dropped");
             }
         }
+    }
+
+    /// Whether the sink is taking records (false from a failed write until one succeeds).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Acquire)
+    }
+
+    /// Asks the writer to reopen its file (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
     }
 
     /// Waits until every record queued before this call is written and flushed.
     pub async fn flush(&self, within: Duration) -> bool {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        if self.tx.send(Msg::Flush(done_tx)).await.is_err() {
-            return false;
+        match tokio::time::timeout(within, self.tx.send(Msg::Flush(done_tx))).await {
+            Ok(Ok(())) => {}
+            _ => return false,
         }
         tokio::task::spawn_blocking(move || done_rx.recv_timeout(within).is_ok())
             .await
@@ -220,37 +313,183 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 /// means senders never have to wake this thread: at thousands of requests per second a
 /// wake-up per record costs more CPU (context switches) than writing the record.
 const DRAIN_EVERY: Duration = Duration::from_millis(5);
+/// How often the writer checks whether its file was moved away.
+const CHECK_MOVED_EVERY: Duration = Duration::from_secs(1);
+/// How long the writer waits before retrying a failed sink.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+/// Records read from the queue into memory ahead of the sink, at most (bytes).
+const PENDING_MAX: usize = 1 << 20;
 
-fn writer(mut rx: mpsc::Receiver<Msg>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    loop {
-        let mut wrote = false;
+/// The writer thread's state.
+struct Writer {
+    out: Out,
+    shared: Arc<Shared>,
+    /// Serialized records not yet taken by the sink; a write cut short leaves its tail here.
+    pending: Vec<u8>,
+    /// Records whose bytes are (wholly or partly) in `pending`.
+    pending_records: i64,
+    /// Flushes waiting for everything before them to be written.
+    flushes: Vec<std::sync::mpsc::Sender<()>>,
+    last_moved_check: std::time::Instant,
+    /// When the sink last failed (retry pacing), and whether that was already logged.
+    failed_at: Option<std::time::Instant>,
+}
+
+impl Writer {
+    fn new(out: Out, shared: Arc<Shared>) -> Writer {
+        Writer {
+            out,
+            shared,
+            pending: Vec::with_capacity(64 * 1024),
+            pending_records: 0,
+            flushes: Vec::new(),
+            last_moved_check: std::time::Instant::now(),
+            failed_at: None,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         loop {
-            match rx.try_recv() {
-                Ok(Msg::Record(record)) => {
-                    // Serialized whole first, so a record is written entirely or not at all.
-                    if let Ok(mut line) = serde_json::to_vec(&record) {
-                        line.push(b'\n');
-                        if let Err(e) = out.write_all(&line) {
-                            tracing::error!(error = %e, "cannot write audit record");
+            self.maybe_reopen();
+            let mut closed = false;
+            // Take records while there is room in memory and no flush is waiting on older ones.
+            while self.pending.len() < PENDING_MAX && self.flushes.is_empty() {
+                match rx.try_recv() {
+                    Ok(Msg::Record(record)) => {
+                        // Serialized whole first, so a record is written entirely or not at all.
+                        if let Ok(mut line) = serde_json::to_vec(&record) {
+                            line.push(b'\n');
+                            self.pending.extend_from_slice(&line);
+                            self.pending_records += 1;
                         }
                     }
-                    wrote = true;
-                }
-                Ok(Msg::Flush(done)) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    let _ = out.flush();
-                    return;
+                    Ok(Msg::Flush(done)) => self.flushes.push(done),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
+            let retry_due = self.failed_at.is_none_or(|t| t.elapsed() >= RETRY_EVERY);
+            if !self.pending.is_empty() && retry_due {
+                self.write_pending();
+            }
+            if self.pending.is_empty() && self.failed_at.is_none() {
+                for done in self.flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+            if closed && (self.pending.is_empty() || self.failed_at.is_some()) {
+                if !self.pending.is_empty() {
+                    tracing::error!(
+                        records = self.pending_records,
+                        "audit sink still failing at exit: records lost"
+                    );
+                }
+                return;
+            }
+            std::thread::sleep(DRAIN_EVERY);
         }
-        if wrote {
-            let _ = out.flush();
-        }
-        std::thread::sleep(DRAIN_EVERY);
     }
+
+    /// Writes what is pending, keeping whatever the sink did not take.
+    fn write_pending(&mut self) {
+        let mut written = 0;
+        let result = loop {
+            if written == self.pending.len() {
+                break self.flush_out();
+            }
+            match sink(&mut self.out).map(|w| w.write(&self.pending[written..])) {
+                Some(Ok(0)) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Some(Ok(n)) => written += n,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Some(Err(e)) => break Err(e),
+                None => break Err(std::io::Error::other("the audit file is not open")),
+            }
+        };
+        self.pending.drain(..written);
+        match result {
+            Ok(()) => {
+                self.shared.metrics.audit_written(self.pending_records);
+                self.pending_records = 0;
+                if self.failed_at.take().is_some() {
+                    tracing::info!("audit sink writable again");
+                }
+                self.set_up(true);
+            }
+            Err(e) => {
+                self.shared.metrics.audit_write_error();
+                if self.failed_at.is_none() {
+                    tracing::error!(error = %e, "cannot write audit records; keeping them queued");
+                }
+                self.failed_at = Some(std::time::Instant::now());
+                self.set_up(false);
+            }
+        }
+    }
+
+    fn flush_out(&mut self) -> std::io::Result<()> {
+        match sink(&mut self.out) {
+            Some(w) => w.flush(),
+            None => Err(std::io::Error::other("the audit file is not open")),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.shared.up.swap(up, Ordering::AcqRel) != up {
+            self.shared.metrics.audit_sink_up(up);
+        }
+    }
+
+    /// Reopens the file when asked to, when it was moved or deleted, or when it failed to open.
+    fn maybe_reopen(&mut self) {
+        let Out::File { path, file } = &mut self.out else {
+            self.shared.reopen.store(false, Ordering::Relaxed);
+            return;
+        };
+        let asked = self.shared.reopen.swap(false, Ordering::AcqRel);
+        let check = self.last_moved_check.elapsed() >= CHECK_MOVED_EVERY;
+        if check {
+            self.last_moved_check = std::time::Instant::now();
+        }
+        if !(asked || file.is_none() || (check && moved(path, file.as_ref()))) {
+            return;
+        }
+        match open_append(path) {
+            Ok(f) => {
+                tracing::info!(path = %path.display(), "audit log reopened");
+                *file = Some(f);
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot reopen the audit log");
+                *file = None;
+            }
+        }
+    }
+}
+
+/// The writer's sink, when it has one open.
+fn sink(out: &mut Out) -> Option<&mut dyn Write> {
+    match out {
+        Out::Stream(w) => Some(w.as_mut()),
+        Out::File { file, .. } => file.as_mut().map(|f| f as &mut dyn Write),
+    }
+}
+
+/// Whether the file at `path` is no longer the one we hold open (rotated away or deleted).
+#[cfg(unix)]
+fn moved(path: &Path, open: Option<&std::fs::File>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(open) = open else { return true };
+    match (std::fs::metadata(path), open.metadata()) {
+        (Ok(now), Ok(held)) => now.ino() != held.ino() || now.dev() != held.dev(),
+        (Err(_), _) => true,
+        (_, Err(_)) => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn moved(path: &Path, _open: Option<&std::fs::File>) -> bool {
+    !path.exists()
 }

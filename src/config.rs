@@ -17,7 +17,7 @@ use toml::Spanned;
 use crate::audit::AuditSink;
 use crate::classify::KeyRule;
 use crate::diag::Problem;
-use crate::identity::revocation::Revocations;
+use crate::identity::revocation::RevocationList;
 use crate::identity::session::Keyring;
 pub use crate::identity::sts::StsConfig;
 pub use crate::identity::{DEFAULT_ALGORITHMS, IssuerConfig};
@@ -40,6 +40,7 @@ struct RawConfig {
     policies: Option<RawPolicies>,
     audit: Option<RawAudit>,
     revocations: Option<RawRevocations>,
+    limits: Option<RawLimits>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -113,6 +114,25 @@ struct RawPolicies {
 struct RawAudit {
     path: Option<String>,
     format: Option<Spanned<String>>,
+    /// `"refuse"` (default) or `"serve"`: what data access does while the sink fails.
+    on_failure: Option<Spanned<String>>,
+}
+
+/// `[limits]`: every bound a hostile or runaway client meets. All optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    request_head_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    max_requests_per_identity: Option<Spanned<usize>>,
+    requests_per_second_per_identity: Option<Spanned<f64>>,
+    burst_per_identity: Option<Spanned<f64>>,
+    client_body_idle_timeout: Option<Spanned<String>>,
+    upstream_connect_timeout: Option<Spanned<String>>,
+    upstream_response_timeout: Option<Spanned<String>>,
+    upstream_body_idle_timeout: Option<Spanned<String>>,
 }
 
 /// How audit records are written.
@@ -189,12 +209,106 @@ pub struct Config {
     pub policies_dir: PathBuf,
     /// The compiled policies.
     pub policies: Arc<PolicySet>,
-    /// Where audit records go.
-    pub audit: AuditSink,
-    /// The revocation list (loaded, and watched once serving), when configured.
-    pub revocations: Option<Arc<Revocations>>,
+    /// Where audit records go, and what happens when they cannot be written.
+    pub audit: AuditSettings,
+    /// The revocation list, when configured (re-read with the rest on reload).
+    pub revocations: Option<Arc<RevocationList>>,
+    /// Abuse limits and timeouts.
+    pub limits: Limits,
     /// Upstream routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Every file and directory this config was read from: a change to any of them is a
+    /// reason to reload.
+    pub sources: Sources,
+}
+
+/// The files and directories a config was built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Files read whole (the config itself, TLS and CA files, secret files, the revocation list).
+    pub files: Vec<PathBuf>,
+    /// Directories whose entries were read (the policies directory).
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Sources {
+    fn file(&mut self, path: PathBuf) {
+        if !self.files.contains(&path) {
+            self.files.push(path);
+        }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// Where records go.
+    pub sink: AuditSink,
+    /// What data access does while records cannot be written.
+    pub on_failure: OnAuditFailure,
+}
+
+/// What data access does while the audit sink fails (disk full, file unwritable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// Refuse it (503): no data moves without a record. The default.
+    Refuse,
+    /// Serve it; records queue in memory (bounded) until the sink recovers.
+    Serve,
+}
+
+/// `[limits]`: bounds on what one connection, request or identity may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// A request head (or TLS handshake) must arrive within this (slowloris). On HTTP/1.1
+    /// the wait for the next request on a kept-alive connection counts too, so this is also
+    /// how long an idle HTTP/1.1 connection stays open.
+    pub request_head_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request head.
+    pub max_headers: usize,
+    /// Most connections open at once; more are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Most requests one identity (issuer + subject) may have in flight.
+    pub max_requests_per_identity: usize,
+    /// Sustained request rate allowed per identity, when set.
+    pub rate_per_identity: Option<Rate>,
+    /// A caller's request body may stall this long between bytes.
+    pub client_body_idle_timeout: Duration,
+    /// Connecting to the upstream (TCP and TLS) must finish within this.
+    pub upstream_connect_timeout: Duration,
+    /// The upstream's response head is due this long after the request was sent whole.
+    pub upstream_response_timeout: Duration,
+    /// The upstream's response body may stall this long between bytes.
+    pub upstream_body_idle_timeout: Duration,
+}
+
+/// A token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Requests per second, sustained.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_head_timeout: Duration::from_secs(15),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            max_requests_per_identity: 1024,
+            rate_per_identity: None,
+            client_body_idle_timeout: Duration::from_secs(60),
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_response_timeout: Duration::from_secs(120),
+            upstream_body_idle_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 /// The main listener.
@@ -366,6 +480,7 @@ struct Collector<'a> {
     source: &'a str,
     base: &'a Path,
     problems: Vec<Problem>,
+    sources: Sources,
 }
 
 impl Collector<'_> {
@@ -410,6 +525,7 @@ impl Collector<'_> {
     }
 
     fn secret<T>(&mut self, reference: &Secret, what: &str, at: &Spanned<T>) -> Option<Secret> {
+        self.watch_secret(reference.expose());
         secret::resolve(reference.expose(), self.base)
             .map_err(|e| self.at(at, format!("{what}: {e}")))
             .ok()
@@ -435,8 +551,17 @@ impl Collector<'_> {
         self.base.join(p)
     }
 
+    /// A `file:` secret is a source: rotating it (a Kubernetes Secret) is a reason to reload.
+    fn watch_secret(&mut self, reference: &str) {
+        if let Some(p) = reference.strip_prefix("file:") {
+            let p = self.path(p);
+            self.sources.file(p);
+        }
+    }
+
     fn existing_file(&mut self, v: &Spanned<String>, what: &str) -> PathBuf {
         let p = self.path(v.get_ref());
+        self.sources.file(p.clone());
         if !p.is_file() {
             self.at(
                 v,
@@ -478,7 +603,9 @@ impl Config {
             source,
             base: &base,
             problems: Vec::new(),
+            sources: Sources::default(),
         };
+        c.sources.file(path.to_path_buf());
 
         let server = compile_server(&mut c, &raw.server);
         let admin = raw.admin.as_ref().and_then(|a| c.addr(&a.listen));
@@ -499,12 +626,23 @@ impl Config {
         if let Some(format) = raw.audit.as_ref().and_then(|a| a.format.as_ref()) {
             c.choice::<AuditFormat>(format, "audit format");
         }
-        let audit = match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
-            None | Some("-") => AuditSink::Stdout,
-            Some(p) => AuditSink::File(c.path(p)),
+        let audit = AuditSettings {
+            sink: match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
+                None | Some("-") => AuditSink::Stdout,
+                Some(p) => AuditSink::File(c.path(p)),
+            },
+            on_failure: (raw.audit.as_ref().and_then(|a| a.on_failure.as_ref()))
+                .and_then(|v| c.choice(v, "audit on_failure"))
+                .unwrap_or(OnAuditFailure::Refuse),
         };
+        let limits = raw
+            .limits
+            .as_ref()
+            .map_or_else(Limits::default, |l| compile_limits(&mut c, l));
         let revocations = raw.revocations.as_ref().and_then(|r| {
-            Revocations::load(&c.path(&r.file))
+            let file = c.path(&r.file);
+            c.sources.file(file.clone());
+            RevocationList::load(&file)
                 .map(Arc::new)
                 .map_err(|mut problems| c.problems.append(&mut problems))
                 .ok()
@@ -521,7 +659,9 @@ impl Config {
                 policies: Arc::new(policies),
                 audit,
                 revocations,
+                limits,
                 routes,
+                sources: c.sources,
             }),
             _ => Err(ConfigError { problems: c.problems }),
         }
@@ -569,6 +709,7 @@ fn compile_policies(
     routes: &[RouteConfig],
 ) -> (PathBuf, Option<PolicySet>) {
     let dir = c.path(raw.and_then(|p| p.dir.as_deref()).unwrap_or("policies"));
+    c.sources.dirs.push(dir.clone());
     let mode = (raw.and_then(|p| p.mode.as_ref()))
         .and_then(|m| c.choice(m, "policies mode"))
         .unwrap_or(Mode::Enforce);
@@ -617,6 +758,100 @@ fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConf
         },
         shutdown_grace: c.duration(s.shutdown_grace.as_ref(), Duration::from_secs(30)),
         max_inspected_body: s.max_inspected_body.unwrap_or(1 << 20),
+    }
+}
+
+fn compile_limits(c: &mut Collector<'_>, l: &RawLimits) -> Limits {
+    let d = Limits::default();
+    let mut count = |v: &Option<Spanned<usize>>, default: usize, what: &str| match v {
+        Some(n) if *n.get_ref() == 0 => {
+            c.at(n, format!("{what} = 0 would refuse everything"));
+            default
+        }
+        Some(n) => *n.get_ref(),
+        None => default,
+    };
+    let max_header_bytes = count(&l.max_header_bytes, d.max_header_bytes, "max_header_bytes");
+    let max_headers = count(&l.max_headers, d.max_headers, "max_headers");
+    let max_connections = count(&l.max_connections, d.max_connections, "max_connections");
+    let max_requests_per_identity = count(
+        &l.max_requests_per_identity,
+        d.max_requests_per_identity,
+        "max_requests_per_identity",
+    );
+    if let Some(n) = &l.max_header_bytes
+        && *n.get_ref() < 8192
+    {
+        c.at(
+            n,
+            "max_header_bytes below 8192 would refuse ordinary signed requests",
+        );
+    }
+    let rate_per_identity = match &l.requests_per_second_per_identity {
+        None => {
+            if let Some(b) = &l.burst_per_identity {
+                c.at(b, "burst_per_identity needs requests_per_second_per_identity");
+            }
+            None
+        }
+        Some(r) if !(r.get_ref().is_finite() && *r.get_ref() > 0.0) => {
+            c.at(r, "requests_per_second_per_identity must be a positive number");
+            None
+        }
+        Some(r) => {
+            let per_second = *r.get_ref();
+            let burst = match &l.burst_per_identity {
+                Some(b) if !(b.get_ref().is_finite() && *b.get_ref() >= 1.0) => {
+                    c.at(b, "burst_per_identity must be at least 1");
+                    1.0
+                }
+                Some(b) => *b.get_ref(),
+                // One second's worth, at least one request.
+                None => per_second.max(1.0),
+            };
+            Some(Rate { per_second, burst })
+        }
+    };
+    let mut time = |v: &Option<Spanned<String>>, default: Duration, what: &str| {
+        let t = c.duration(v.as_ref(), default);
+        if t.is_zero()
+            && let Some(v) = v
+        {
+            c.at(v, format!("{what} of 0 would cut off every request"));
+        }
+        t
+    };
+    Limits {
+        request_head_timeout: time(
+            &l.request_head_timeout,
+            d.request_head_timeout,
+            "request_head_timeout",
+        ),
+        client_body_idle_timeout: time(
+            &l.client_body_idle_timeout,
+            d.client_body_idle_timeout,
+            "client_body_idle_timeout",
+        ),
+        upstream_connect_timeout: time(
+            &l.upstream_connect_timeout,
+            d.upstream_connect_timeout,
+            "upstream_connect_timeout",
+        ),
+        upstream_response_timeout: time(
+            &l.upstream_response_timeout,
+            d.upstream_response_timeout,
+            "upstream_response_timeout",
+        ),
+        upstream_body_idle_timeout: time(
+            &l.upstream_body_idle_timeout,
+            d.upstream_body_idle_timeout,
+            "upstream_body_idle_timeout",
+        ),
+        max_header_bytes,
+        max_headers,
+        max_connections,
+        max_requests_per_identity,
+        rate_per_identity,
     }
 }
 
@@ -723,6 +958,7 @@ fn compile_sts(c: &mut Collector<'_>, raw: &Spanned<RawSts>) -> Option<StsConfig
     let s = raw.get_ref();
     let mut keys = Vec::new();
     for k in &s.sealing_keys {
+        c.watch_secret(k.get_ref());
         match secret::resolve(k.get_ref(), c.base) {
             Ok(key) => keys.push(key),
             Err(e) => c.at(k, format!("sealing key: {e}")),
@@ -1025,7 +1261,9 @@ credentials = { kind = "bearer", token = "file:sk" }
         let c = Config::load(&write(dir.path(), GOOD, ROLE)).unwrap();
         assert_eq!(c.issuers[0].leeway, Duration::from_secs(60));
         assert_eq!(c.issuers[0].algorithms, DEFAULT_ALGORITHMS.to_vec());
-        assert_eq!(c.audit, AuditSink::Stdout);
+        assert_eq!(c.audit.sink, AuditSink::Stdout);
+        assert_eq!(c.audit.on_failure, OnAuditFailure::Refuse);
+        assert_eq!(c.limits, Limits::default());
         assert_eq!(c.server.denials, DenialDetail::Verbose);
         assert_eq!(c.policies.role_count(), 1);
         let s3 = c.routes[0].s3().expect("an S3 route");

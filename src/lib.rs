@@ -41,6 +41,7 @@ pub mod net;
 pub mod pipeline;
 pub mod policy;
 pub mod rejection;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod sigv4;

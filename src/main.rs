@@ -171,7 +171,7 @@ fn serve(path: PathBuf) -> ExitCode {
             }
         };
         tracing::info!(listen = %server.local_addr(), admin = ?server.admin_addr(), "claimgate serving");
-        if server.proxy().policies.is_global_shadow() {
+        if server.live().current().policies.is_global_shadow() {
             tracing::warn!("[policies] mode = \"shadow\": NOTHING IS ENFORCED; decisions are only audited");
         }
         server.run(shutdown_signal()).await;

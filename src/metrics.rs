@@ -1,7 +1,8 @@
 //! Prometheus metrics, served in text format on the admin listener.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric claimgate exports. Label values are bounded sets (route names from config,
@@ -16,12 +17,39 @@ pub struct Metrics {
     token_cache_misses: IntCounter,
     upstream_errors: IntCounterVec,
     shadow: IntCounterVec,
+    limit_refusals: IntCounterVec,
+    connections_open: IntGauge,
+    audit_written: IntCounter,
+    audit_write_errors: IntCounter,
+    audit_dropped: IntCounter,
+    audit_queue: IntGauge,
+    audit_up: IntGauge,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    last_reload_ok: IntGauge,
+    last_reload_success: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn one_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -92,7 +120,79 @@ impl Metrics {
             "Decisions of shadow-mode roles, computed but not enforced.",
             &["route", "outcome"],
         );
+        let limit_refusals = counter(
+            &registry,
+            "claimgate_limit_refusals_total",
+            "Requests and connections refused by a limit (connections, request_head_timeout, \
+             header_too_large, identity_concurrency, identity_rate, client_body_idle, audit_unavailable).",
+            &["limit"],
+        );
+        let connections_open = gauge(
+            &registry,
+            "claimgate_connections_open",
+            "Client connections open now.",
+        );
+        let audit_written = one_counter(
+            &registry,
+            "claimgate_audit_records_written_total",
+            "Audit records the sink took.",
+        );
+        let audit_write_errors = one_counter(
+            &registry,
+            "claimgate_audit_write_errors_total",
+            "Failed writes to the audit sink (each is retried; the records stay queued).",
+        );
+        let audit_dropped = one_counter(
+            &registry,
+            "claimgate_audit_records_dropped_total",
+            "Audit records of refused requests dropped because the queue was full.",
+        );
+        let audit_queue = gauge(
+            &registry,
+            "claimgate_audit_queue_depth",
+            "Audit records accepted but not yet written.",
+        );
+        let audit_up = gauge(
+            &registry,
+            "claimgate_audit_sink_up",
+            "1 while the audit sink takes records, 0 from a failed write until one succeeds.",
+        );
+        let reloads = counter(
+            &registry,
+            "claimgate_reload_total",
+            "Config reloads by result (success, error).",
+            &["result"],
+        );
+        let generation = gauge(
+            &registry,
+            "claimgate_config_generation",
+            "The config set in force: 1 at start, one more for each successful reload.",
+        );
+        let last_reload_ok = gauge(
+            &registry,
+            "claimgate_config_last_reload_successful",
+            "1 when the last reload attempt succeeded (or none was made), 0 when it was refused.",
+        );
+        let last_reload_success = Gauge::new(
+            "claimgate_config_last_reload_success_timestamp_seconds",
+            "When the config set in force was loaded (Unix time).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(last_reload_success.clone()))
+            .expect("metric registered once");
         Metrics {
+            limit_refusals,
+            connections_open,
+            audit_written,
+            audit_write_errors,
+            audit_dropped,
+            audit_queue,
+            audit_up,
+            reloads,
+            generation,
+            last_reload_ok,
+            last_reload_success,
             token_cache_hits: cache.with_label_values(&["hit"]),
             token_cache_misses: cache.with_label_values(&["miss"]),
             registry,
@@ -147,6 +247,58 @@ impl Metrics {
     /// Counts a shadow decision (`would_allow` / `would_deny`).
     pub fn shadow(&self, route: &str, outcome: &str) {
         self.shadow.with_label_values(&[route, outcome]).inc();
+    }
+
+    /// Counts a refusal by a limit.
+    pub fn limit_refusal(&self, limit: &str) {
+        self.limit_refusals.with_label_values(&[limit]).inc();
+    }
+
+    /// A client connection opened (`+1`) or closed (`-1`).
+    pub fn connections(&self, delta: i64) {
+        self.connections_open.add(delta);
+    }
+
+    /// Records accepted into the audit queue.
+    pub fn audit_queued(&self, n: i64) {
+        self.audit_queue.add(n);
+    }
+
+    /// Records the audit sink took.
+    pub fn audit_written(&self, n: i64) {
+        self.audit_written.inc_by(n.max(0) as u64);
+        self.audit_queue.sub(n);
+    }
+
+    /// A failed write to the audit sink.
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
+    }
+
+    /// An audit record dropped for want of room.
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
+    }
+
+    /// Whether the audit sink takes records.
+    pub fn audit_sink_up(&self, up: bool) {
+        self.audit_up.set(i64::from(up));
+    }
+
+    /// A config set came into force (start-up or reload) at `unix` seconds.
+    pub fn config_loaded(&self, generation: u64, unix: f64, reloaded: bool) {
+        self.generation.set(generation as i64);
+        self.last_reload_success.set(unix);
+        self.last_reload_ok.set(1);
+        if reloaded {
+            self.reloads.with_label_values(&["success"]).inc();
+        }
+    }
+
+    /// A reload was refused; the set in force stays.
+    pub fn reload_failed(&self) {
+        self.last_reload_ok.set(0);
+        self.reloads.with_label_values(&["error"]).inc();
     }
 
     /// The text exposition of every metric.

@@ -75,11 +75,12 @@ pub fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 
 /// A connector with TCP_NODELAY (small request/response exchanges otherwise stall on
 /// Nagle + delayed ACK) that speaks HTTP/1.1 and, where the server offers it, HTTP/2.
-pub fn connector(ca_file: Option<&Path>) -> Result<Connector, String> {
+/// A connector whose TCP connect gives up after `connect_timeout`.
+pub fn connector(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Connector, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_connect_timeout(Some(connect_timeout));
     Ok(HttpsConnectorBuilder::new()
         .with_tls_config(client_tls(ca_file)?)
         .https_or_http()

@@ -94,9 +94,50 @@ pub enum Rejection {
     /// store answer whose upload ids could not be bound.
     #[error(transparent)]
     UploadId(#[from] UploadIdError),
+    /// The caller stopped sending its request body mid-way for longer than the idle limit.
+    #[error(
+        "the request body stopped arriving for longer than {0:?} (limits.client_body_idle_timeout); nothing was stored"
+    )]
+    BodyStalled(std::time::Duration),
+    /// The caller has too many requests in flight, or is over its rate.
+    #[error("{0}")]
+    Throttled(Throttled),
+    /// The audit log cannot be written and `[audit] on_failure = "refuse"`: no data moves
+    /// without a record.
+    #[error(
+        "the audit log cannot be written now; data access is refused until it can (audit on_failure = \"refuse\")"
+    )]
+    AuditUnavailable,
     /// A bug or an unexpected failure; details go to the log, never to the caller.
     #[error("internal error")]
     Internal,
+}
+
+/// Which per-identity limit a request ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Throttled {
+    /// `max_requests_per_identity` requests already in flight.
+    #[error("too many requests in flight for this identity (at most {max} at once); retry after some finish")]
+    Concurrency {
+        /// The limit.
+        max: usize,
+    },
+    /// Over `requests_per_second_per_identity`.
+    #[error("request rate over this identity's limit; retry in {retry_after}s")]
+    Rate {
+        /// Whole seconds until a request would be admitted.
+        retry_after: u64,
+    },
+}
+
+impl Throttled {
+    /// The limit's name in metrics and audit records.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Throttled::Concurrency { .. } => "identity_concurrency",
+            Throttled::Rate { .. } => "identity_rate",
+        }
+    }
 }
 
 /// How a rejection reads on the wire.
@@ -133,7 +174,19 @@ impl Rejection {
             Rejection::UploadId(
                 UploadIdError::AnswerTooLarge { .. } | UploadIdError::MalformedAnswer { .. },
             ) => "upstream_answer_unreadable",
+            Rejection::Throttled(t) => t.limit(),
+            Rejection::BodyStalled(_) => "client_body_idle",
+            Rejection::AuditUnavailable => "audit_unavailable",
             Rejection::Internal => "internal",
+        }
+    }
+
+    /// Seconds a client should wait before retrying (`Retry-After`), where that is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Rejection::Throttled(Throttled::Rate { retry_after }) => Some(*retry_after),
+            Rejection::Throttled(Throttled::Concurrency { .. }) | Rejection::AuditUnavailable => Some(1),
+            _ => None,
         }
     }
 
@@ -146,6 +199,11 @@ impl Rejection {
             && !matches!(e, AuthError::KeysUnavailable { .. })
         {
             wire.status = StatusCode::UNAUTHORIZED;
+        }
+        // S3 clients back off and retry on 503 SlowDown; HTTP clients know 429.
+        if style == ErrorStyle::Problem && matches!(self, Rejection::Throttled(_)) {
+            wire.status = StatusCode::TOO_MANY_REQUESTS;
+            wire.code = "TooManyRequests";
         }
         wire
     }
@@ -179,6 +237,10 @@ impl Rejection {
             Rejection::UploadId(
                 UploadIdError::AnswerTooLarge { .. } | UploadIdError::MalformedAnswer { .. },
             ) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+            Rejection::Throttled(_) => (StatusCode::SERVICE_UNAVAILABLE, "SlowDown"),
+            // S3's answer to a client that stops sending: 400 RequestTimeout.
+            Rejection::BodyStalled(_) => (StatusCode::BAD_REQUEST, "RequestTimeout"),
+            Rejection::AuditUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Rejection::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
         let message = match self {

@@ -2,53 +2,119 @@
 //! (metrics, health), connection limits and graceful shutdown.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditLog;
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, Limits, OnAuditFailure};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Proxy};
-
-/// Most connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 10_000;
-/// A client must finish its TLS handshake / request head within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::pipeline::{self, Proxy, Shared};
+use crate::reload::{Live, Trigger};
 
 /// A bound, not yet running server.
 pub struct Server {
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     listener: TcpListener,
     admin: Option<TcpListener>,
-    tls: Option<TlsAcceptor>,
+    signals: Signals,
+}
+
+/// The daemon signals: SIGHUP reloads the config set and reopens the audit file; SIGUSR1
+/// only reopens the audit file (logrotate's `postrotate`). Installed when the server binds,
+/// so from then on SIGHUP can never take the default action (terminate).
+struct Signals {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    user1: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                hangup: signal(SignalKind::hangup()).ok(),
+                user1: signal(SignalKind::user_defined1()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn serve(self, live: Arc<Live>) {
+        #[cfg(unix)]
+        {
+            let (mut hangup, mut user1) = (self.hangup, self.user1);
+            loop {
+                tokio::select! {
+                    Some(()) = recv(&mut hangup) => {
+                        tracing::info!("SIGHUP: reloading the config set and reopening the audit log");
+                        live.shared().audit.reopen();
+                        let _ = live.reload(Trigger::Signal).await;
+                    }
+                    Some(()) = recv(&mut user1) => {
+                        tracing::info!("SIGUSR1: reopening the audit log");
+                        live.shared().audit.reopen();
+                    }
+                    else => return,
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = live;
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => None,
+    }
 }
 
 impl Server {
     /// Opens the audit sink, builds the proxy and binds both ports.
     pub async fn bind(config: Arc<Config>, clock: SharedClock) -> Result<Server, String> {
-        let audit = AuditLog::open(&config.audit).map_err(|e| format!("audit log: {e}"))?;
-        Self::bind_with(config, clock, audit).await
+        Self::bind_with(config, clock, None).await
     }
 
-    /// Like [`Server::bind`] with a given audit writer (tests).
+    /// Like [`Server::bind`], with audit records written to `audit_to` instead of the
+    /// configured sink (tests).
     pub async fn bind_with(
         config: Arc<Config>,
         clock: SharedClock,
-        audit: AuditLog,
+        audit_to: Option<Box<dyn Write + Send>>,
     ) -> Result<Server, String> {
-        let tls = (config.server.tls.as_ref()).map(|t| TlsAcceptor::from(t.config.clone()));
         let metrics = Arc::new(Metrics::new());
-        let proxy = Arc::new(Proxy::new(config.clone(), audit, metrics, clock)?);
+        let audit = match audit_to {
+            Some(out) => AuditLog::with_writer(out, metrics.clone()),
+            None => {
+                AuditLog::open(&config.audit.sink, metrics.clone()).map_err(|e| format!("audit log: {e}"))?
+            }
+        };
+        let shared = Shared {
+            audit,
+            metrics,
+            clock,
+            throttle: Default::default(),
+        };
+        let live = Arc::new(Live::new(config.clone(), shared)?);
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -61,10 +127,10 @@ impl Server {
             None => None,
         };
         Ok(Server {
-            proxy,
+            live,
             listener,
             admin,
-            tls,
+            signals: Signals::install(),
         })
     }
 
@@ -78,44 +144,30 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The shared proxy state.
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+    /// The config set in force, and the means to reload it.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests
     /// for at most `server.shutdown_grace`, and flushes the audit log.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Server {
-            proxy,
+            live,
             listener,
             admin,
-            tls,
+            signals,
         } = self;
-        let refreshers = proxy.auth.spawn_background();
-        let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, proxy.clone())));
+        live.start();
+        let watch = tokio::spawn(live.clone().watch());
+        let signal_task = tokio::spawn(signals.serve(live.clone()));
+        let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, live.clone())));
         let graceful = GracefulShutdown::new();
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HANDSHAKE_TIMEOUT);
-        // Pings find dead HTTP/2 peers, whose streams would otherwise hold a connection slot.
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
-        let builder = Arc::new(builder);
+        let open = Arc::new(AtomicUsize::new(0));
         let mut connections = tokio::task::JoinSet::new();
 
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                () = &mut shutdown => break,
-            };
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -128,20 +180,25 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let proxy = live.current();
+            // Over the limit, a connection is answered at once rather than left in the
+            // kernel's queue: the client learns to back off, and accept stays responsive.
+            let Some(slot) = Open::claim(&open, proxy.config.limits.max_connections, &proxy.metrics) else {
+                refuse_connection(&proxy, stream, remote);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let proxy = proxy.clone();
-            let tls = tls.clone();
-            let builder = builder.clone();
             let watcher = graceful.watcher();
+            let live = live.clone();
             connections.spawn(async move {
-                let _permit = permit;
-                serve_connection(stream, remote, tls, proxy, builder, watcher).await;
+                let _slot = slot;
+                serve_connection(stream, remote, live, proxy, watcher).await;
             });
             // Reap finished connections so the set stays as small as the live ones.
             while connections.try_join_next().is_some() {}
         }
         drop(listener);
-        let grace = proxy.config.server.shutdown_grace;
+        let grace = live.current().config.server.shutdown_grace;
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
         }
@@ -149,52 +206,178 @@ impl Server {
         // audit records before the flush below.
         connections.abort_all();
         while connections.join_next().await.is_some() {}
-        for r in refreshers {
-            r.abort();
-        }
+        watch.abort();
+        signal_task.abort();
+        live.stop();
         if let Some(a) = admin_task {
             a.abort();
         }
-        if !proxy.audit.flush(Duration::from_secs(10)).await {
+        if !live.shared().audit.flush(Duration::from_secs(10)).await {
             tracing::error!("audit log could not be flushed");
         }
     }
 }
 
+/// One open client connection, counted while it lives.
+struct Open {
+    count: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Open {
+    fn claim(count: &Arc<AtomicUsize>, max: usize, metrics: &Arc<Metrics>) -> Option<Open> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics.connections(1);
+        Some(Open {
+            count: count.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections(-1);
+    }
+}
+
+/// Answers a connection over the limit with a 503 (plain HTTP; a TLS client is just closed,
+/// as no handshake is spent on it) and closes it.
+fn refuse_connection(proxy: &Proxy, stream: TcpStream, remote: SocketAddr) {
+    const BODY: &str = "claimgate: too many connections open; retry shortly\n";
+    if proxy.tls.is_none() {
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        // A fresh socket's send buffer is empty: this never blocks, and a short write is moot.
+        let _ = stream.try_write(answer.as_bytes());
+    }
+    let max = proxy.config.limits.max_connections;
+    pipeline::connection_refused(
+        proxy,
+        remote,
+        503,
+        "connections",
+        format!("{max} connections already open (limits.max_connections)"),
+    );
+}
+
+/// The HTTP/1.1 and HTTP/2 settings of this config set's limits.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut h1 = builder.http1();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(limits.request_head_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper keeps up to 100 header slots on the stack; a different number moves them to the heap.
+    if limits.max_headers != 100 {
+        h1.max_headers(limits.max_headers);
+    }
+    // Pings find dead HTTP/2 peers, whose streams would otherwise hold a connection slot.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    live: Arc<Live>,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
+    let builder = http_builder(&proxy.config.limits);
+    let head_timeout = proxy.config.limits.request_head_timeout;
+    let served = Arc::new(AtomicUsize::new(0));
+    let counted = served.clone();
+    // A connection keeps the certificate and connection limits of the config set it was
+    // accepted under; each request takes the set in force when it arrives, and keeps it.
     let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+        counted.fetch_add(1, Ordering::Relaxed);
+        let proxy = live.current();
         async move { Ok::<_, Infallible>(pipeline::handle(proxy, req, remote).await) }
     });
-    match tls {
+    let result = match proxy.tls.clone() {
         Some(acceptor) => {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    head_timed_out(&proxy, remote, head_timeout);
+                    return;
+                }
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
+            watcher.watch(conn.into_owned()).await
         }
         None => {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let _ = watcher.watch(conn.into_owned()).await;
+            watcher.watch(conn.into_owned()).await
         }
+    };
+    let Err(e) = result else { return };
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if e.is_timeout() && served.load(Ordering::Relaxed) == 0 {
+        // A kept-alive connection that idles out after serving is not a refusal; one that
+        // never completed a request head is (slowloris, or a connection opened and left).
+        head_timed_out(&proxy, remote, head_timeout);
+    } else if e.is_parse_too_large() {
+        // hyper has answered 431 already.
+        pipeline::connection_refused(
+            &proxy,
+            remote,
+            431,
+            "header_too_large",
+            format!(
+                "request head larger than {} bytes or with more than {} fields (limits.max_header_bytes, limits.max_headers)",
+                proxy.config.limits.max_header_bytes, proxy.config.limits.max_headers
+            ),
+        );
     }
 }
 
-async fn serve_admin(listener: TcpListener, proxy: Arc<Proxy>) {
-    serve_simple(listener, move |req| admin_response(&proxy, req.uri().path())).await;
+fn head_timed_out(proxy: &Proxy, remote: SocketAddr, within: Duration) {
+    pipeline::connection_refused(
+        proxy,
+        remote,
+        408,
+        "request_head_timeout",
+        format!("no complete request head within {within:?} (limits.request_head_timeout)"),
+    );
+}
+
+async fn serve_admin(listener: TcpListener, live: Arc<Live>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let live = live.clone();
+                async move { Ok::<_, Infallible>(admin_response(&live, req.method(), req.uri().path()).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Serves a small HTTP/1.1 endpoint (admin port, `claimgate dev`'s issuer and feature
@@ -226,21 +409,60 @@ where
     }
 }
 
-fn admin_response(proxy: &Proxy, path: &str) -> http::Response<crate::body::ProxyBody> {
-    use http::StatusCode;
-    match path {
-        "/metrics" => pipeline::plain(
+async fn admin_response(
+    live: &Live,
+    method: &http::Method,
+    path: &str,
+) -> http::Response<crate::body::ProxyBody> {
+    use http::{Method, StatusCode};
+    let text = |status, body: String| pipeline::plain(status, "text/plain", Bytes::from(body));
+    let proxy = live.current();
+    match (path, method) {
+        ("/metrics", _) => pipeline::plain(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             proxy.metrics.render(),
         ),
-        "/healthz" => pipeline::plain(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" if proxy.auth.ready() => pipeline::plain(StatusCode::OK, "text/plain", "ready\n"),
-        "/readyz" => pipeline::plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready: identity provider keys not loaded yet\n",
-        ),
-        _ => pipeline::plain(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        ("/healthz", _) => text(StatusCode::OK, "ok\n".into()),
+        ("/readyz", _) => {
+            let loaded = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(live.loaded_at()),
+            );
+            let set = format!("config generation {} loaded {loaded}\n", proxy.generation);
+            if !proxy.auth.ready() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: identity provider keys not loaded yet\n{set}"),
+                )
+            } else if !proxy.audit.is_up() && proxy.config.audit.on_failure == OnAuditFailure::Refuse {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: the audit log cannot be written (data access is refused)\n{set}"),
+                )
+            } else {
+                text(StatusCode::OK, format!("ready\n{set}"))
+            }
+        }
+        // Prometheus' convention: POST reloads, and the answer says what went wrong.
+        ("/-/reload", &Method::POST) => match live.reload(Trigger::Admin).await {
+            Ok(done) => {
+                let mut body = format!("reloaded: config generation {}\n", done.generation);
+                for d in &done.deferred {
+                    body.push_str(&format!("not applied until restart: {d}\n"));
+                }
+                text(StatusCode::OK, body)
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload refused; the config set in force keeps serving:\n{e}\n"),
+            ),
+        },
+        ("/-/reload", _) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /-/reload\n".into());
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }

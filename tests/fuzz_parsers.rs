@@ -274,7 +274,7 @@ fn policy_and_revocation_files_never_panic() {
     let mut rng = Rng(0x5851_F42D_4C95_7F2D);
     let policy =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/ml-platform.toml")).unwrap();
-    let revoked = b"[[revoked]]\nsubject = \"a\"\nissuer = \"https://i\"\nreason = \"r\"\nuntil = \"2026-12-31T00:00:00Z\"\n\n[[revoked]]\njti = \"j\"\n";
+    let revoked = b"[[revoked]]\nsubject = \"a\"\nissuer = \"https://i\"\nreason = \"r\"\nuntil = \"2026-12-31T00:00:00Z\"\n\n[[revoked]]\njti = \"j\"\nissuer = \"https://i\"\n";
     for _ in 0..ROUNDS / 4 {
         let src = lossy(&mutate(&mut rng, &policy));
         let _ = PolicySet::from_sources(&[(PathBuf::from("p.toml"), src)], &["features".to_string()]);

@@ -23,6 +23,7 @@ const RULES: &[(&[&str], &[&str])] = &[
             "upstream",
             "pipeline",
             "server",
+            "reload",
             "dev",
             "rejection",
             "config",
@@ -39,6 +40,7 @@ const RULES: &[(&[&str], &[&str])] = &[
             "upstream",
             "pipeline",
             "server",
+            "reload",
             "dev",
             "rejection",
             "body",
@@ -47,17 +49,20 @@ const RULES: &[(&[&str], &[&str])] = &[
     ),
     (
         &["upstream"],
-        &["pipeline", "server", "dev", "rejection", "audit"],
+        &["pipeline", "server", "reload", "dev", "rejection", "audit"],
     ),
     (
         &["config"],
-        &["upstream", "pipeline", "server", "dev", "rejection"],
+        &["upstream", "pipeline", "server", "reload", "dev", "rejection"],
     ),
+    // A request runs under one config set; replacing sets is the server's business.
+    (&["pipeline"], &["server", "reload"]),
     // Everything but the binary's own commands runs without the dev tooling.
     (
         &[
             "pipeline",
             "server",
+            "reload",
             "rejection",
             "audit",
             "body",

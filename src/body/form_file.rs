@@ -79,6 +79,11 @@ pub struct FileTail<B> {
 }
 
 impl<B> FileTail<B> {
+    /// What the body has done so far.
+    pub fn stats(&self) -> &Arc<BodyStats> {
+        &self.counter
+    }
+
     /// Streams `first` (bytes of the file already read) then the rest of `inner`, whose
     /// parts are separated by `boundary`, holding the file to `range`.
     pub fn new(

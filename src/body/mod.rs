@@ -6,10 +6,12 @@
 
 pub mod form_file;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -34,6 +36,12 @@ pub struct BodyStats {
     /// A form upload's file broke its policy's size range or the form's framing; the
     /// upstream body was ended with an error before the file completed.
     pub form_file: std::sync::Mutex<Option<FileError>>,
+    /// The caller stopped sending mid-body for longer than the idle limit; the upstream
+    /// body was ended with an error.
+    pub stalled: std::sync::atomic::AtomicBool,
+    /// Signalled once the body's last byte went upstream: from then on the upstream's
+    /// answer is due within its deadline.
+    sent: tokio::sync::Notify,
 }
 
 impl BodyStats {
@@ -45,6 +53,128 @@ impl BodyStats {
     /// Why a form upload's file was cut short, if it was.
     pub fn form_failure(&self) -> Option<FileError> {
         self.form_file.lock().ok().and_then(|g| *g)
+    }
+
+    /// Waits until the body's last byte went upstream.
+    pub async fn sent(&self) {
+        self.sent.notified().await;
+    }
+}
+
+/// Keeps time on a body: how long it may go without a frame.
+struct IdleTimer {
+    limit: Duration,
+    last: Instant,
+    /// Armed lazily at the first wait, and moved forward rather than rebuilt, so a long
+    /// transfer costs one timer, not one per frame.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            last: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// On a wait: whether the body has now been idle for the whole limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = tokio::time::Instant::from_std(self.last + self.limit);
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if sleep.deadline() != due {
+            sleep.as_mut().reset(due);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A body that went quiet for longer than its idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct Stalled(Duration);
+
+/// The body of a request on its way upstream, kept to time: a caller that stalls mid-upload
+/// longer than `client_body_idle_timeout` has the upload ended with an error (the upstream
+/// discards it), and the moment the last byte goes out is signalled, so the upstream's
+/// answer can be given its deadline.
+pub struct Paced {
+    inner: UpstreamBody,
+    idle: IdleTimer,
+}
+
+impl Paced {
+    /// Paces `inner` with the caller's idle limit.
+    pub fn new(inner: UpstreamBody, idle: Duration) -> Paced {
+        Paced {
+            inner,
+            idle: IdleTimer::new(idle),
+        }
+    }
+
+    /// What the body has done, for bodies that stream from the caller.
+    pub fn stats(&self) -> Option<&Arc<BodyStats>> {
+        match &self.inner {
+            UpstreamBody::Stream { counter, .. } | UpstreamBody::Chunked { counter, .. } => Some(counter),
+            UpstreamBody::Form { file, .. } => Some(file.stats()),
+            UpstreamBody::Full(_) => None,
+        }
+    }
+
+    fn signal_sent(&self) {
+        if let Some(stats) = self.stats() {
+            stats.sent.notify_one();
+        }
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    if let Some(stats) = this.stats() {
+                        stats.stalled.store(true, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Err(Box::new(Stalled(this.idle.limit)))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                if this.inner.is_end_stream() {
+                    this.signal_sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.signal_sent();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -233,10 +363,25 @@ fn poll_checked(
     }
 }
 
-/// Called once when a response body is finished: `(bytes_out, complete)`.
-pub type OnFinish = Box<dyn FnOnce(u64, bool) + Send>;
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every byte reached the caller.
+    Complete,
+    /// The caller went away (or the server stopped) before the end.
+    ClientGone,
+    /// The upstream broke the transfer (reset, closed early, protocol error).
+    UpstreamBroke,
+    /// The upstream sent nothing for longer than its idle limit.
+    UpstreamStalled,
+}
 
-/// The body sent back to the caller.
+/// Called once when a response body is finished: `(bytes_out, how it ended)`.
+pub type OnFinish = Box<dyn FnOnce(u64, Ending) + Send>;
+
+/// The body sent back to the caller. A failure of the upstream's body is passed on as an
+/// error, so the caller's connection is cut short: a truncated object is never presented
+/// as a complete one.
 pub struct ProxyBody {
     inner: Inner,
     sent: u64,
@@ -244,15 +389,15 @@ pub struct ProxyBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(Incoming, IdleTimer),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    /// Streams the upstream's response body.
-    pub fn upstream(body: Incoming, on_finish: OnFinish) -> Self {
+    /// Streams the upstream's response body, which may go quiet for at most `idle`.
+    pub fn upstream(body: Incoming, idle: Duration, on_finish: OnFinish) -> Self {
         ProxyBody {
-            inner: Inner::Upstream(body),
+            inner: Inner::Upstream(body, IdleTimer::new(idle)),
             sent: 0,
             on_finish: Some(on_finish),
         }
@@ -267,24 +412,35 @@ impl ProxyBody {
         }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, ending: Ending) {
         if let Some(f) = self.on_finish.take() {
-            f(self.sent, complete);
+            f(self.sent, ending);
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            Inner::Upstream(b, idle) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending if idle.expired(cx) => {
+                    let limit = idle.limit;
+                    this.finish(Ending::UpstreamStalled);
+                    return Poll::Ready(Some(Err(Box::new(Stalled(limit)))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.progressed();
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            },
             Inner::Full(d) => Poll::Ready(d.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -293,11 +449,11 @@ impl Body for ProxyBody {
                     this.sent += d.len() as u64;
                 }
                 if this.is_end_stream() {
-                    this.finish(true);
+                    this.finish(Ending::Complete);
                 }
             }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(Ending::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamBroke),
             Poll::Pending => {}
         }
         polled
@@ -305,14 +461,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Upstream(b, _) => b.is_end_stream(),
             Inner::Full(d) => d.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(b) => b.size_hint(),
+            Inner::Upstream(b, _) => b.size_hint(),
             Inner::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
         }
@@ -321,7 +477,11 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        let complete = self.is_end_stream();
-        self.finish(complete);
+        let ending = if self.is_end_stream() {
+            Ending::Complete
+        } else {
+            Ending::ClientGone
+        };
+        self.finish(ending);
     }
 }

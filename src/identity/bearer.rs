@@ -4,6 +4,11 @@
 //! within its `exp` costs one SHA-256 and a cache lookup; a new token costs one signature
 //! verification; only a token naming an unknown key can cause I/O, and that is single-flight
 //! and rate-limited per issuer (see [`jwks`](super::jwks)).
+//!
+//! A cached verification is only as good as the key it was made with: each entry remembers
+//! which key set of its issuer verified it, and once that set changes (a refresh withdrew
+//! or added a key) the token is verified afresh against the new set on its next use, so a
+//! withdrawn key stops admitting anything within one refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +27,9 @@ struct Verified {
     identity: Arc<Identity>,
     exp: i64,
     leeway: i64,
+    /// The issuer whose keys verified the token, and which of its key sets it was.
+    issuer: Arc<IssuerKeys>,
+    keys_version: u64,
 }
 
 /// Verifies bearer tokens for every configured issuer.
@@ -57,15 +65,40 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
 
 impl BearerTokens {
     /// Sets up issuers; keys are fetched by [`BearerTokens::spawn_refresh`].
-    pub fn new(issuers: &[IssuerConfig], clock: SharedClock, metrics: Arc<Metrics>) -> Result<Self, String> {
+    ///
+    /// On a reload, `previous` hands over what is still valid: the keys (and fetch state)
+    /// of every issuer configured exactly as before, and — when no issuer setting changed
+    /// at all — the verified tokens, so a policy edit costs no re-verification.
+    pub fn new(
+        issuers: &[IssuerConfig],
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        previous: Option<&BearerTokens>,
+    ) -> Result<Self, String> {
+        let kept = |config: &IssuerConfig| {
+            previous
+                .into_iter()
+                .flat_map(|p| p.issuers.iter())
+                .find(|i| i.config() == config)
+                .cloned()
+        };
         let issuers = issuers
             .iter()
-            .map(|i| IssuerKeys::new(i.clone(), metrics.clone()).map(Arc::new))
+            .map(|i| match kept(i) {
+                Some(keys) => Ok(keys),
+                None => IssuerKeys::new(i.clone(), metrics.clone()).map(Arc::new),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let verified = Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(UntilExp { clock: clock.clone() })
-            .build();
+        let unchanged = previous.is_some_and(|p| {
+            p.issuers.len() == issuers.len() && p.issuers.iter().zip(&issuers).all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        let verified = match previous {
+            Some(p) if unchanged => p.verified.clone(),
+            _ => Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(UntilExp { clock: clock.clone() })
+                .build(),
+        };
         Ok(BearerTokens {
             issuers,
             verified,
@@ -74,8 +107,9 @@ impl BearerTokens {
         })
     }
 
-    /// Loads every issuer's keys now, then refreshes each on its interval in the background.
-    /// Start-up does not fail when an IdP is down: the proxy starts unready and retries.
+    /// Loads every issuer's keys now (unless they are loaded already: a reload handed them
+    /// over), then refreshes each on its interval in the background. Start-up does not fail
+    /// when an IdP is down: the proxy starts unready and retries.
     pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.issuers
             .iter()
@@ -84,6 +118,9 @@ impl BearerTokens {
                 tokio::spawn(async move {
                     let every = issuer.config().refresh;
                     let retry = Duration::from_secs(2);
+                    if issuer.is_loaded() {
+                        tokio::time::sleep(every).await;
+                    }
                     loop {
                         let wait = match issuer.refresh().await {
                             Ok(()) => every,
@@ -129,7 +166,9 @@ impl BearerTokens {
     /// [`Authenticator`](super::Authenticator)'s to check).
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let digest = token_digest(token);
-        if let Some(hit) = self.verified.get(&digest) {
+        if let Some(hit) = self.verified.get(&digest)
+            && hit.issuer.version() == hit.keys_version
+        {
             let now = self.clock.unix();
             if now > hit.exp.saturating_add(hit.leeway) {
                 self.verified.invalidate(&digest);
@@ -168,6 +207,8 @@ impl BearerTokens {
         let alg = jwt::allowed_algorithm(&unverified.header.alg, config)?;
         let kid = unverified.header.kid.as_deref();
 
+        // Read before the keys: a change of keys after this point is noticed at the next use.
+        let keys_version = issuer.version();
         let mut keys = issuer.current();
         let needs_fetch = match (&keys, kid) {
             (None, _) => true,
@@ -214,6 +255,8 @@ impl BearerTokens {
             }),
             exp,
             leeway: config.leeway.as_secs() as i64,
+            keys_version,
+            issuer: issuer.clone(),
         }))
     }
 }

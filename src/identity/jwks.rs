@@ -7,7 +7,8 @@
 //! fetches). A failed fetch never drops the keys we have: stale keys keep serving while
 //! the IdP is down.
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -137,6 +138,11 @@ pub struct IssuerKeys {
     client: Client<Connector, Empty<Bytes>>,
     /// The keys in force; `None` until the first successful fetch.
     keys: RwLock<Option<Arc<KeySet>>>,
+    /// Bumped whenever the keys in force change, so a token verified against a key set can
+    /// tell the set changed under it (a key may have been withdrawn).
+    version: AtomicU64,
+    /// SHA-256 of the JWKS keys last fetched: an unchanged document changes nothing.
+    fetched: Mutex<Option<[u8; 32]>>,
     /// Serializes fetches: one in flight per issuer.
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     /// Least time between two on-demand fetches.
@@ -147,12 +153,14 @@ pub struct IssuerKeys {
 impl IssuerKeys {
     /// Sets up an issuer; no network I/O until [`IssuerKeys::refresh`].
     pub fn new(config: IssuerConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let connector = net::connector(config.ca_file.as_deref())?;
+        let connector = net::connector(config.ca_file.as_deref(), FETCH_TIMEOUT)?;
         Ok(IssuerKeys {
             min_refetch: config.min_refetch,
             config,
             client: net::client(connector),
             keys: RwLock::new(None),
+            version: AtomicU64::new(0),
+            fetched: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(None),
             metrics,
         })
@@ -166,6 +174,12 @@ impl IssuerKeys {
     /// The keys we have, if any were ever fetched.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Which key set is in force: read it *before* [`IssuerKeys::current`] when verifying,
+    /// and a later change of keys is always noticed.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Whether keys have been loaded (readiness).
@@ -203,13 +217,18 @@ impl IssuerKeys {
     /// Replaces the key set as a successful fetch would.
     pub fn install(&self, keys: KeySet) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn fetch_and_store(&self) -> Result<(), FetchError> {
         match self.fetch().await {
-            Ok(set) => {
+            Ok((set, digest)) => {
                 self.metrics.jwks_fetch(&self.config.issuer, "ok");
-                self.install(set);
+                let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
+                if *fetched != Some(digest) {
+                    self.install(set);
+                    *fetched = Some(digest);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -219,7 +238,8 @@ impl IssuerKeys {
         }
     }
 
-    async fn fetch(&self) -> Result<KeySet, FetchError> {
+    /// The issuer's keys, with a digest of the JWKs they came from.
+    async fn fetch(&self) -> Result<(KeySet, [u8; 32]), FetchError> {
         let jwks_uri = match &self.config.jwks_uri {
             Some(u) => u.clone(),
             None => {
@@ -242,14 +262,24 @@ impl IssuerKeys {
             }
         };
         let raw: RawJwks = self.get_json(&jwks_uri).await?;
-        let keys = raw.keys.into_iter().filter_map(parse_key).collect::<Vec<_>>();
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut keys = Vec::new();
+        for value in raw.keys {
+            let text = value.to_string();
+            if let Some(key) = parse_key(value) {
+                digest.update(text.as_bytes());
+                digest.update(b"\n");
+                keys.push(key);
+            }
+        }
+        let digest: [u8; 32] = digest.finish().as_ref().try_into().expect("SHA-256 is 32 bytes");
         if keys.is_empty() {
             return Err(FetchError::BadDocument {
                 url: jwks_uri,
                 reason: "no usable signing keys".into(),
             });
         }
-        Ok(KeySet { keys })
+        Ok((KeySet { keys }, digest))
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {

@@ -35,7 +35,7 @@ use crate::secret::Secret;
 pub use bearer::BearerTokens;
 use chunked::ChunkChain;
 use post_policy::{FormSignature, PostPolicy};
-use revocation::Revocations;
+use revocation::RevocationList;
 use session::{Keyring, Session};
 use sigv4::SigV4Claim;
 
@@ -48,7 +48,7 @@ pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
 ];
 
 /// One trusted OIDC issuer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerConfig {
     /// The exact `iss` value.
     pub issuer: String,
@@ -266,21 +266,23 @@ pub struct Authenticator {
     bearer: BearerTokens,
     /// Opens STS sessions; `None` when STS is off (then no SigV4 credential is valid).
     sessions: Option<Arc<Keyring>>,
-    revocations: Option<Arc<Revocations>>,
+    revocations: Option<Arc<RevocationList>>,
     clock: SharedClock,
 }
 
 impl Authenticator {
     /// Sets up every credential kind; issuer keys are fetched by [`Authenticator::spawn_background`].
+    /// On a reload, `previous` hands over the issuers' keys that are still valid.
     pub fn new(
         issuers: &[IssuerConfig],
         sessions: Option<Arc<Keyring>>,
-        revocations: Option<Arc<Revocations>>,
+        revocations: Option<Arc<RevocationList>>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        previous: Option<&Authenticator>,
     ) -> Result<Self, String> {
         Ok(Authenticator {
-            bearer: BearerTokens::new(issuers, clock.clone(), metrics)?,
+            bearer: BearerTokens::new(issuers, clock.clone(), metrics, previous.map(|p| &p.bearer))?,
             sessions,
             revocations,
             clock,
@@ -297,14 +299,10 @@ impl Authenticator {
         self.bearer.ready()
     }
 
-    /// Starts what keeps credentials current: each issuer's key refresh and the revocation
-    /// list's file watch.
+    /// Starts what keeps credentials current: each issuer's key refresh. (The revocation
+    /// list is part of the config set and changes with it.)
     pub fn spawn_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = self.bearer.spawn_refresh();
-        if let Some(list) = &self.revocations {
-            tasks.push(list.spawn_watch());
-        }
-        tasks
+        self.bearer.spawn_refresh()
     }
 
     /// Proves the credentials in the request head: a SigV4 signature (header or presigned
@@ -412,7 +410,7 @@ impl Authenticator {
     fn admit(&self, identity: impl Into<Arc<Identity>>) -> Result<Arc<Identity>, AuthError> {
         let identity = identity.into();
         if let Some(list) = &self.revocations
-            && let Some(reason) = list.current().check(&identity, self.clock.unix())
+            && let Some(reason) = list.check(&identity, self.clock.unix())
         {
             return Err(AuthError::Revoked {
                 reason: reason.to_string(),

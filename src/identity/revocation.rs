@@ -8,20 +8,25 @@
 //! until = "2026-12-31T00:00:00Z"        # optional: the entry lapses then
 //!
 //! [[revoked]]
-//! jti = "4f1c…"                         # one token (its `jti`, or claimgate's sha256:… id)
+//! jti = "4f1c…"                         # one token: its `jti` with the issuer that minted it
+//! issuer = "https://login.example.com"
+//!
+//! [[revoked]]
+//! jti = "sha256:0123456789abcdef"       # or claimgate's own id for it, from an audit record
 //!
 //! [[revoked]]
 //! access_key_id = "ASIAEXAMPLE123456789" # one STS session
 //! ```
 //!
-//! The file is read every second and re-parsed when its contents change (compared by hash,
-//! not modification time, which `cp -p` or two edits within one tick would fool). A file
-//! that fails to parse is reported and the previous list stays in force: a typo must not
-//! silently un-revoke everyone.
+//! A `jti` is unique only within the issuer that minted it, so a `jti` entry names that
+//! issuer (claimgate's `sha256:` ids hash the whole token and need none).
+//!
+//! The list is part of the config set: it is read when the config is, and a change to the
+//! file reloads the set ([`crate::config::Sources`]). A list that fails to parse fails the
+//! reload and the previous list stays in force: a typo must not silently un-revoke everyone.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, UNIX_EPOCH};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
 
 use serde::Deserialize;
 
@@ -49,8 +54,15 @@ struct RawEntry {
 /// What an entry cuts off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
-    Subject { issuer: Option<String>, subject: String },
-    TokenId(String),
+    Subject {
+        issuer: Option<String>,
+        subject: String,
+    },
+    /// A token id: a `jti` with its issuer, or claimgate's `sha256:` id (issuer `None`).
+    TokenId {
+        issuer: Option<String>,
+        id: String,
+    },
     AccessKeyId(String),
 }
 
@@ -68,6 +80,11 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
+    /// Reads and parses the list file.
+    pub fn load(path: &Path) -> Result<RevocationList, Vec<Problem>> {
+        RevocationList::parse(path, &read_text(path)?)
+    }
+
     /// Parses list text, reporting every problem with its line.
     pub fn parse(path: &Path, source: &str) -> Result<RevocationList, Vec<Problem>> {
         let raw: RawList = toml::from_str(source).map_err(|e| vec![Problem::from_toml(path, source, &e)])?;
@@ -83,8 +100,20 @@ impl RevocationList {
                 ));
                 continue;
             }
-            if e.issuer.is_some() && e.subject.is_none() {
-                problems.push(at("`issuer` only qualifies a `subject` entry".into()));
+            if e.issuer.is_some() && e.access_key_id.is_some() {
+                problems.push(at(
+                    "`issuer` qualifies a `subject` or `jti` entry, not an `access_key_id`".into(),
+                ));
+                continue;
+            }
+            if let Some(j) = &e.jti
+                && e.issuer.is_none()
+                && !j.starts_with("sha256:")
+            {
+                problems.push(at(format!(
+                    "jti {j:?} needs the `issuer` that minted it: a jti is unique only within \
+                     one issuer (or use claimgate's sha256:… token id from the audit record)"
+                )));
                 continue;
             }
             let until = match &e.until {
@@ -105,7 +134,10 @@ impl RevocationList {
                     subject: s.clone(),
                 }
             } else if let Some(j) = &e.jti {
-                Target::TokenId(j.clone())
+                Target::TokenId {
+                    issuer: e.issuer.clone(),
+                    id: j.clone(),
+                }
             } else {
                 Target::AccessKeyId(e.access_key_id.clone().unwrap_or_default())
             };
@@ -144,7 +176,9 @@ impl RevocationList {
                     issuer: i,
                     subject: s,
                 } => s == subject && i.as_deref().is_none_or(|i| i == issuer),
-                Target::TokenId(j) => j == token_id,
+                Target::TokenId { issuer: i, id } => {
+                    id == token_id && i.as_deref().is_none_or(|i| i == issuer)
+                }
                 Target::AccessKeyId(a) => Some(a.as_str()) == access_key_id,
             })
             .map(|e| e.reason.as_str())
@@ -158,81 +192,6 @@ impl RevocationList {
     /// Whether the list is empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-}
-
-/// The live list, reloaded when the file changes.
-pub struct Revocations {
-    path: PathBuf,
-    /// The list in force and the SHA-256 of the text it came from (or of the last bad text,
-    /// so a bad edit is reported once).
-    state: RwLock<(Arc<RevocationList>, [u8; 32])>,
-}
-
-impl std::fmt::Debug for Revocations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revocations")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Revocations {
-    /// Loads the file now; a missing or bad file is an error at start-up.
-    pub fn load(path: &Path) -> Result<Revocations, Vec<Problem>> {
-        let source = read_text(path)?;
-        let list = RevocationList::parse(path, &source)?;
-        Ok(Revocations {
-            path: path.to_path_buf(),
-            state: RwLock::new((Arc::new(list), crate::identity::token_digest(&source))),
-        })
-    }
-
-    /// The list in force.
-    pub fn current(&self) -> Arc<RevocationList> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).0.clone()
-    }
-
-    /// Re-reads the file if its contents changed. Returns whether a new list took effect.
-    pub fn reload_if_changed(&self) -> bool {
-        let source = match read_text(&self.path) {
-            Ok(s) => s,
-            Err(problems) => {
-                for p in &problems {
-                    tracing::warn!("{p} (keeping the previous revocation list)");
-                }
-                return false;
-            }
-        };
-        let digest = crate::identity::token_digest(&source);
-        if digest == self.state.read().unwrap_or_else(|e| e.into_inner()).1 {
-            return false;
-        }
-        match RevocationList::parse(&self.path, &source) {
-            Ok(list) => {
-                tracing::info!(path = %self.path.display(), entries = list.len(), "revocation list reloaded");
-                *self.state.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(list), digest);
-                true
-            }
-            Err(problems) => {
-                for p in &problems {
-                    tracing::error!("{p} (keeping the previous revocation list)");
-                }
-                self.state.write().unwrap_or_else(|e| e.into_inner()).1 = digest;
-                false
-            }
-        }
-    }
-
-    /// Watches the file in the background.
-    pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                me.reload_if_changed();
-            }
-        })
     }
 }
 
@@ -252,7 +211,7 @@ mod tests {
     #[test]
     fn entries_match_what_they_name() {
         let l = list(
-            "[[revoked]]\nsubject = \"alice\"\nreason = \"stolen laptop\"\n\n[[revoked]]\njti = \"t1\"\n\n[[revoked]]\naccess_key_id = \"ASIA1\"\n\n[[revoked]]\nsubject = \"bob\"\nissuer = \"https://a\"\nuntil = \"2000-01-01T00:00:00Z\"\n",
+            "[[revoked]]\nsubject = \"alice\"\nreason = \"stolen laptop\"\n\n[[revoked]]\njti = \"t1\"\nissuer = \"https://x\"\n\n[[revoked]]\naccess_key_id = \"ASIA1\"\n\n[[revoked]]\nsubject = \"bob\"\nissuer = \"https://a\"\nuntil = \"2000-01-01T00:00:00Z\"\n",
         );
         let now = 1_800_000_000;
         assert_eq!(
@@ -289,20 +248,17 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_edit_keeps_the_previous_list_and_same_second_edits_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.toml");
-        std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n").unwrap();
-        let r = Revocations::load(&path).unwrap();
-        assert!(!r.reload_if_changed());
-        std::fs::write(&path, "[[revoked]]\nsubjekt = \"a\"\n").unwrap();
-        assert!(!r.reload_if_changed());
-        assert_eq!(r.current().len(), 1);
-        // written twice within the same instant: contents decide, not timestamps
-        std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n[[revoked]]\njti = \"b\"\n").unwrap();
-        assert!(r.reload_if_changed());
-        std::fs::write(&path, "[[revoked]]\nsubject = \"a\"\n[[revoked]]\njti = \"c\"\n").unwrap();
-        assert!(r.reload_if_changed());
-        assert_eq!(r.current().check_parts("i", "x", "c", None, 0), Some("revoked"));
+    fn a_jti_belongs_to_its_issuer() {
+        let l =
+            list("[[revoked]]\njti = \"j1\"\nissuer = \"https://a\"\n\n[[revoked]]\njti = \"sha256:00ff\"\n");
+        assert_eq!(l.check_parts("https://a", "x", "j1", None, 0), Some("revoked"));
+        // the same jti from another issuer is another token
+        assert_eq!(l.check_parts("https://b", "x", "j1", None, 0), None);
+        assert_eq!(
+            l.check_parts("https://b", "x", "sha256:00ff", None, 0),
+            Some("revoked")
+        );
+        let e = RevocationList::parse(Path::new("r.toml"), "[[revoked]]\njti = \"j1\"\n").unwrap_err();
+        assert!(e[0].message.contains("needs the `issuer`"), "{}", e[0].message);
     }
 }

@@ -104,9 +104,10 @@ pub(super) async fn screen_auth_errors(
     }
     let (parts, body) = resp.into_parts();
     let name = &route.config.name;
-    let bytes = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
+    let bytes = match tokio::time::timeout(route.timeouts.body_idle, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
+        Err(_) => return Err(UpstreamError::Timeout { route: name.clone() }.into()),
     };
     let text = String::from_utf8_lossy(&bytes);
     let code = text
@@ -157,14 +158,18 @@ async fn bind_upload_ids(
         return Err(refuse(ctx, UploadIdError::MalformedAnswer { reason }));
     }
     let xml = match body {
-        Reply::Stream(body) => match Limited::new(body, upload_id::MAX_ANSWER).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                let max = upload_id::MAX_ANSWER;
-                return Err(refuse(ctx, UploadIdError::AnswerTooLarge { max }));
+        Reply::Stream(body) => {
+            let read = Limited::new(body, upload_id::MAX_ANSWER).collect();
+            match tokio::time::timeout(route.timeouts.body_idle, read).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    let max = upload_id::MAX_ANSWER;
+                    return Err(refuse(ctx, UploadIdError::AnswerTooLarge { max }));
+                }
+                Ok(Err(_)) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
+                Err(_) => return Err(UpstreamError::Timeout { route: name.clone() }.into()),
             }
-            Err(_) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
-        },
+        }
         Reply::Buffered(b) | Reply::Local(b) => b,
     };
     let rewritten = upload_id::rewrite_answer(binding, answer, &xml).map_err(|e| refuse(ctx, e))?;

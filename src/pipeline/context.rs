@@ -17,9 +17,10 @@ use http::{HeaderValue, Response, header};
 
 use super::Proxy;
 use super::answer::Reply;
-use crate::audit::{AuditDecision, AuditIdentity, AuditLog, AuditRecord, AuditShadow};
+use super::throttle::InFlight;
+use crate::audit::{AuditDecision, AuditIdentity, AuditLog, AuditRecord, AuditShadow, Slot};
 use crate::body::form_file::FileError;
-use crate::body::{BodyStats, OnFinish, ProxyBody};
+use crate::body::{BodyStats, Ending, OnFinish, ProxyBody};
 use crate::classify::ClassifyError;
 use crate::config::RouteKind;
 use crate::identity::AuthError;
@@ -45,6 +46,10 @@ pub(super) struct Ctx {
     /// Set once the record is written.
     done: bool,
     audit: AuditLog,
+    /// The record's reserved place in the audit queue.
+    slot: Option<Slot>,
+    /// The caller's place in its per-identity in-flight count, released with the record.
+    in_flight: Option<InFlight>,
     metrics: Arc<Metrics>,
     started: Instant,
     arrived: SystemTime,
@@ -57,6 +62,10 @@ pub(super) struct Ctx {
     /// What the caller's body has done so far (bytes, and a failure it caused).
     pub(super) bytes_in: Arc<BodyStats>,
     route: Option<String>,
+    /// How long the route's upstream may pause mid-body.
+    upstream_idle: std::time::Duration,
+    /// How long the caller may pause mid-body.
+    client_idle: std::time::Duration,
     caller: Option<Arc<Identity>>,
     /// The roles the decision counted (`None` until a decision, or for STS until issued).
     roles: Option<Vec<String>>,
@@ -85,6 +94,8 @@ impl Ctx {
         Ctx {
             done: false,
             audit: proxy.audit.clone(),
+            slot: None,
+            in_flight: None,
             metrics: proxy.metrics.clone(),
             started: Instant::now(),
             arrived: SystemTime::now(),
@@ -96,6 +107,8 @@ impl Ctx {
             style: ErrorStyle::S3,
             bytes_in: Arc::new(BodyStats::default()),
             route: None,
+            upstream_idle: proxy.config.limits.upstream_body_idle_timeout,
+            client_idle: proxy.config.limits.client_body_idle_timeout,
             caller: None,
             roles: None,
             issued_session: None,
@@ -110,6 +123,16 @@ impl Ctx {
         }
     }
 
+    /// The record has its place in the audit queue.
+    pub(super) fn reserved(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// The caller was admitted under its per-identity limits.
+    pub(super) fn admitted(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
+    }
+
     /// The request's id, as sent to the caller in `x-amz-request-id`.
     pub(super) fn request_id(&self) -> &str {
         &self.request_id
@@ -118,6 +141,7 @@ impl Ctx {
     /// The route phase picked `route`; an HTTP route's refusals are JSON problems.
     pub(super) fn routed(&mut self, route: &Route) {
         self.route = Some(route.config.name.clone());
+        self.upstream_idle = route.timeouts.body_idle;
         if route.config.kind() == RouteKind::Http {
             self.style = ErrorStyle::Problem;
         }
@@ -239,6 +263,9 @@ impl Ctx {
             Some(Rejection::Auth(AuthError::SigV4(
                 SigV4Error::SignatureDoesNotMatch,
             )))
+        } else if stats.stalled.load(Ordering::Relaxed) {
+            self.metrics.limit_refusal("client_body_idle");
+            Some(Rejection::BodyStalled(self.client_idle))
         } else if stats.aborted.load(Ordering::Relaxed) {
             Some(Rejection::IncompleteBody)
         } else {
@@ -258,9 +285,10 @@ impl Ctx {
             parts.headers.insert("x-claimgate-upstream-request-id", theirs);
         }
         set_request_id(&mut parts.headers, &self.request_id);
+        let idle = self.upstream_idle;
         let finish = self.on_finish();
         let body = match body {
-            Reply::Stream(b) => ProxyBody::upstream(b, finish),
+            Reply::Stream(b) => ProxyBody::upstream(b, idle, finish),
             Reply::Buffered(b) | Reply::Local(b) => ProxyBody::full(b, Some(finish)),
         };
         Response::from_parts(parts, body)
@@ -299,6 +327,9 @@ impl Ctx {
         self.detail.get_or_insert_with(|| wire.message.clone());
         let (mut parts, bytes) = resp.into_parts();
         set_request_id(&mut parts.headers, &self.request_id);
+        if let Some(secs) = rejection.retry_after() {
+            parts.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         let finish = self.on_finish();
         Response::from_parts(parts, ProxyBody::full(bytes, Some(finish)))
     }
@@ -312,14 +343,33 @@ impl Ctx {
     /// The always-run last step, once the response body is done.
     fn on_finish(self) -> OnFinish {
         let mut ctx = self;
-        Box::new(move |bytes_out, complete| ctx.finish(bytes_out, complete))
+        Box::new(move |bytes_out, ending| ctx.finish(bytes_out, ending))
     }
 
     /// Writes the record and counts the metrics; once.
-    fn finish(&mut self, bytes_out: u64, complete: bool) {
+    fn finish(&mut self, bytes_out: u64, ending: Ending) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        // A transfer the upstream broke or stalled is named as such: the caller saw an
+        // error, never a short body passed off as whole.
+        let broke = match ending {
+            Ending::UpstreamBroke => Some(("upstream_broke", "the upstream broke off the response body")),
+            Ending::UpstreamStalled => Some((
+                "upstream_stalled",
+                "the upstream stopped sending the response body",
+            )),
+            Ending::Complete | Ending::ClientGone => None,
+        };
+        if let Some((reason, detail)) = broke {
+            self.reason = Some(reason);
+            self.detail = Some(format!("{detail} after {bytes_out} bytes"));
+            if let Some(route) = &self.route {
+                self.metrics
+                    .upstream_error(route, reason.trim_start_matches("upstream_"));
+            }
+        }
+        let complete = ending == Ending::Complete;
         let elapsed = self.started.elapsed();
         let record = self.record(bytes_out, complete, elapsed.as_secs_f64());
         self.metrics.request(
@@ -329,7 +379,11 @@ impl Ctx {
             record.status,
             elapsed.as_secs_f64(),
         );
-        self.audit.write_now(record);
+        match self.slot.take() {
+            Some(slot) => slot.write(record),
+            None => self.audit.write_unreserved(record),
+        }
+        self.in_flight = None;
     }
 
     /// The audit record, built once from what the phases produced.
@@ -388,9 +442,50 @@ impl Drop for Ctx {
             // 499: the client closed the request before any response (nginx's convention).
             self.status = 499;
             self.reason.get_or_insert("client_closed");
-            self.finish(0, false);
+            self.finish(0, Ending::ClientGone);
         }
     }
+}
+
+/// Records a connection refused before any request on it could be read: over the
+/// connection limit, a request head that never came whole, or one too large. The record has
+/// no route, method or path; `reason` names the limit and `detail` its setting.
+pub fn connection_refused(
+    proxy: &Proxy,
+    source: SocketAddr,
+    status: u16,
+    reason: &'static str,
+    detail: String,
+) {
+    proxy.metrics.limit_refusal(reason);
+    proxy
+        .metrics
+        .request("-", "-", AuditDecision::Error.as_str(), status, 0.0);
+    proxy.audit.write_unreserved(AuditRecord {
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        request_id: super::new_request_id(),
+        route: "-".into(),
+        method: "-".into(),
+        path: "-".into(),
+        identity: None,
+        operation: None,
+        action: None,
+        resource: None,
+        also: Vec::new(),
+        decision: AuditDecision::Error,
+        rule: None,
+        reason: Some(reason),
+        detail: Some(detail),
+        shadow: None,
+        status,
+        upstream_status: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        source: source.to_string(),
+        user_agent: None,
+        incomplete: false,
+    });
 }
 
 fn set_request_id(headers: &mut http::HeaderMap, id: &str) {

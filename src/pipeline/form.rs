@@ -26,7 +26,6 @@ use crate::identity::AuthError;
 use crate::model::{AuthMethod, Identity};
 use crate::rejection::Rejection;
 use crate::upstream::Route;
-use crate::upstream::forward::Wait;
 use crate::upstream::post_sign::sign_form_upload;
 
 /// Runs a form upload through the phases. `caller` is the bearer identity already proven,
@@ -63,6 +62,7 @@ pub(super) async fn upload(
         None => {
             let (identity, length) = proxy.auth.authenticate_form(&form, pending.bucket())?;
             ctx.authenticated(&identity);
+            super::admit(proxy, &identity, ctx)?;
             (identity, length)
         }
     };
@@ -92,14 +92,7 @@ pub(super) async fn upload(
         prefix: Some(prefix),
         file: Box::new(file),
     };
-    let resp = super::send(
-        proxy,
-        route,
-        Request::from_parts(parts, body),
-        Wait::ForUpload,
-        ctx,
-    )
-    .await?;
+    let resp = super::send(proxy, route, Request::from_parts(parts, body), ctx).await?;
     // The store may answer before it notices the file was cut short: the reason is ours.
     if ctx.bytes_in.form_failure().is_some()
         && let Some(rejection) = ctx.body_failure()

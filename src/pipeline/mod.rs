@@ -15,10 +15,11 @@ mod answer;
 mod context;
 mod form;
 mod sts;
+pub mod throttle;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -30,7 +31,7 @@ use crate::audit::AuditLog;
 use crate::body::{Checked, ProxyBody, UpstreamBody};
 use crate::classify::{self, ClassifyError, PendingPostObject, RequestTarget, S3Target};
 use crate::clock::SharedClock;
-use crate::config::{Config, RouteApi, RouteKind};
+use crate::config::{Config, OnAuditFailure, RouteApi, RouteKind};
 use crate::digest::Declared;
 use crate::identity::chunked::{ChunkChain, VerifiedChunks};
 use crate::identity::{Accepts, AuthError, Authenticated, Authenticator};
@@ -38,16 +39,36 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation, ResourceKind};
 use crate::policy::{Permit, PolicySet};
 use crate::rejection::{Rejection, UpstreamError};
-use crate::upstream::forward::{ForwardError, Wait, forward};
+use crate::upstream::forward::{ForwardError, forward};
 use crate::upstream::sign::{self, sign_upstream, strip_hop_by_hop};
 use crate::upstream::{Route, Router};
 use answer::Reply;
 use context::Ctx;
+pub use context::connection_refused;
 
-/// Everything a request needs, shared by all connections.
+/// What outlives every config set: the audit writer, metrics, the clock and per-identity
+/// limit state. Each [`Proxy`] holds a clone.
+#[derive(Clone)]
+pub struct Shared {
+    /// Audit writer.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Time source.
+    pub clock: SharedClock,
+    /// In-flight counts and rates per identity.
+    pub throttle: Arc<throttle::Throttle>,
+}
+
+/// One config set in force: everything a request needs, shared by all connections. A reload
+/// builds a new one beside it; a request keeps the one it started with to its end.
 pub struct Proxy {
+    /// Which set this is: 1 at start, one more for each successful reload.
+    pub generation: u64,
     /// The validated config.
     pub config: Arc<Config>,
+    /// Accepts TLS connections with this set's certificate, when TLS is on.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Upstream routes.
     pub router: Router,
     /// Proves callers' credentials (tokens, sessions, revocation).
@@ -60,40 +81,90 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Time source.
     pub clock: SharedClock,
+    /// Per-identity limits.
+    pub throttle: Arc<throttle::Throttle>,
+    /// This set's background work (issuer key refresh), stopped when the set is replaced.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Proxy {
-    /// Assembles the proxy from a validated config, whose keyring, revocation list,
-    /// policies and TLS settings were built when it was validated.
+    /// Assembles a config set from a validated config, whose keyring, revocation list,
+    /// policies and TLS settings were built when it was validated. On a reload `previous`
+    /// hands over the issuer keys that are still valid, so a reload never makes the proxy
+    /// unready.
     pub fn new(
         config: Arc<Config>,
-        audit: AuditLog,
-        metrics: Arc<Metrics>,
-        clock: SharedClock,
+        shared: &Shared,
+        generation: u64,
+        previous: Option<&Proxy>,
     ) -> Result<Proxy, String> {
         let auth = Authenticator::new(
             &config.issuers,
             config.sts.as_ref().map(|s| s.keyring.clone()),
             config.revocations.clone(),
-            clock.clone(),
-            metrics.clone(),
+            shared.clock.clone(),
+            shared.metrics.clone(),
+            previous.map(|p| p.auth.as_ref()),
         )?;
+        let tls = (config.server.tls.as_ref()).map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         Ok(Proxy {
-            router: Router::new(&config.routes)?,
+            generation,
+            tls,
+            router: Router::new(&config.routes, &config.limits)?,
             policies: config.policies.clone(),
             auth: Arc::new(auth),
             config,
-            audit,
-            metrics,
-            clock,
+            audit: shared.audit.clone(),
+            metrics: shared.metrics.clone(),
+            clock: shared.clock.clone(),
+            throttle: shared.throttle.clone(),
+            background: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts this set's background work.
+    pub fn start_background(&self) {
+        let tasks = self.auth.spawn_background();
+        self.background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(tasks);
+    }
+
+    /// Stops this set's background work (it was replaced, or the server is stopping).
+    pub fn stop_background(&self) {
+        for task in self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop_background();
     }
 }
 
 /// Serves one request.
 pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
+    // The record's place in the audit queue comes first: a request that cannot have a
+    // record is refused before it does anything.
+    let slot = proxy.audit.reserve().await;
     let mut ctx = Ctx::new(&proxy, &parts, remote);
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::error!(error = %full, "refusing a request: no room for its audit record");
+            return ctx.refuse(&Rejection::AuditUnavailable);
+        }
+    };
+    ctx.reserved(slot);
     match run(&proxy, parts, body, &mut ctx).await {
         Ok(upstream) => ctx.respond(upstream),
         Err(rejection) => ctx.refuse(&rejection),
@@ -122,7 +193,7 @@ async fn run(
 
     // authenticate (a browser form upload may carry its credentials in its form instead)
     let caller = match authenticate(proxy, &route, &parts, ctx).await {
-        Err(AuthError::Missing)
+        Err(Rejection::Auth(AuthError::Missing))
             if route.config.kind() == RouteKind::S3 && classify::is_form_upload(&parts) =>
         {
             return match classify(proxy, &route, &parts, &target)? {
@@ -153,11 +224,11 @@ async fn run(
     // sign (the body's digests are read first: signing replaces the caller's headers)
     let declared = Declared::from_headers(&parts.headers)?;
     let answer = answer::unwrap_upload_id(&route, permit.operation(), &mut parts, ctx)?;
-    let (body, wait) = upstream_body(inbound, &declared, caller.chunks, &mut parts.headers, ctx)?;
+    let body = upstream_body(inbound, &declared, caller.chunks, &mut parts.headers, ctx)?;
     sign_upstream(permit, &mut parts, &route, proxy.clock.now())?;
 
     // forward
-    let resp = send(proxy, &route, Request::from_parts(parts, body), wait, ctx).await?;
+    let resp = send(proxy, &route, Request::from_parts(parts, body), ctx).await?;
     answer::screen(proxy, &route, resp, answer, ctx).await
 }
 
@@ -180,14 +251,29 @@ async fn authenticate(
     route: &Route,
     parts: &Parts,
     ctx: &mut Ctx,
-) -> Result<Authenticated, AuthError> {
+) -> Result<Authenticated, Rejection> {
     let accepts = match route.config.kind() {
         RouteKind::S3 => Accepts::BearerOrSession,
         RouteKind::Http => Accepts::Bearer,
     };
     let caller = proxy.auth.authenticate(parts, accepts).await?;
     ctx.authenticated(&caller.identity);
+    admit(proxy, &caller.identity, ctx)?;
     Ok(caller)
+}
+
+/// Holds the caller to its per-identity limits; the request counts as in flight until its
+/// response body ends.
+fn admit(proxy: &Proxy, identity: &Identity, ctx: &mut Ctx) -> Result<(), Rejection> {
+    let admitted = proxy
+        .throttle
+        .admit(identity, &proxy.config.limits)
+        .map_err(|t| {
+            proxy.metrics.limit_refusal(t.limit());
+            Rejection::Throttled(t)
+        })?;
+    ctx.admitted(admitted);
+    Ok(())
 }
 
 /// Policy decides; the audit record learns the roles, the rule and any shadow outcome.
@@ -263,7 +349,13 @@ async fn delete_objects(
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<(Operation, Inbound), Rejection> {
-    let xml = read_capped(body, proxy.config.server.max_inspected_body).await?;
+    let limits = &proxy.config.limits;
+    let xml = read_capped(
+        body,
+        proxy.config.server.max_inspected_body,
+        limits.client_body_idle_timeout,
+    )
+    .await?;
     ctx.bytes_in.bytes.store(xml.len() as u64, Ordering::Relaxed);
     let list = classify::parse_delete_objects(&xml)?;
     let op = pending.finish(list.keys())?;
@@ -285,18 +377,18 @@ fn upstream_body(
     chunks: Option<ChunkChain>,
     headers: &mut http::HeaderMap,
     ctx: &Ctx,
-) -> Result<(UpstreamBody, Wait), Rejection> {
+) -> Result<UpstreamBody, Rejection> {
     let counter = ctx.bytes_in.clone();
     match (inbound, chunks) {
         (Inbound::Rewritten { original, rewritten }, _) => {
             declared.check(&original)?;
             sign::describe_rewritten_body(headers, &rewritten)?;
-            Ok((UpstreamBody::Full(Some(rewritten)), Wait::ForUpload))
+            Ok(UpstreamBody::Full(Some(rewritten)))
         }
         (Inbound::Streamed(body), Some(chain)) => {
             sign::unframe_signed_chunks(headers);
             let inner = Box::new(VerifiedChunks::new(body, chain));
-            Ok((UpstreamBody::Chunked { inner, counter }, Wait::ForUpload))
+            Ok(UpstreamBody::Chunked { inner, counter })
         }
         (Inbound::Streamed(body), None) if body.is_end_stream() => {
             // Nothing will stream: the empty body is checked here and now.
@@ -306,7 +398,7 @@ fn upstream_body(
                 counter,
                 check: None,
             };
-            Ok((body, Wait::ForHead))
+            Ok(body)
         }
         (Inbound::Streamed(body), None) => {
             let check = (!declared.is_empty()).then(|| Checked::new(declared));
@@ -315,7 +407,7 @@ fn upstream_body(
                 counter,
                 check,
             };
-            Ok((body, Wait::ForUpload))
+            Ok(body)
         }
     }
 }
@@ -326,11 +418,16 @@ async fn send(
     proxy: &Proxy,
     route: &Route,
     req: Request<UpstreamBody>,
-    wait: Wait,
     ctx: &Ctx,
 ) -> Result<Response<Incoming>, Rejection> {
+    // No data moves without a record it can be written to (unless the operator chose
+    // availability over the audit trail).
+    if !proxy.audit.is_up() && proxy.config.audit.on_failure == OnAuditFailure::Refuse {
+        proxy.metrics.limit_refusal("audit_unavailable");
+        return Err(Rejection::AuditUnavailable);
+    }
     let name = route.config.name.clone();
-    forward(route, req, wait, &proxy.metrics).await.map_err(|e| {
+    forward(route, req, &proxy.metrics).await.map_err(|e| {
         ctx.body_failure().unwrap_or(match e {
             ForwardError::CallerAborted => Rejection::IncompleteBody,
             ForwardError::Unreachable => UpstreamError::Unreachable { route: name }.into(),
@@ -339,12 +436,13 @@ async fn send(
     })
 }
 
-/// Reads a body that must be inspected whole, refusing one larger than `max`.
-async fn read_capped(body: Incoming, max: usize) -> Result<Bytes, Rejection> {
+/// Reads a body that must be inspected whole, refusing one larger than `max` or slower to
+/// arrive than `within`.
+async fn read_capped(body: Incoming, max: usize, within: std::time::Duration) -> Result<Bytes, Rejection> {
     use http_body_util::{BodyExt, Limited};
-    Limited::new(body, max)
-        .collect()
+    tokio::time::timeout(within, Limited::new(body, max).collect())
         .await
+        .map_err(|_| Rejection::BodyStalled(within))?
         .map(|b| b.to_bytes())
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {

@@ -87,9 +87,10 @@ impl Drop for Params {
 async fn read_params(proxy: &Proxy, parts: &Parts, body: Incoming, ctx: &Ctx) -> Result<Params, StsError> {
     use http_body_util::{BodyExt, Limited};
     let max = proxy.config.server.max_inspected_body;
-    let form = Limited::new(body, max)
-        .collect()
+    let within = proxy.config.limits.client_body_idle_timeout;
+    let form = tokio::time::timeout(within, Limited::new(body, max).collect())
         .await
+        .map_err(|_| StsError::Validation(format!("the request body did not arrive within {within:?}")))?
         .map_err(|_| StsError::Validation(format!("the request body is larger than {max} bytes")))?
         .to_bytes();
     ctx.bytes_in

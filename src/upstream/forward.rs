@@ -1,26 +1,11 @@
 //! Sending the signed request to the route's upstream.
 
-use std::time::Duration;
-
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::Route;
-use crate::body::UpstreamBody;
+use crate::body::{Paced, UpstreamBody};
 use crate::metrics::Metrics;
-
-/// How long the upstream may take to send a response head to a request without a body.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// When the upstream's answer is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// The request has no body: the answer must start within [`HEAD_TIMEOUT`].
-    ForHead,
-    /// The request streams a body: S3 answers after the whole upload, however long the
-    /// caller takes, so there is no deadline for the head.
-    ForUpload,
-}
 
 /// Why forwarding failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,29 +21,45 @@ pub enum ForwardError {
     Timeout,
 }
 
-/// Sends `req` and waits for the response head. Upstream failures are logged and counted
-/// against the route here, where they are known.
+/// Sends `req` and waits for the response head, which is due `timeouts.response` after the
+/// request's last byte went out (an upload may take as long as the caller keeps sending;
+/// a caller that stalls is cut off by its own idle limit). Upstream failures are logged and
+/// counted against the route here, where they are known.
 pub async fn forward(
     route: &Route,
     req: Request<UpstreamBody>,
-    wait: Wait,
     metrics: &Metrics,
 ) -> Result<Response<Incoming>, ForwardError> {
     let name = &route.config.name;
-    let limit = match wait {
-        Wait::ForHead => HEAD_TIMEOUT,
-        Wait::ForUpload => Duration::MAX,
+    let req = req.map(|b| Paced::new(b, route.timeouts.client_body_idle));
+    let sent = req.body().stats().cloned();
+    let deadline = route.timeouts.response;
+    let answer = route.client.request(req);
+    let answered = match sent {
+        // Nothing streams from the caller: the clock starts now.
+        None => tokio::time::timeout(deadline, answer).await.ok(),
+        Some(stats) => {
+            tokio::pin!(answer);
+            tokio::select! {
+                r = &mut answer => Some(r),
+                () = async {
+                    stats.sent().await;
+                    tokio::time::sleep(deadline).await;
+                } => None,
+            }
+        }
     };
-    match tokio::time::timeout(limit, route.client.request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) if caller_aborted(&e) => Err(ForwardError::CallerAborted),
-        Ok(Err(e)) => {
+    match answered {
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(e)) if caller_aborted(&e) => Err(ForwardError::CallerAborted),
+        Some(Err(e)) => {
             metrics.upstream_error(name, if e.is_connect() { "connect" } else { "other" });
             tracing::warn!(route = %name, error = %e, "upstream request failed");
             Err(ForwardError::Unreachable)
         }
-        Err(_) => {
+        None => {
             metrics.upstream_error(name, "timeout");
+            tracing::warn!(route = %name, "upstream did not answer within {deadline:?}");
             Err(ForwardError::Timeout)
         }
     }

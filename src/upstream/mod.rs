@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use hyper_util::client::legacy::Client;
 
-use crate::body::UpstreamBody;
-use crate::config::{RouteApi, RouteConfig};
+use crate::body::Paced;
+use std::time::Duration;
+
+use crate::config::{Limits, RouteApi, RouteConfig};
 use crate::net;
 use crate::upstream::upload_id::UploadIdBinding;
 
@@ -21,20 +23,33 @@ pub struct Route {
     /// The validated route config.
     pub config: RouteConfig,
     /// Pooled client to the upstream.
-    pub client: Client<net::Connector, UpstreamBody>,
+    pub client: Client<net::Connector, Paced>,
     /// The upstream's path, without a trailing `/` (empty for the root).
     pub base_path: String,
     /// `Host` to send upstream.
     pub authority: http::uri::Authority,
+    /// How long the upstream may take to answer, and to send each part of its answer.
+    pub timeouts: Timeouts,
     /// S3 routes: the key that binds multipart upload ids to their bucket and key, derived
     /// from the route's secret (see [`upload_id`]). `None` on HTTP routes.
     pub upload_ids: Option<UploadIdBinding>,
 }
 
+/// The upstream's deadlines (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The response head is due this long after the request went out whole.
+    pub response: Duration,
+    /// The response body may stall this long between bytes.
+    pub body_idle: Duration,
+    /// The caller's request body may stall this long between bytes.
+    pub client_body_idle: Duration,
+}
+
 impl Route {
     /// Builds the route's client.
-    pub fn new(config: RouteConfig) -> Result<Route, String> {
-        let connector = net::connector(config.ca_file.as_deref())?;
+    pub fn new(config: RouteConfig, limits: &Limits) -> Result<Route, String> {
+        let connector = net::connector(config.ca_file.as_deref(), limits.upstream_connect_timeout)?;
         let base_path = config.upstream.path().trim_end_matches('/').to_string();
         let host = config.upstream.host_str().unwrap_or_default();
         let authority = match config.upstream.port() {
@@ -50,6 +65,11 @@ impl Route {
             .map(|s3| UploadIdBinding::from_secret(s3.credentials.secret_access_key.expose().as_bytes()));
         Ok(Route {
             client: net::client(connector),
+            timeouts: Timeouts {
+                response: limits.upstream_response_timeout,
+                body_idle: limits.upstream_body_idle_timeout,
+                client_body_idle: limits.client_body_idle_timeout,
+            },
             upload_ids,
             base_path,
             authority,
@@ -67,11 +87,11 @@ pub struct Router {
 
 impl Router {
     /// Builds every route.
-    pub fn new(routes: &[RouteConfig]) -> Result<Router, String> {
+    pub fn new(routes: &[RouteConfig], limits: &Limits) -> Result<Router, String> {
         let mut http = Vec::new();
         let mut s3 = None;
         for r in routes {
-            let route = Arc::new(Route::new(r.clone())?);
+            let route = Arc::new(Route::new(r.clone(), limits)?);
             match r.api {
                 RouteApi::S3(_) => s3 = Some(route),
                 RouteApi::Http(_) => http.push(route),

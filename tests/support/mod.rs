@@ -22,7 +22,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use claimgate::audit::AuditLog;
 use claimgate::clock::SystemClock;
 use claimgate::config::Config;
 use claimgate::server::Server;
@@ -385,7 +384,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub audit: SharedBuf,
-    proxy: Arc<claimgate::pipeline::Proxy>,
+    pub live: Arc<claimgate::reload::Live>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     pub client: Client,
@@ -489,13 +488,13 @@ impl ProxyBuilder {
         let server = Server::bind_with(
             config,
             self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
-            AuditLog::with_writer(Box::new(audit.clone())),
+            Some(Box::new(audit.clone())),
         )
         .await
         .unwrap();
         let addr = server.local_addr();
         let admin = format!("http://{}", server.admin_addr().unwrap());
-        let proxy = server.proxy().clone();
+        let live = server.live().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async move {
             let _ = rx.await;
@@ -509,7 +508,7 @@ impl ProxyBuilder {
             addr,
             dir,
             audit,
-            proxy,
+            live,
             shutdown: Some(tx),
             done: Some(done),
             client,
@@ -546,7 +545,7 @@ pub fn self_signed() -> (String, String) {
 impl TestProxy {
     async fn wait_ready(&self) {
         for _ in 0..200 {
-            if self.proxy.auth.ready() {
+            if self.live.current().auth.ready() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -561,7 +560,7 @@ impl TestProxy {
     /// Every audit record written so far, after waiting until at least `n` exist.
     pub async fn audit(&self, n: usize) -> Vec<Value> {
         for _ in 0..500 {
-            self.proxy.audit.flush(Duration::from_secs(5)).await;
+            self.live.shared().audit.flush(Duration::from_secs(5)).await;
             let lines = self.audit_now();
             if lines.len() >= n {
                 return lines;
