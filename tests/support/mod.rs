@@ -360,22 +360,11 @@ pub struct ProxyBuilder {
     files: Vec<(String, String)>,
     tls: bool,
     clock: Option<claimgate::clock::SharedClock>,
+    audit_to: Option<Box<dyn Write + Send>>,
 }
 
 pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
-    ProxyBuilder {
-        issuers: vec![idp.issuer.clone()],
-        upstream: s3.url.clone(),
-        policy: POLICY.to_string(),
-        extra_issuer: String::new(),
-        extra_server: String::new(),
-        extra: String::new(),
-        route_lines: String::new(),
-        policies_lines: String::new(),
-        files: Vec::new(),
-        tls: false,
-        clock: None,
-    }
+    proxy_to(idp, &s3.url)
 }
 
 pub struct TestProxy {
@@ -442,6 +431,84 @@ impl ProxyBuilder {
         self.tls = true;
         self
     }
+    /// Audit records go to this writer instead of the test's buffer (`TestProxy::audit`
+    /// then stays empty).
+    pub fn audit_to(mut self, out: Box<dyn Write + Send>) -> Self {
+        self.audit_to = Some(out);
+        self
+    }
+
+    /// Writes the config, policies and secrets into `dir` as `start` does; returns the
+    /// config path and the test CA (with TLS).
+    fn write_files(&self, dir: &Path) -> (PathBuf, String, Option<String>) {
+        std::fs::create_dir(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/test.toml"), &self.policy).unwrap();
+        std::fs::write(dir.join("upstream.secret"), format!("{S3_SECRET_KEY}\n")).unwrap();
+        for (name, content) in &self.files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        let (tls_lines, ca_pem) = if self.tls {
+            let (cert, key) = self_signed();
+            std::fs::write(dir.join("tls.crt"), &cert).unwrap();
+            std::fs::write(dir.join("tls.key"), &key).unwrap();
+            (
+                "tls = { cert = \"tls.crt\", key = \"tls.key\" }\n".to_string(),
+                Some(cert),
+            )
+        } else {
+            (String::new(), None)
+        };
+        let text = self.config_text(&tls_lines);
+        let path = dir.join("claimgate.toml");
+        std::fs::write(&path, &text).unwrap();
+        (path, text, ca_pem)
+    }
+
+    /// Runs the real `claimgate serve` binary on this config (fixed free ports, audit
+    /// records appended to `audit.log` in its directory) and waits until it is ready.
+    pub async fn spawn(mut self) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        self.extra.push_str("\n[audit]\npath = \"audit.log\"\n");
+        let (path, text, ca_pem) = self.write_files(dir.path());
+        let text = text
+            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1)
+            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""), 1);
+        std::fs::write(&path, &text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_claimgate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("CLAIMGATE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let scheme = if self.tls { "https" } else { "http" };
+        let p = Process {
+            url: format!("{scheme}://localhost:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            client: Client::new(ca_pem.as_deref()),
+            ca_pem,
+            child,
+            dir,
+        };
+        let admin = Client::new(None);
+        for _ in 0..500 {
+            if let Ok(Ok(r)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                admin.inner.get(format!("{}/readyz", p.admin).parse().unwrap()),
+            )
+            .await
+                && r.status() == 200
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("claimgate serve did not become ready:\n{}", p.stderr());
+    }
 
     pub fn config_text(&self, tls_lines: &str) -> String {
         let mut s = format!(
@@ -461,34 +528,15 @@ impl ProxyBuilder {
         s
     }
 
-    pub async fn start(self) -> TestProxy {
+    pub async fn start(mut self) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/test.toml"), &self.policy).unwrap();
-        std::fs::write(dir.path().join("upstream.secret"), format!("{S3_SECRET_KEY}\n")).unwrap();
-        for (name, content) in &self.files {
-            std::fs::write(dir.path().join(name), content).unwrap();
-        }
-        let (tls_lines, ca_pem) = if self.tls {
-            let (cert, key) = self_signed();
-            std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
-            std::fs::write(dir.path().join("tls.key"), &key).unwrap();
-            (
-                "tls = { cert = \"tls.crt\", key = \"tls.key\" }\n".to_string(),
-                Some(cert),
-            )
-        } else {
-            (String::new(), None)
-        };
-        let text = self.config_text(&tls_lines);
-        let path = dir.path().join("claimgate.toml");
-        std::fs::write(&path, &text).unwrap();
+        let (path, text, ca_pem) = self.write_files(dir.path());
         let config = Arc::new(Config::load(&path).unwrap_or_else(|e| panic!("{e}\n---\n{text}")));
         let audit = SharedBuf::default();
         let server = Server::bind_with(
             config,
             self.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
-            Some(Box::new(audit.clone())),
+            Some(self.audit_to.take().unwrap_or_else(|| Box::new(audit.clone()))),
         )
         .await
         .unwrap();
@@ -599,6 +647,109 @@ impl TestProxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
+    }
+}
+
+/// A port free on loopback now (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `claimgate serve` process (see [`ProxyBuilder::spawn`]). Killed when dropped.
+pub struct Process {
+    pub url: String,
+    pub admin: String,
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub ca_pem: Option<String>,
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Process {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `USR1`).
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the process to exit (at most `within`).
+    pub fn wait(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The audit records in `audit.log` (and in any rotated `audit.log.*` given).
+    pub fn audit_file(&self, name: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Resident memory of the process, in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors of the process (Linux).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(&format!("{}/metrics", self.admin), None).await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -907,6 +1058,7 @@ pub fn proxy_to(idp: &TestIdp, upstream: &str) -> ProxyBuilder {
         files: Vec::new(),
         tls: false,
         clock: None,
+        audit_to: None,
     }
 }
 
