@@ -245,3 +245,41 @@ async fn a_newcomer_sees_an_allowed_and_a_denied_access_land_in_the_audit_log() 
     );
     assert!(interrupt(again).success());
 }
+
+/// The policies `claimgate dev` wrote are the user's to edit: a saved edit is in force
+/// within a second, without a restart, and undone the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_edit_applies_while_dev_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let dev = start(&dir);
+    let client = Client::new(None);
+    let alice = token(&dir, "alice");
+    let shard = format!("{}/datasets/imagenet/train/0001.tar", dev.proxy);
+    assert_eq!(client.get(&shard, Some(&alice)).await.status, 200);
+    let freeze = dir.join("policies/freeze.toml");
+    std::fs::write(
+        &freeze,
+        "[[roles]]\nname = \"frozen\"\nmembers = [ { claim = \"sub\", equals = \"alice\" } ]\ndeny = [ { actions = [\"s3:*\"], resources = [\"s3://datasets/imagenet/*\"] } ]\n",
+    )
+    .unwrap();
+    let mut status = 0;
+    for _ in 0..100 {
+        status = client.get(&shard, Some(&alice)).await.status;
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 403, "the added deny rule never took effect");
+    std::fs::remove_file(&freeze).unwrap();
+    for _ in 0..100 {
+        status = client.get(&shard, Some(&alice)).await.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "removing the deny rule never took effect");
+    assert!(interrupt(dev).success());
+}

@@ -318,7 +318,7 @@ fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: boo
     out.push_str(&format!("  dev IdP          {issuer}\n"));
     out.push_str(&format!("  audit log        {d}/audit.log\n"));
     out.push_str(&format!(
-        "  config, policies {d}/claimgate.toml, {d}/policies/ (yours to edit; restart to apply)\n\n"
+        "  config, policies {d}/claimgate.toml, {d}/policies/\n                   (policies are yours to edit: a saved edit is in force within a second,\n                    or refused with its file:line in this log while the last good set serves)\n\n"
     ));
     out.push_str("Demo identities (tokens valid 12 h):\n");
     for (name, what, _) in demo_identities() {
