@@ -123,6 +123,7 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     request_head_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     max_header_bytes: Option<Spanned<usize>>,
     max_headers: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
@@ -265,6 +266,8 @@ pub struct Limits {
     /// the wait for the next request on a kept-alive connection counts too, so this is also
     /// how long an idle HTTP/1.1 connection stays open.
     pub request_head_timeout: Duration,
+    /// A connection with no request in flight is closed (gracefully: HTTP/2 GOAWAY) after this.
+    pub idle_timeout: Duration,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// Most header fields in a request head.
@@ -298,6 +301,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             request_head_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_connections: 10_000,
@@ -827,6 +831,7 @@ fn compile_limits(c: &mut Collector<'_>, l: &RawLimits) -> Limits {
             d.request_head_timeout,
             "request_head_timeout",
         ),
+        idle_timeout: time(&l.idle_timeout, d.idle_timeout, "idle_timeout"),
         client_body_idle_timeout: time(
             &l.client_body_idle_timeout,
             d.client_body_idle_timeout,

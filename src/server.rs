@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::AuditLog;
@@ -162,7 +162,8 @@ impl Server {
         let watch = tokio::spawn(live.clone().watch());
         let signal_task = tokio::spawn(signals.serve(live.clone()));
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, live.clone())));
-        let graceful = GracefulShutdown::new();
+        // Every connection watches this; it turns true when the server starts draining.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let open = Arc::new(AtomicUsize::new(0));
         let mut connections = tokio::task::JoinSet::new();
 
@@ -188,18 +189,20 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let watcher = graceful.watcher();
+            let stopping = stopping.clone();
             let live = live.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                serve_connection(stream, remote, live, proxy, watcher).await;
+                serve_connection(stream, remote, live, proxy, stopping).await;
             });
             // Reap finished connections so the set stays as small as the live ones.
             while connections.try_join_next().is_some() {}
         }
         drop(listener);
         let grace = live.current().config.server.shutdown_grace;
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        let _ = stop.send(true);
+        let drained = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
         }
         // Whatever is left is cut off now; dropping their requests writes their (incomplete)
@@ -294,19 +297,24 @@ async fn serve_connection(
     remote: SocketAddr,
     live: Arc<Live>,
     proxy: Arc<Proxy>,
-    watcher: hyper_util::server::graceful::Watcher,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let builder = http_builder(&proxy.config.limits);
-    let head_timeout = proxy.config.limits.request_head_timeout;
-    let served = Arc::new(AtomicUsize::new(0));
-    let counted = served.clone();
+    let limits = &proxy.config.limits;
+    let head_timeout = limits.request_head_timeout;
+    let activity = Arc::new(Activity::default());
+    let tracked = activity.clone();
     // A connection keeps the certificate and connection limits of the config set it was
     // accepted under; each request takes the set in force when it arrives, and keeps it.
     let service = service_fn(move |req| {
-        counted.fetch_add(1, Ordering::Relaxed);
+        let busy = Busy::start(&tracked);
         let proxy = live.current();
-        async move { Ok::<_, Infallible>(pipeline::handle(proxy, req, remote).await) }
+        async move {
+            let resp = pipeline::handle(proxy, req, remote).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+        }
     });
+    let idle = limits.idle_timeout;
     let result = match proxy.tls.clone() {
         Some(acceptor) => {
             let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
@@ -321,18 +329,18 @@ async fn serve_connection(
                 }
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
+            drive(conn, stopping, &activity, idle).await
         }
         None => {
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            watcher.watch(conn.into_owned()).await
+            drive(conn, stopping, &activity, idle).await
         }
     };
     let Err(e) = result else { return };
     let Some(e) = e.downcast_ref::<hyper::Error>() else {
         return;
     };
-    if e.is_timeout() && served.load(Ordering::Relaxed) == 0 {
+    if e.is_timeout() && activity.served.load(Ordering::Relaxed) == 0 {
         // A kept-alive connection that idles out after serving is not a refusal; one that
         // never completed a request head is (slowloris, or a connection opened and left).
         head_timed_out(&proxy, remote, head_timeout);
@@ -348,6 +356,111 @@ async fn serve_connection(
                 proxy.config.limits.max_header_bytes, proxy.config.limits.max_headers
             ),
         );
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully (HTTP/2 GOAWAY; HTTP/1.1 after
+/// the response in flight) when the server drains or when it has had no request in flight
+/// for `idle`.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    let wake = tokio::time::sleep(idle);
+    tokio::pin!(wake);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => return done,
+            _ = stopping.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = wake.as_mut(), if !closing => match activity.idle_since() {
+                Some(since) if since.elapsed() >= idle => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                // Busy, or idle for less: look again when the idle time could be up.
+                since => {
+                    let from = since.unwrap_or_else(std::time::Instant::now);
+                    wake.as_mut().reset(tokio::time::Instant::from_std(from + idle));
+                }
+            },
+        }
+    }
+}
+
+/// What a connection is doing: requests in flight, and since when it has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    served: AtomicUsize,
+    /// When the last request in flight finished (or the connection opened).
+    quiet_since: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            quiet_since: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// Since when nothing has been in flight; `None` while something is.
+    fn idle_since(&self) -> Option<std::time::Instant> {
+        let since = *self.quiet_since.lock().unwrap_or_else(|e| e.into_inner());
+        (self.in_flight.load(Ordering::Acquire) == 0).then_some(since)
+    }
+}
+
+/// One request in flight on a connection, from its head until its response body is done.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Busy {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.served.fetch_add(1, Ordering::Relaxed);
+        Busy(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.quiet_since.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked {
+    body: crate::body::ProxyBody,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
