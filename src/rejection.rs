@@ -17,9 +17,15 @@ use crate::upstream::upload_id::UploadIdError;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    /// Could not connect or the connection broke before a response head.
+    /// Could not connect.
     #[error("upstream {route} is unreachable")]
     Unreachable {
+        /// Route name.
+        route: String,
+    },
+    /// Connected, then the upstream broke the exchange before a response head.
+    #[error("upstream {route} broke off the exchange before answering; nothing was confirmed stored")]
+    Broke {
         /// Route name.
         route: String,
     },
@@ -164,6 +170,7 @@ impl Rejection {
             Rejection::BucketNotServed { .. } => "bucket_not_served",
             Rejection::Sign(_) => "unsignable",
             Rejection::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
+            Rejection::Upstream(UpstreamError::Broke { .. }) => "upstream_broke",
             Rejection::Upstream(UpstreamError::CredentialsRefused { .. }) => "upstream_refused_credentials",
             Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
             Rejection::BadBody { .. } => "bad_body",
@@ -217,7 +224,9 @@ impl Rejection {
             Rejection::NoRoute { .. } => (StatusCode::NOT_FOUND, "NoSuchRoute"),
             Rejection::BucketNotServed { .. } => (StatusCode::NOT_FOUND, "NoSuchBucket"),
             Rejection::Sign(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
-            Rejection::Upstream(UpstreamError::Unreachable { .. }) => (StatusCode::BAD_GATEWAY, "BadGateway"),
+            Rejection::Upstream(UpstreamError::Unreachable { .. } | UpstreamError::Broke { .. }) => {
+                (StatusCode::BAD_GATEWAY, "BadGateway")
+            }
             Rejection::Upstream(UpstreamError::CredentialsRefused { .. }) => {
                 (StatusCode::BAD_GATEWAY, "BadGateway")
             }

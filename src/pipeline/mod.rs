@@ -431,6 +431,7 @@ async fn send(
         ctx.body_failure().unwrap_or(match e {
             ForwardError::CallerAborted => Rejection::IncompleteBody,
             ForwardError::Unreachable => UpstreamError::Unreachable { route: name }.into(),
+            ForwardError::Broke => UpstreamError::Broke { route: name }.into(),
             ForwardError::Timeout => UpstreamError::Timeout { route: name }.into(),
         })
     })

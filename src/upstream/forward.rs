@@ -13,9 +13,13 @@ pub enum ForwardError {
     /// The caller's body broke off while it streamed (the caller's doing, not the upstream's).
     #[error("the request body broke off")]
     CallerAborted,
-    /// The upstream could not be reached, or broke the exchange.
+    /// The upstream could not be reached.
     #[error("the upstream is unreachable")]
     Unreachable,
+    /// The upstream was reached, then broke the exchange before answering (closed or reset
+    /// mid-upload, or spoke no HTTP).
+    #[error("the upstream broke off the exchange")]
+    Broke,
     /// No response head within the deadline.
     #[error("the upstream did not answer in time")]
     Timeout,
@@ -32,7 +36,10 @@ pub async fn forward(
 ) -> Result<Response<Incoming>, ForwardError> {
     let name = &route.config.name;
     let req = req.map(|b| Paced::new(b, route.timeouts.client_body_idle));
-    let sent = req.body().stats().cloned();
+    // hyper never polls a body that is already at its end: such a request is sent whole now.
+    let sent = (req.body().stats())
+        .filter(|_| !http_body::Body::is_end_stream(req.body()))
+        .cloned();
     let deadline = route.timeouts.response;
     let answer = route.client.request(req);
     let answered = match sent {
@@ -52,10 +59,15 @@ pub async fn forward(
     match answered {
         Some(Ok(resp)) => Ok(resp),
         Some(Err(e)) if caller_aborted(&e) => Err(ForwardError::CallerAborted),
-        Some(Err(e)) => {
-            metrics.upstream_error(name, if e.is_connect() { "connect" } else { "other" });
-            tracing::warn!(route = %name, error = %e, "upstream request failed");
+        Some(Err(e)) if e.is_connect() => {
+            metrics.upstream_error(name, "connect");
+            tracing::warn!(route = %name, error = %e, "upstream unreachable");
             Err(ForwardError::Unreachable)
+        }
+        Some(Err(e)) => {
+            metrics.upstream_error(name, "broke");
+            tracing::warn!(route = %name, error = %e, "upstream broke off the exchange");
+            Err(ForwardError::Broke)
         }
         None => {
             metrics.upstream_error(name, "timeout");

@@ -473,8 +473,16 @@ impl ProxyBuilder {
         self.extra.push_str("\n[audit]\npath = \"audit.log\"\n");
         let (path, text, ca_pem) = self.write_files(dir.path());
         let text = text
-            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""), 1)
-            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{admin_port}\""), 1);
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+                1,
+            )
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{admin_port}\""),
+                1,
+            );
         std::fs::write(&path, &text).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_claimgate"))
             .args(["serve", "--config"])
