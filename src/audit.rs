@@ -324,8 +324,12 @@ const PENDING_MAX: usize = 1 << 20;
 struct Writer {
     out: Out,
     shared: Arc<Shared>,
-    /// Serialized records not yet taken by the sink; a write cut short leaves its tail here.
+    /// Serialized records not yet wholly taken by the sink.
     pending: Vec<u8>,
+    /// Bytes at the start of `pending` the open file already holds (a record cut short).
+    partial: usize,
+    /// When opening the file last failed (retry pacing; logged once).
+    open_failed_at: Option<std::time::Instant>,
     /// Records whose bytes are (wholly or partly) in `pending`.
     pending_records: i64,
     /// Flushes waiting for everything before them to be written.
@@ -341,6 +345,8 @@ impl Writer {
             out,
             shared,
             pending: Vec::with_capacity(64 * 1024),
+            partial: 0,
+            open_failed_at: None,
             pending_records: 0,
             flushes: Vec::new(),
             last_moved_check: std::time::Instant::now(),
@@ -372,7 +378,9 @@ impl Writer {
                 }
             }
             let retry_due = self.failed_at.is_none_or(|t| t.elapsed() >= RETRY_EVERY);
-            if !self.pending.is_empty() && retry_due {
+            // A failed flush with nothing left to write is retried too: the sink must be
+            // seen to recover without waiting for new traffic.
+            if (!self.pending.is_empty() || self.failed_at.is_some()) && retry_due {
                 self.write_pending();
             }
             if self.pending.is_empty() && self.failed_at.is_none() {
@@ -394,8 +402,13 @@ impl Writer {
     }
 
     /// Writes what is pending, keeping whatever the sink did not take.
+    ///
+    /// A write the sink cut short (disk full) leaves part of a record in the file. The rest
+    /// follows into the same file when it takes data again; if the file is reopened first,
+    /// the part is cut back off the old file ([`Writer::maybe_reopen`]) and the record is
+    /// written whole into the new one. A stream cannot be cut back, and is never reopened.
     fn write_pending(&mut self) {
-        let mut written = 0;
+        let mut written = self.partial;
         let result = loop {
             if written == self.pending.len() {
                 break self.flush_out();
@@ -408,11 +421,26 @@ impl Writer {
                 None => break Err(std::io::Error::other("the audit file is not open")),
             }
         };
-        self.pending.drain(..written);
+        // Whole records written leave the buffer; a record cut short stays, with how much
+        // of it the file already holds.
+        let whole = match self.out {
+            Out::File { .. } => self.pending[..written]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1),
+            Out::Stream(_) => written,
+        };
+        let done = self.pending[..whole].iter().filter(|b| **b == b'\n').count() as i64;
+        self.pending.drain(..whole);
+        self.partial = written - whole;
+        self.pending_records -= done;
+        self.shared.metrics.audit_written(done);
         match result {
             Ok(()) => {
                 self.shared.metrics.audit_written(self.pending_records);
                 self.pending_records = 0;
+                self.pending.clear();
+                self.partial = 0;
                 if self.failed_at.take().is_some() {
                     tracing::info!("audit sink writable again");
                 }
@@ -453,16 +481,33 @@ impl Writer {
         if check {
             self.last_moved_check = std::time::Instant::now();
         }
-        if !(asked || file.is_none() || (check && moved(path, file.as_ref()))) {
+        let retry = file.is_none() && self.open_failed_at.is_none_or(|t| t.elapsed() >= RETRY_EVERY);
+        if !(asked || retry || (check && moved(path, file.as_ref()))) {
             return;
+        }
+        // A record cut short in the old file is cut back off it, to be written whole anew.
+        if self.partial > 0
+            && let Some(old) = file.as_ref()
+        {
+            let cut = old
+                .metadata()
+                .and_then(|m| old.set_len(m.len().saturating_sub(self.partial as u64)));
+            if let Err(e) = cut {
+                tracing::warn!(error = %e, "cannot cut a half-written audit record off the old file");
+            }
+            self.partial = 0;
         }
         match open_append(path) {
             Ok(f) => {
                 tracing::info!(path = %path.display(), "audit log reopened");
                 *file = Some(f);
+                self.open_failed_at = None;
             }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot reopen the audit log");
+                if self.open_failed_at.is_none() {
+                    tracing::error!(path = %path.display(), error = %e, "cannot reopen the audit log; retrying");
+                }
+                self.open_failed_at = Some(std::time::Instant::now());
                 *file = None;
             }
         }
@@ -492,4 +537,67 @@ fn moved(path: &Path, open: Option<&std::fs::File>) -> bool {
 #[cfg(not(unix))]
 fn moved(path: &Path, _open: Option<&std::fs::File>) -> bool {
     !path.exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(path: &Path) -> Writer {
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(true),
+            reopen: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::new()),
+        });
+        let out = Out::File {
+            file: Some(open_append(path).unwrap()),
+            path: path.to_path_buf(),
+        };
+        Writer::new(out, shared)
+    }
+
+    #[test]
+    fn a_record_cut_short_by_a_full_disk_is_written_whole_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let mut w = writer(&log);
+        // One whole record, then a second the disk took only 10 bytes of.
+        std::fs::write(&log, "{\"n\":1}\n{\"n\":2,\"pa").unwrap();
+        w.pending.extend_from_slice(b"{\"n\":2,\"path\":\"/x\"}\n");
+        w.pending_records = 1;
+        w.partial = 10;
+        // logrotate moves the file away and asks for a reopen
+        std::fs::rename(&log, dir.path().join("audit.log.1")).unwrap();
+        w.shared.reopen.store(true, Ordering::Release);
+        w.maybe_reopen();
+        w.write_pending();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("audit.log.1")).unwrap(),
+            "{\"n\":1}\n",
+            "the half record was not cut off the old file"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "{\"n\":2,\"path\":\"/x\"}\n"
+        );
+        assert!(w.pending.is_empty());
+    }
+
+    #[test]
+    fn a_record_cut_short_resumes_in_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let mut w = writer(&log);
+        std::fs::write(&log, "{\"n\":2,\"pa").unwrap();
+        w.pending
+            .extend_from_slice(b"{\"n\":2,\"path\":\"/x\"}\n{\"n\":3}\n");
+        w.pending_records = 2;
+        w.partial = 10;
+        w.write_pending();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "{\"n\":2,\"path\":\"/x\"}\n{\"n\":3}\n"
+        );
+        assert_eq!(w.pending_records, 0);
+    }
 }

@@ -174,9 +174,12 @@ fn serve(path: PathBuf) -> ExitCode {
         if server.live().current().policies.is_global_shadow() {
             tracing::warn!("[policies] mode = \"shadow\": NOTHING IS ENFORCED; decisions are only audited");
         }
-        server.run(shutdown_signal()).await;
-        tracing::info!("claimgate stopped");
-        ExitCode::SUCCESS
+        if server.run(shutdown_signal()).await {
+            tracing::info!("claimgate stopped");
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
     })
 }
 

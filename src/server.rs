@@ -115,8 +115,7 @@ impl Server {
             throttle: Default::default(),
         };
         let live = Arc::new(Live::new(config.clone(), shared)?);
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let listener = listen(config.server.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
         let admin = match config.admin {
             Some(addr) => Some(
@@ -150,8 +149,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, drains in-flight requests
-    /// for at most `server.shutdown_grace`, and flushes the audit log.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// for at most `server.shutdown_grace`, and flushes the audit log. Returns whether every
+    /// audit record was written.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
         let Server {
             live,
             listener,
@@ -215,10 +215,25 @@ impl Server {
         if let Some(a) = admin_task {
             a.abort();
         }
-        if !live.shared().audit.flush(Duration::from_secs(10)).await {
-            tracing::error!("audit log could not be flushed");
+        let flushed = live.shared().audit.flush(Duration::from_secs(10)).await;
+        if !flushed {
+            tracing::error!("audit log could not be flushed: records still queued are lost");
         }
+        flushed
     }
+}
+
+/// Binds the proxy port with a deep accept queue: a burst of connections must reach
+/// `accept` to be answered (served, or refused at the connection limit) rather than be
+/// dropped by the kernel (tokio's default backlog is 128; the kernel caps this at somaxconn).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// One open client connection, counted while it lives.
@@ -315,27 +330,45 @@ async fn serve_connection(
         }
     });
     let idle = limits.idle_timeout;
-    let result = match proxy.tls.clone() {
-        Some(acceptor) => {
-            let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    head_timed_out(&proxy, remote, head_timeout);
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            drive(conn, stopping, &activity, idle).await
-        }
-        None => {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            drive(conn, stopping, &activity, idle).await
+    let serving = async {
+        match proxy.tls.clone() {
+            Some(acceptor) => {
+                let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        head_timed_out(&proxy, remote, head_timeout);
+                        return None;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                Some(drive(conn, stopping, &activity, idle).await)
+            }
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                Some(drive(conn, stopping, &activity, idle).await)
+            }
         }
     };
+    tokio::pin!(serving);
+    // hyper's own head timer starts only once hyper-util has read enough to tell HTTP/1.1
+    // from HTTP/2, which a client that sends nothing never lets it do: the first request's
+    // head is due within `head_timeout` of accept, whatever the protocol.
+    let first_head_due = tokio::time::sleep(head_timeout);
+    let result = tokio::select! {
+        r = &mut serving => r,
+        () = first_head_due => {
+            if activity.served.load(Ordering::Relaxed) == 0 {
+                head_timed_out(&proxy, remote, head_timeout);
+                return;
+            }
+            serving.await
+        }
+    };
+    let Some(result) = result else { return };
     let Err(e) = result else { return };
     let Some(e) = e.downcast_ref::<hyper::Error>() else {
         return;

@@ -157,7 +157,9 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
         idp::write_private(&dir.join("tokens").join(format!("{name}.jwt")), token.as_bytes())?;
     }
     print_welcome(&dir, &proxy, &admin, &issuer, seeded, tls.as_deref());
-    server.run(shutdown).await;
+    if !server.run(shutdown).await {
+        return Err("the audit log could not be flushed: records were lost".into());
+    }
     println!("claimgate dev: stopped (state kept in {})", dir.display());
     Ok(())
 }

@@ -375,7 +375,7 @@ pub struct TestProxy {
     pub audit: SharedBuf,
     pub live: Arc<claimgate::reload::Live>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
+    done: Option<tokio::task::JoinHandle<bool>>,
     pub client: Client,
     pub ca_pem: Option<String>,
 }
