@@ -13,8 +13,51 @@ use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The TLS-capable connector every outbound client uses.
-pub type Connector = HttpsConnector<HttpConnector>;
+/// The TLS-capable connector every outbound client uses, with a deadline on the whole
+/// connect (TCP and TLS handshake).
+pub type Connector = Bounded<HttpsConnector<HttpConnector>>;
+
+/// A connector whose connects (TCP and TLS together) must finish within `within`: a stalled
+/// TLS handshake would otherwise hold a request — and an upload, whose body waits for the
+/// connection — for as long as the peer likes.
+#[derive(Clone, Debug)]
+pub struct Bounded<C> {
+    inner: C,
+    within: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connect deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting took longer than {0:?}")]
+pub struct ConnectTimeout(Duration);
+
+impl<C> tower_service::Service<http::Uri> for Bounded<C>
+where
+    C: tower_service::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let within = self.within;
+        Box::pin(async move {
+            match tokio::time::timeout(within, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimeout(within)) as BoxError),
+            }
+        })
+    }
+}
 
 /// Reads a PEM certificate chain.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -75,18 +118,22 @@ pub fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 
 /// A connector with TCP_NODELAY (small request/response exchanges otherwise stall on
 /// Nagle + delayed ACK) that speaks HTTP/1.1 and, where the server offers it, HTTP/2.
-/// A connector whose TCP connect gives up after `connect_timeout`.
+/// A connector whose connect (TCP and TLS) gives up after `connect_timeout`.
 pub fn connector(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Connector, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
-    Ok(HttpsConnectorBuilder::new()
+    let https = HttpsConnectorBuilder::new()
         .with_tls_config(client_tls(ca_file)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http))
+        .wrap_connector(http);
+    Ok(Bounded {
+        inner: https,
+        within: connect_timeout,
+    })
 }
 
 /// A pooled client for the given body type.

@@ -778,3 +778,38 @@ async fn an_upstream_503_slow_down_passes_through() {
         assert!(auth.starts_with("AWS4-HMAC-SHA256 "), "{head}");
     }
 }
+
+/// An upstream that takes the TCP connection but never completes the TLS handshake is a 502
+/// about `upstream_connect_timeout` later, for an upload too (whose body waits on the
+/// connection and so can never start the response deadline).
+#[tokio::test]
+async fn a_tls_handshake_that_never_completes_is_a_502_after_the_connect_timeout() {
+    let idp = TestIdp::start().await;
+    let fake = Fake::start(Mode::Silent).await;
+    let https = fake.url.replacen("http://", "https://", 1);
+    let p = proxy_to(&idp, &https)
+        .extra(&limits("upstream_connect_timeout = \"1s\""))
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let started = Instant::now();
+    let body = vec![(Duration::ZERO, b"small checkpoint".to_vec())];
+    let r = within(
+        10,
+        "PUT to an upstream stuck in its TLS handshake",
+        raw_put(p.addr, "/datasets/small", &t, body),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}\n{}", r.head, r.text());
+    assert_eq!(r.code(), "BadGateway");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered before the deadline: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let audit = records(&p, 1).await;
+    assert_eq!(audit[0]["reason"], "upstream_unreachable", "{}", audit[0]);
+    let m = p.metrics().await;
+    assert!(metric(&m, "claimgate_upstream_errors_total", &[("kind", "connect")]) >= 1.0);
+}
