@@ -265,6 +265,18 @@ impl AuditLog {
         }
     }
 
+    /// Reserves a slot if one is free now, without waiting (while the sink is known to be
+    /// failing, waiting for room would only delay the refusal).
+    pub fn try_reserve(&self) -> Result<Slot, QueueFull> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Slot {
+                permit,
+                shared: self.shared.clone(),
+            }),
+            Err(_) => Err(QueueFull),
+        }
+    }
+
     /// Writes a record that has no slot (a refusal made because none was free): queued if
     /// there is room after all, else dropped and counted — never waited on, never spawned.
     pub fn write_unreserved(&self, record: AuditRecord) {

@@ -563,6 +563,23 @@ impl Collector<'_> {
         }
     }
 
+    /// A CA file, parsed now: a bad one is a problem `validate` (and a reload) reports, not a
+    /// client that fails later.
+    fn ca_file(&mut self, v: &Spanned<String>) -> PathBuf {
+        let before = self.problems.len();
+        let p = self.existing_file(v, "CA file");
+        if self.problems.len() == before {
+            match crate::net::read_certs(&p) {
+                Ok(certs) if certs.is_empty() => {
+                    self.at(v, format!("CA file {}: no certificates found", p.display()))
+                }
+                Ok(_) => {}
+                Err(e) => self.at(v, format!("CA file {e}")),
+            }
+        }
+        p
+    }
+
     fn existing_file(&mut self, v: &Spanned<String>, what: &str) -> PathBuf {
         let p = self.path(v.get_ref());
         self.sources.file(p.clone());
@@ -894,7 +911,7 @@ fn compile_issuer(c: &mut Collector<'_>, raw: &Spanned<RawIssuer>) -> IssuerConf
         jwks_uri: i.jwks_uri.as_ref().map(|j| j.get_ref().clone()),
         algorithms,
         leeway: c.duration(i.leeway.as_ref(), Duration::from_secs(60)),
-        ca_file: i.ca_file.as_ref().map(|f| c.existing_file(f, "CA file")),
+        ca_file: i.ca_file.as_ref().map(|f| c.ca_file(f)),
         refresh: c.duration(i.refresh.as_ref(), Duration::from_secs(300)),
         min_refetch: c.duration(i.min_refetch.as_ref(), Duration::from_secs(10)),
     }
@@ -1058,7 +1075,7 @@ fn compile_route(c: &mut Collector<'_>, raw: &Spanned<RawRoute>) -> Option<Route
             return None;
         }
     };
-    let ca_file = r.ca_file.as_ref().map(|f| c.existing_file(f, "CA file"));
+    let ca_file = r.ca_file.as_ref().map(|f| c.ca_file(f));
     let kind: Option<RouteKind> = c.choice(&r.kind, "route kind");
     let credentials: Option<RawCredentials> = c.shaped(&r.credentials, "credentials");
     let api = match kind? {
@@ -1273,6 +1290,66 @@ credentials = { kind = "bearer", token = "file:sk" }
         assert_eq!(c.policies.role_count(), 1);
         let s3 = c.routes[0].s3().expect("an S3 route");
         assert_eq!(s3.credentials.secret_access_key.expose(), "secret");
+    }
+
+    #[test]
+    fn limits_and_audit_failure_mode_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{GOOD}\n[audit]\non_failure = \"serve\"\n\n[limits]\nrequest_head_timeout = \"5s\"\nmax_connections = 7\nrequests_per_second_per_identity = 2.5\n"
+        );
+        let c = Config::load(&write(dir.path(), &text, ROLE)).unwrap();
+        assert_eq!(c.audit.on_failure, OnAuditFailure::Serve);
+        assert_eq!(c.limits.request_head_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(
+            c.limits.rate_per_identity,
+            Some(Rate {
+                per_second: 2.5,
+                burst: 2.5
+            })
+        );
+        let bad = format!(
+            "{GOOD}\n[audit]\non_failure = \"ignore\"\n\n[limits]\nmax_connections = 0\nmax_header_bytes = 100\nburst_per_identity = 3.0\nidle_timeout = \"0s\"\n"
+        );
+        let e = Config::load(&write(dir.path(), &bad, ROLE)).unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "on_failure",
+            "max_connections = 0",
+            "max_header_bytes below 8192",
+            "burst_per_identity needs",
+            "idle_timeout of 0",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+        }
+        assert_eq!(e.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn a_ca_file_that_holds_no_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let text = GOOD.replace(
+            "audiences = [\"claimgate\"]",
+            "audiences = [\"claimgate\"]\nca_file = \"ca.pem\"",
+        );
+        let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
+        assert_eq!(e.problems[0].line, Some(7), "{e}");
+        assert!(e.to_string().contains("no certificates found"), "{e}");
+    }
+
+    #[test]
+    fn every_file_read_is_a_watched_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), GOOD, ROLE)).unwrap();
+        assert!(c.sources.files.contains(&dir.path().join("claimgate.toml")));
+        assert!(
+            c.sources.files.contains(&dir.path().join("sk")),
+            "{:?}",
+            c.sources
+        );
+        assert_eq!(c.sources.dirs, vec![dir.path().join("policies")]);
     }
 
     #[test]

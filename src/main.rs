@@ -151,16 +151,21 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn serve(path: PathBuf) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => Arc::new(c),
-        Err(code) => return code,
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // From here on SIGHUP never takes its default action (terminate), even before the
+    // server is up: a reload sent during start-up is simply a no-op.
+    #[cfg(unix)]
+    let _early_hangup = runtime
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok() });
+    let config = match load(&path) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let server = match Server::bind(config, Arc::new(SystemClock)).await {

@@ -32,8 +32,13 @@ use crate::config::{Config, ConfigError, Sources};
 use crate::diag::Problem;
 use crate::pipeline::{Proxy, Shared};
 
-/// How often watched files are checked for changes.
-pub const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often watched files are checked for changes. A change is loaded once two checks in
+/// a row agree on it, so a file caught half-written (a truncated revocation list is still
+/// valid TOML) is not put in force: a saved edit is in force 0.25–0.5 s later.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// A digest no set of files has: the next check always reloads.
+const UNKNOWN: [u8; 32] = [0; 32];
 
 /// What asked for a reload (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +106,9 @@ pub struct Live {
     watched: tokio::sync::Mutex<Watched>,
     /// Unix time the set in force was loaded.
     loaded_at: AtomicU64,
+    /// Set when the server starts draining: readiness goes false so load balancers stop
+    /// sending new work while in-flight requests finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -123,6 +131,7 @@ impl Live {
             fixed,
             watched: tokio::sync::Mutex::new(watched),
             loaded_at: AtomicU64::new(now),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -141,6 +150,16 @@ impl Live {
         self.loaded_at.load(Ordering::Relaxed)
     }
 
+    /// The server is draining (SIGTERM): not ready for new work.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Starts the set in force's background work (issuer keys).
     pub fn start(&self) {
         self.current().start_background();
@@ -155,23 +174,30 @@ impl Live {
     pub async fn reload(&self, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let mut watched = self.watched.lock().await;
         let before = watched.sources.clone();
+        // The digest is taken *before* the files are read: a file changed while they are
+        // read then differs from it, and the next check loads the set again. (Taken after,
+        // it would hide that change until some other file changed.)
+        let seen = tokio::task::spawn_blocking(move || fingerprint(&before))
+            .await
+            .unwrap_or(UNKNOWN);
         let path = self.path.clone();
         // File reads and policy compilation block: off the request threads.
-        let (loaded, seen) = tokio::task::spawn_blocking(move || {
-            // Digest first: a change made while loading is seen by the next check.
-            let seen = fingerprint(&before);
-            (Config::load(&path), seen)
-        })
-        .await
-        .map_err(|e| ConfigError {
-            problems: vec![Problem::file(&self.path, format!("reload failed: {e}"))],
-        })?;
-        let result = loaded.and_then(|config| self.install(config, trigger));
+        let result = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(loaded) => loaded.and_then(|config| self.install(config, trigger)),
+            Err(e) => Err(ConfigError {
+                problems: vec![Problem::file(
+                    &self.path,
+                    format!("reading the config set failed: {e}"),
+                )],
+            }),
+        };
         match &result {
             Ok(_) => {
-                let current = self.current();
-                watched.digest = fingerprint(&current.config.sources);
-                watched.sources = current.config.sources.clone();
+                let sources = self.current().config.sources.clone();
+                // A set read from other files than before has no digest taken before its
+                // reading: the next check loads it once more, to be sure.
+                watched.digest = if sources == watched.sources { seen } else { UNKNOWN };
+                watched.sources = sources;
             }
             Err(e) => {
                 // Not retried until a file changes again.
@@ -219,6 +245,7 @@ impl Live {
             Proxy::new(Arc::new(config), &self.shared, generation, Some(&old)).map_err(|e| ConfigError {
                 problems: vec![Problem::file(&self.path, e)],
             })?;
+        warn_of_weakening(&old, &proxy);
         proxy.start_background();
         self.current.store(Arc::new(proxy));
         old.stop_background();
@@ -234,17 +261,44 @@ impl Live {
 
     /// Reloads whenever a file the set was read from changes. Runs until aborted.
     pub async fn watch(self: Arc<Self>) {
+        // The digest of the last check, when it differed from the set in force.
+        let mut pending: Option<[u8; 32]> = None;
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
             let (sources, known) = {
                 let w = self.watched.lock().await;
                 (w.sources.clone(), w.digest)
             };
-            let now = tokio::task::spawn_blocking(move || fingerprint(&sources)).await;
-            if now.is_ok_and(|d| d != known) {
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&sources)).await else {
+                continue;
+            };
+            if now == known {
+                pending = None;
+            } else if pending.replace(now) == Some(now) {
+                // Settled: the same change seen twice.
+                pending = None;
                 let _ = self.reload(Trigger::FileChange).await;
             }
         }
+    }
+}
+
+/// Says loudly what a reload takes away from enforcement, so an edit that weakens it by
+/// accident is seen in the log: shadow mode switched on, revocations removed.
+fn warn_of_weakening(old: &Proxy, new: &Proxy) {
+    if new.policies.is_global_shadow() && !old.policies.is_global_shadow() {
+        tracing::warn!(
+            "[policies] mode = \"shadow\" after this reload: NOTHING IS ENFORCED; decisions are only audited"
+        );
+    }
+    let count = |p: &Proxy| p.config.revocations.as_ref().map_or(0, |r| r.len());
+    let (before, after) = (count(old), count(new));
+    if after < before {
+        tracing::warn!(
+            before,
+            after,
+            "the revocation list has fewer entries after this reload"
+        );
     }
 }
 

@@ -200,6 +200,7 @@ impl Server {
         }
         drop(listener);
         let grace = live.current().config.server.shutdown_grace;
+        live.drain();
         let _ = stop.send(true);
         let drained = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drained).await.is_err() {
@@ -575,7 +576,12 @@ async fn admin_response(
                 std::time::UNIX_EPOCH + Duration::from_secs(live.loaded_at()),
             );
             let set = format!("config generation {} loaded {loaded}\n", proxy.generation);
-            if !proxy.auth.ready() {
+            if live.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: draining for shutdown\n{set}"),
+                )
+            } else if !proxy.auth.ready() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: identity provider keys not loaded yet\n{set}"),

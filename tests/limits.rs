@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -878,4 +879,136 @@ async fn one_identity_over_its_rate_is_refused_slowdown_with_retry_after() {
         refused.len() as f64
     );
     assert_eq!(s3.requests(), 21 - refused.len());
+}
+
+// ------------------------------------------------------------------------------------
+// Bodies that stop arriving
+// ------------------------------------------------------------------------------------
+
+/// A streamed upload whose caller stops sending mid-body is refused `400 RequestTimeout`
+/// after `client_body_idle_timeout`; nothing is stored.
+#[tokio::test]
+async fn an_upload_that_stops_arriving_is_refused_and_nothing_is_stored() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .extra("[limits]\nclient_body_idle_timeout = \"1s\"\n")
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let head = format!(
+        "PUT /datasets/stalled.bin HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\ncontent-length: 1000\r\n\r\n"
+    );
+    let mut s = send_raw(p.addr, &head).await;
+    s.write_all(&[b'x'; 100]).await.unwrap();
+    // ... and nothing more
+    let r = timeout(BOUND, read_response(&mut s))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
+    assert!(
+        !s3.path("datasets", "stalled.bin").exists(),
+        "a stalled upload was stored"
+    );
+    let audit = p.audit(1).await;
+    let rec = audit.last().unwrap();
+    assert_eq!(rec["reason"], "client_body_idle", "{rec}");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "claimgate_limit_refusals_total",
+            &[("limit", "client_body_idle")]
+        ),
+        1.0
+    );
+}
+
+/// The small bodies claimgate reads whole before authorizing — a DeleteObjects list, a
+/// browser form's fields (read before any credential is proven) — are cut off when they
+/// stop arriving, and nothing reaches the store.
+#[tokio::test]
+async fn a_dripped_delete_list_or_form_is_cut_off_before_anything_is_forwarded() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .extra("[limits]\nclient_body_idle_timeout = \"1s\"\n")
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let xml = "<Delete><Object><Key>a</Key></Object></Delete>";
+    let head = format!(
+        "POST /datasets?delete HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\ncontent-length: {}\r\n\r\n",
+        xml.len()
+    );
+    let mut s = send_raw(p.addr, &head).await;
+    s.write_all(&xml.as_bytes()[..10]).await.unwrap();
+    let r = timeout(BOUND, read_response(&mut s))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
+
+    // A browser form upload (no Authorization header: its credentials are in the form).
+    let boundary = "XyZ";
+    let head = format!(
+        "POST /datasets HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; boundary={boundary}\r\ncontent-length: 10000\r\n\r\n"
+    );
+    let mut s = send_raw(p.addr, &head).await;
+    s.write_all(format!("--{boundary}\r\ncontent-disposition: form-data; name=\"key\"\r\n\r\nx").as_bytes())
+        .await
+        .unwrap();
+    let r = timeout(BOUND, read_response(&mut s))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
+
+    assert_eq!(s3.requests(), 0, "a dripped body reached the store");
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "claimgate_limit_refusals_total",
+            &[("limit", "client_body_idle")]
+        ),
+        2.0
+    );
+}
+
+/// On an HTTP route (a feature store) the per-identity limit answers in the route's own
+/// dialect: `429 Too Many Requests`, a JSON problem, with `Retry-After`.
+#[tokio::test]
+async fn an_http_route_answers_a_throttled_identity_429_problem() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let feast = TestHttp::start().await;
+    let route = format!(
+        "[limits]\nrequests_per_second_per_identity = 1\nburst_per_identity = 1\n\n[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"feast-service-token\" }}\n",
+        feast.url
+    );
+    let policy = format!(
+        "{POLICY}\n[[roles]]\nname = \"features\"\nmembers = [ {{ claim = \"groups\", contains = \"ml-engineers\" }} ]\nallow = [ {{ actions = [\"http:POST\"], resources = [\"http://features/*\"] }} ]\n"
+    );
+    let p = proxy(&idp, &s3).policy(&policy).extra(&route).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let url = p.url("/features/get-online-features");
+    let first = p.client.request("POST", &url, Some(&t), Bytes::new()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = p.client.request("POST", &url, Some(&t), Bytes::new()).await;
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.headers["content-type"], "application/problem+json");
+    assert!(second.headers.contains_key("retry-after"));
+    let problem: Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(problem["status"], 429);
+    assert_eq!(problem["code"], "TooManyRequests");
+    assert_eq!(
+        feast.seen().len(),
+        1,
+        "the throttled request reached the feature store"
+    );
 }

@@ -379,3 +379,162 @@ async fn jti_revocations_are_issuer_qualified_and_reloaded() {
     assert_eq!(c.get(&url, Some(&mine)).await.status, 403);
     assert_eq!(c.get(&url, Some(&theirs)).await.status, 403);
 }
+
+/// Reloads, however frequent, never postpone the issuer key refresh: with a reload every
+/// 300 ms a withdrawn key is still refused within a few refresh periods.
+#[tokio::test]
+async fn frequent_reloads_do_not_starve_the_key_refresh() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .issuer_lines("refresh = \"1s\"\nmin_refetch = \"1s\"")
+        .start()
+        .await;
+    let by_ec = idp.key("ec-1").sign(&idp.claims("alice", &["ml-engineers"]));
+    let c = p.client.clone();
+    let url = p.url("/datasets?list-type=2");
+    assert_eq!(c.get(&url, Some(&by_ec)).await.status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloader = {
+        let (c, admin, stop) = (c.clone(), format!("{}/-/reload", p.admin), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let r = c.request("POST", &admin, None, Bytes::new()).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    idp.publish(vec![idp.key("rsa-1")]);
+    let took = until(
+        Duration::from_secs(6),
+        "the withdrawn key was refused",
+        || async { c.get(&url, Some(&by_ec)).await.status == 400 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    reloader.await.unwrap();
+    eprintln!("withdrawn key refused after {took:?} with a reload every 300 ms");
+}
+
+/// A download that started before a deny rule finishes whole under the set it started
+/// with; a new request for the same object is refused.
+#[tokio::test]
+async fn an_in_flight_download_finishes_under_the_set_it_started_with() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    const LEN: usize = 16 << 20;
+    std::fs::create_dir_all(s3.path("datasets", "a")).unwrap();
+    std::fs::write(s3.path("datasets", "a/big.bin"), vec![7u8; LEN]).unwrap();
+    let mut conn = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    conn.write_all(
+        format!("GET /datasets/a/big.bin HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    let n = conn.read(&mut got).await.unwrap();
+    got.truncate(n);
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    std::fs::write(p.config_dir().join("policies/test.toml"), policy_denying("a")).unwrap();
+    until(Duration::from_secs(2), "the deny rule took effect", || async {
+        p.client.get(&p.url("/datasets/a/big.bin"), Some(&t)).await.status == 403
+    })
+    .await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    got.extend_from_slice(&rest);
+    let body = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - body, LEN, "the in-flight download was cut short");
+    let first = p
+        .audit(1)
+        .await
+        .into_iter()
+        .find(|r| r["status"] == 200 && r["bytes_out"] == LEN)
+        .unwrap();
+    assert!(first.get("incomplete").is_none(), "{first}");
+}
+
+/// A certificate renewal reaches new handshakes; a connection opened before it keeps its
+/// session (and its certificate) and goes on serving requests.
+#[tokio::test]
+async fn an_open_connection_keeps_serving_across_a_certificate_renewal() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).tls().start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let old_ca = p.ca_pem.clone().unwrap();
+    let (new_cert, new_key) = self_signed();
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in [&old_ca, &new_cert] {
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let presented = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let before = presented(&tls);
+    let request =
+        format!("GET /datasets?list-type=2 HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\n\r\n");
+    async fn answer(
+        tls: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+        request: &str,
+    ) -> String {
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tls.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+    assert!(answer(&mut tls, &request).await.starts_with("HTTP/1.1 200"));
+
+    std::fs::write(p.config_dir().join("tls.key"), &new_key).unwrap();
+    std::fs::write(p.config_dir().join("tls.crt"), &new_cert).unwrap();
+    let only_new = Client::new(Some(&new_cert));
+    until(
+        Duration::from_secs(5),
+        "new handshakes use the new certificate",
+        || {
+            let (c, url, t) = (only_new.clone(), p.url("/datasets?list-type=2"), t.clone());
+            async move {
+                tokio::spawn(async move { c.get(&url, Some(&t)).await.status == 200 })
+                    .await
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    // The connection opened before the renewal still serves, with the certificate it had.
+    assert!(answer(&mut tls, &request).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(presented(&tls), before);
+    assert_ne!(
+        before.as_ref(),
+        rustls_pki_types::CertificateDer::from_pem_slice(new_cert.as_bytes())
+            .unwrap()
+            .as_ref()
+    );
+}

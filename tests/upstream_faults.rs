@@ -59,6 +59,8 @@ enum Mode {
     BreakMidBody { rst: bool },
     /// Reads the head and about 64 KiB of the body, then closes.
     DieMidUpload,
+    /// Reads the head and about 64 KiB of the body, then stops reading (and stays open).
+    StopReadingMidUpload,
     /// Reads the whole request and never answers.
     Silent,
     /// 200 with `Content-Length: 1 MiB + 64 KiB`, 64 KiB of it, then silence.
@@ -189,7 +191,7 @@ async fn serve_one(
     let (head, rest) = read_head(&mut s).await?;
     requests.fetch_add(1, Ordering::SeqCst);
     let is_get = head.starts_with("GET ");
-    let stop_after = if mode == Mode::DieMidUpload {
+    let stop_after = if matches!(mode, Mode::DieMidUpload | Mode::StopReadingMidUpload) {
         KIB64
     } else {
         usize::MAX
@@ -223,7 +225,7 @@ async fn serve_one(
             }
         }
         Mode::DieMidUpload => {}
-        Mode::Silent => {
+        Mode::StopReadingMidUpload | Mode::Silent => {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
         Mode::StallMidBody => {
@@ -812,4 +814,32 @@ async fn a_tls_handshake_that_never_completes_is_a_502_after_the_connect_timeout
     assert_eq!(audit[0]["reason"], "upstream_unreachable", "{}", audit[0]);
     let m = p.metrics().await;
     assert!(metric(&m, "claimgate_upstream_errors_total", &[("kind", "connect")]) >= 1.0);
+}
+
+/// An upstream that stops reading an upload (and neither closes nor answers) is a 504 about
+/// `upstream_body_idle_timeout` later: the proxy does not wait on it forever.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_is_a_504() {
+    let idp = TestIdp::start().await;
+    let fake = Fake::start(Mode::StopReadingMidUpload).await;
+    let p = proxy_to(&idp, &fake.url)
+        .extra(&limits("upstream_body_idle_timeout = \"1s\""))
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let r = within(
+        15,
+        "PUT to an upstream that stopped reading",
+        raw_put(p.addr, "/datasets/upload.bin", &t, pieces(64 * MIB)),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}\n{}", r.head, r.text());
+    assert_eq!(r.code(), "GatewayTimeout");
+    let audit = records(&p, 1).await;
+    assert_eq!(audit[0]["reason"], "upstream_timeout", "{}", audit[0]);
+    assert!(
+        audit[0]["bytes_in"].as_u64().unwrap() < 64 * MIB as u64,
+        "{}",
+        audit[0]
+    );
 }

@@ -42,6 +42,11 @@ pub struct BodyStats {
     /// Signalled once the body's last byte went upstream: from then on the upstream's
     /// answer is due within its deadline.
     sent: tokio::sync::Notify,
+    /// The same, as a state.
+    all_sent: std::sync::atomic::AtomicBool,
+    /// The upstream side is waiting for the caller's next bytes (so a pause is the
+    /// caller's, not the upstream's).
+    awaiting_caller: std::sync::atomic::AtomicBool,
 }
 
 impl BodyStats {
@@ -58,6 +63,24 @@ impl BodyStats {
     /// Waits until the body's last byte went upstream.
     pub async fn sent(&self) {
         self.sent.notified().await;
+    }
+
+    /// Returns when the upstream stops taking the body: no byte moved for `idle` while the
+    /// body was neither finished nor waiting on the caller. (Hyper stops polling a body the
+    /// upstream does not read, so the body's own timers cannot see this.)
+    pub async fn upstream_stopped_reading(&self, idle: Duration) {
+        let mut seen = self.bytes.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = self.bytes.load(Ordering::Relaxed);
+            let stuck = now == seen
+                && !self.all_sent.load(Ordering::Acquire)
+                && !self.awaiting_caller.load(Ordering::Acquire);
+            if stuck {
+                return;
+            }
+            seen = now;
+        }
     }
 }
 
@@ -83,16 +106,23 @@ impl IdleTimer {
         self.last = Instant::now();
     }
 
-    /// On a wait: whether the body has now been idle for the whole limit.
+    /// On a wait: whether the body has now been idle for the whole limit. The timer is
+    /// armed for the idle deadline as it stood when armed and, when it fires early because
+    /// data came meanwhile, moved to the current one: one timer operation per idle period,
+    /// not one per frame.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let due = tokio::time::Instant::from_std(self.last + self.limit);
+        let (last, limit) = (self.last, self.limit);
+        let due = move || tokio::time::Instant::from_std(last + limit);
         let sleep = self
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if sleep.deadline() != due {
-            sleep.as_mut().reset(due);
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due())));
+        while sleep.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= due() {
+                return true;
+            }
+            sleep.as_mut().reset(due());
         }
-        sleep.as_mut().poll(cx).is_ready()
+        false
     }
 }
 
@@ -130,7 +160,14 @@ impl Paced {
 
     fn signal_sent(&self) {
         if let Some(stats) = self.stats() {
+            stats.all_sent.store(true, Ordering::Release);
             stats.sent.notify_one();
+        }
+    }
+
+    fn awaiting_caller(&self, waiting: bool) {
+        if let Some(stats) = self.stats() {
+            stats.awaiting_caller.store(waiting, Ordering::Release);
         }
     }
 }
@@ -144,7 +181,9 @@ impl Body for Paced {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.awaiting_caller(polled.is_pending());
+        match polled {
             Poll::Pending => {
                 if this.idle.expired(cx) {
                     if let Some(stats) = this.stats() {

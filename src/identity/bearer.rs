@@ -67,7 +67,7 @@ impl BearerTokens {
     /// Sets up issuers; keys are fetched by [`BearerTokens::spawn_refresh`].
     ///
     /// On a reload, `previous` hands over what is still valid: the keys (and fetch state)
-    /// of every issuer configured exactly as before, and — when no issuer setting changed
+    /// of every issuer configured exactly as before (its CA file's contents included), and — when no issuer setting changed
     /// at all — the verified tokens, so a policy edit costs no re-verification.
     pub fn new(
         issuers: &[IssuerConfig],
@@ -79,7 +79,7 @@ impl BearerTokens {
             previous
                 .into_iter()
                 .flat_map(|p| p.issuers.iter())
-                .find(|i| i.config() == config)
+                .find(|i| i.config() == config && i.same_ca())
                 .cloned()
         };
         let issuers = issuers
@@ -107,8 +107,8 @@ impl BearerTokens {
         })
     }
 
-    /// Loads every issuer's keys now (unless they are loaded already: a reload handed them
-    /// over), then refreshes each on its interval in the background. Start-up does not fail
+    /// Loads every issuer's keys now (unless a reload handed them over: then at their next
+    /// due time), then refreshes each on its interval in the background. Start-up does not fail
     /// when an IdP is down: the proxy starts unready and retries.
     pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.issuers
@@ -118,8 +118,11 @@ impl BearerTokens {
                 tokio::spawn(async move {
                     let every = issuer.config().refresh;
                     let retry = Duration::from_secs(2);
+                    // Keys handed over by a reload keep their schedule: reloads, however
+                    // frequent, never push the next refresh back.
                     if issuer.is_loaded() {
-                        tokio::time::sleep(every).await;
+                        let since = issuer.since_last_fetch().await.unwrap_or_default();
+                        tokio::time::sleep(every.saturating_sub(since)).await;
                     }
                     loop {
                         let wait = match issuer.refresh().await {

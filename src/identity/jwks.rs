@@ -143,6 +143,8 @@ pub struct IssuerKeys {
     version: AtomicU64,
     /// SHA-256 of the JWKS keys last fetched: an unchanged document changes nothing.
     fetched: Mutex<Option<[u8; 32]>>,
+    /// SHA-256 of the CA file the client was built with, when there is one.
+    ca_digest: Option<[u8; 32]>,
     /// Serializes fetches: one in flight per issuer.
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     /// Least time between two on-demand fetches.
@@ -155,6 +157,7 @@ impl IssuerKeys {
     pub fn new(config: IssuerConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let connector = net::connector(config.ca_file.as_deref(), FETCH_TIMEOUT)?;
         Ok(IssuerKeys {
+            ca_digest: config.ca_file.as_deref().and_then(file_digest),
             min_refetch: config.min_refetch,
             config,
             client: net::client(connector),
@@ -171,6 +174,12 @@ impl IssuerKeys {
         &self.config
     }
 
+    /// Whether the issuer's CA file still holds what this client was built with (a reload
+    /// with a renewed CA needs a new client).
+    pub fn same_ca(&self) -> bool {
+        self.ca_digest == self.config.ca_file.as_deref().and_then(file_digest)
+    }
+
     /// The keys we have, if any were ever fetched.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -185,6 +194,11 @@ impl IssuerKeys {
     /// Whether keys have been loaded (readiness).
     pub fn is_loaded(&self) -> bool {
         self.current().is_some()
+    }
+
+    /// How long ago keys were last fetched (or a fetch attempted); `None` before the first.
+    pub async fn since_last_fetch(&self) -> Option<Duration> {
+        self.fetch_lock.lock().await.map(|at| at.elapsed())
     }
 
     /// Fetches keys now (background refresh and start-up). Single-flight with demand fetches.
@@ -315,6 +329,14 @@ impl IssuerKeys {
             reason: format!("not the expected JSON: {e}"),
         })
     }
+}
+
+fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(path).ok()?;
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+        .as_ref()
+        .try_into()
+        .ok()
 }
 
 /// One JWK → a key, skipping (not failing on) keys we cannot or must not use: encryption

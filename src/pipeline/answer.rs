@@ -106,8 +106,14 @@ pub(super) async fn screen_auth_errors(
     let name = &route.config.name;
     let bytes = match tokio::time::timeout(route.timeouts.body_idle, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
-        Err(_) => return Err(UpstreamError::Timeout { route: name.clone() }.into()),
+        Ok(Err(_)) => {
+            proxy.metrics.upstream_error(name, "broke");
+            return Err(UpstreamError::Broke { route: name.clone() }.into());
+        }
+        Err(_) => {
+            proxy.metrics.upstream_error(name, "stalled");
+            return Err(UpstreamError::Timeout { route: name.clone() }.into());
+        }
     };
     let text = String::from_utf8_lossy(&bytes);
     let code = text
@@ -166,8 +172,14 @@ async fn bind_upload_ids(
                     let max = upload_id::MAX_ANSWER;
                     return Err(refuse(ctx, UploadIdError::AnswerTooLarge { max }));
                 }
-                Ok(Err(_)) => return Err(UpstreamError::Unreachable { route: name.clone() }.into()),
-                Err(_) => return Err(UpstreamError::Timeout { route: name.clone() }.into()),
+                Ok(Err(_)) => {
+                    proxy.metrics.upstream_error(name, "broke");
+                    return Err(UpstreamError::Broke { route: name.clone() }.into());
+                }
+                Err(_) => {
+                    proxy.metrics.upstream_error(name, "stalled");
+                    return Err(UpstreamError::Timeout { route: name.clone() }.into());
+                }
             }
         }
         Reply::Buffered(b) | Reply::Local(b) => b,

@@ -43,7 +43,14 @@ pub(super) async fn upload(
 
     // the fields, up to the file's content
     let max = proxy.config.server.max_inspected_body;
-    let (form, head) = read_form(&mut body, pending.reader(), max, &ctx.bytes_in).await?;
+    let idle = proxy.config.limits.client_body_idle_timeout;
+    let (form, head) = match read_form(&mut body, pending.reader(), max, idle, &ctx.bytes_in).await {
+        Err(Rejection::BodyStalled(idle)) => {
+            proxy.metrics.limit_refusal("client_body_idle");
+            return Err(Rejection::BodyStalled(idle));
+        }
+        read => read?,
+    };
 
     // authenticate
     let (identity, length) = match caller {
@@ -132,12 +139,17 @@ async fn read_form(
     body: &mut Incoming,
     mut reader: FormReader,
     max: usize,
+    idle: std::time::Duration,
     stats: &BodyStats,
 ) -> Result<(PostForm, Bytes), Rejection> {
     use http_body_util::BodyExt;
     let mut buf = bytes::BytesMut::new();
     loop {
-        let eof = match body.frame().await {
+        // The fields come before any credentials are proven: a drip is cut off.
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| Rejection::BodyStalled(idle))?;
+        let eof = match frame {
             None => true,
             Some(Err(_)) => return Err(Rejection::IncompleteBody),
             Some(Ok(frame)) => {

@@ -154,17 +154,26 @@ impl Drop for Proxy {
 pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
     // The record's place in the audit queue comes first: a request that cannot have a
-    // record is refused before it does anything.
-    let slot = proxy.audit.reserve().await;
+    // record is refused before it does anything (or, with `on_failure = "serve"`, served
+    // with its record written only if room turns up). While the sink is failing there is no
+    // point waiting for room.
+    let slot = if proxy.audit.is_up() {
+        proxy.audit.reserve().await
+    } else {
+        proxy.audit.try_reserve()
+    };
     let mut ctx = Ctx::new(&proxy, &parts, remote);
-    let slot = match slot {
-        Ok(slot) => slot,
+    match slot {
+        Ok(slot) => ctx.reserved(slot),
+        Err(full) if proxy.config.audit.on_failure == OnAuditFailure::Serve => {
+            tracing::warn!(error = %full, "serving a request whose audit record may be dropped (on_failure = \"serve\")");
+        }
         Err(full) => {
             tracing::error!(error = %full, "refusing a request: no room for its audit record");
+            proxy.metrics.limit_refusal("audit_unavailable");
             return ctx.refuse(&Rejection::AuditUnavailable);
         }
-    };
-    ctx.reserved(slot);
+    }
     match run(&proxy, parts, body, &mut ctx).await {
         Ok(upstream) => ctx.respond(upstream),
         Err(rejection) => ctx.refuse(&rejection),
@@ -349,13 +358,7 @@ async fn delete_objects(
     body: Incoming,
     ctx: &mut Ctx,
 ) -> Result<(Operation, Inbound), Rejection> {
-    let limits = &proxy.config.limits;
-    let xml = read_capped(
-        body,
-        proxy.config.server.max_inspected_body,
-        limits.client_body_idle_timeout,
-    )
-    .await?;
+    let xml = read_capped(proxy, body, proxy.config.server.max_inspected_body).await?;
     ctx.bytes_in.bytes.store(xml.len() as u64, Ordering::Relaxed);
     let list = classify::parse_delete_objects(&xml)?;
     let op = pending.finish(list.keys())?;
@@ -437,25 +440,54 @@ async fn send(
     })
 }
 
-/// Reads a body that must be inspected whole, refusing one larger than `max` or slower to
-/// arrive than `within`.
-async fn read_capped(body: Incoming, max: usize, within: std::time::Duration) -> Result<Bytes, Rejection> {
-    use http_body_util::{BodyExt, Limited};
-    tokio::time::timeout(within, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| Rejection::BodyStalled(within))?
-        .map(|b| b.to_bytes())
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Rejection::BadBody {
-                    reason: format!(
-                        "the request body is larger than the {max} bytes claimgate reads to authorize it"
-                    ),
+/// Why a small body could not be read whole.
+enum SmallBody {
+    /// Over the cap.
+    TooLarge,
+    /// No data for the idle limit.
+    Stalled,
+    /// The caller's connection broke.
+    Broken,
+}
+
+/// Reads a body that must be inspected whole (DeleteObjects XML, the STS form), refusing
+/// one larger than `max` or pausing longer than `idle` between frames: a client cannot hold
+/// a connection, a slot and memory by dripping it.
+async fn read_small(mut body: Incoming, max: usize, idle: std::time::Duration) -> Result<Bytes, SmallBody> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(SmallBody::Stalled),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(SmallBody::Broken),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > max {
+                        return Err(SmallBody::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
                 }
-            } else {
-                Rejection::IncompleteBody
             }
-        })
+        }
+    }
+}
+
+/// [`read_small`] for a body classification needs, its failures as refusals.
+async fn read_capped(proxy: &Proxy, body: Incoming, max: usize) -> Result<Bytes, Rejection> {
+    let idle = proxy.config.limits.client_body_idle_timeout;
+    read_small(body, max, idle).await.map_err(|e| match e {
+        SmallBody::TooLarge => Rejection::BadBody {
+            reason: format!(
+                "the request body is larger than the {max} bytes claimgate reads to authorize it"
+            ),
+        },
+        SmallBody::Stalled => {
+            proxy.metrics.limit_refusal("client_body_idle");
+            Rejection::BodyStalled(idle)
+        }
+        SmallBody::Broken => Rejection::IncompleteBody,
+    })
 }
 
 /// An S3 route restricted to some buckets refuses the others before policy is consulted.

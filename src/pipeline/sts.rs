@@ -85,14 +85,19 @@ impl Drop for Params {
 
 /// The call's parameters: the form body's, then the query's.
 async fn read_params(proxy: &Proxy, parts: &Parts, body: Incoming, ctx: &Ctx) -> Result<Params, StsError> {
-    use http_body_util::{BodyExt, Limited};
+    use super::SmallBody;
     let max = proxy.config.server.max_inspected_body;
-    let within = proxy.config.limits.client_body_idle_timeout;
-    let form = tokio::time::timeout(within, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| StsError::Validation(format!("the request body did not arrive within {within:?}")))?
-        .map_err(|_| StsError::Validation(format!("the request body is larger than {max} bytes")))?
-        .to_bytes();
+    let idle = proxy.config.limits.client_body_idle_timeout;
+    let form = super::read_small(body, max, idle).await.map_err(|e| match e {
+        SmallBody::TooLarge => StsError::Validation(format!("the request body is larger than {max} bytes")),
+        SmallBody::Stalled => {
+            proxy.metrics.limit_refusal("client_body_idle");
+            StsError::Validation(format!(
+                "the request body stopped arriving for longer than {idle:?} (limits.client_body_idle_timeout)"
+            ))
+        }
+        SmallBody::Broken => StsError::Validation("the request body broke off".into()),
+    })?;
     ctx.bytes_in
         .bytes
         .store(form.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -53,6 +53,10 @@ pub async fn forward(
                     stats.sent().await;
                     tokio::time::sleep(deadline).await;
                 } => None,
+                () = stats.upstream_stopped_reading(route.timeouts.body_idle) => {
+                    tracing::warn!(route = %name, "upstream stopped reading the upload");
+                    None
+                }
             }
         }
     };
