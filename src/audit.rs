@@ -256,6 +256,10 @@ impl AuditLog {
 
     /// Reserves a slot for one request's record, waiting for room while the queue is full.
     pub async fn reserve(&self) -> Result<Slot, QueueFull> {
+        // The common case, without arming a timer.
+        if let Ok(slot) = self.try_reserve() {
+            return Ok(slot);
+        }
         match tokio::time::timeout(SLOT_WAIT, self.tx.clone().reserve_owned()).await {
             Ok(Ok(permit)) => Ok(Slot {
                 permit,

@@ -432,8 +432,9 @@ async fn drive<C: GracefulConnection>(
 struct Activity {
     in_flight: AtomicUsize,
     served: AtomicUsize,
-    /// When the last request in flight finished (or the connection opened).
-    quiet_since: std::sync::Mutex<std::time::Instant>,
+    opened: std::time::Instant,
+    /// When the last request in flight finished, in ms after `opened`.
+    quiet_since_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -441,7 +442,8 @@ impl Default for Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
-            quiet_since: std::sync::Mutex::new(std::time::Instant::now()),
+            opened: std::time::Instant::now(),
+            quiet_since_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -449,8 +451,8 @@ impl Default for Activity {
 impl Activity {
     /// Since when nothing has been in flight; `None` while something is.
     fn idle_since(&self) -> Option<std::time::Instant> {
-        let since = *self.quiet_since.lock().unwrap_or_else(|e| e.into_inner());
-        (self.in_flight.load(Ordering::Acquire) == 0).then_some(since)
+        let ms = self.quiet_since_ms.load(Ordering::Acquire);
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| self.opened + Duration::from_millis(ms))
     }
 }
 
@@ -467,7 +469,8 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.quiet_since.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        let ms = self.0.opened.elapsed().as_millis() as u64;
+        self.0.quiet_since_ms.store(ms, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

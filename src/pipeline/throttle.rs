@@ -2,8 +2,10 @@
 //! how fast it may send them, so a runaway job cannot starve everyone else's.
 //!
 //! The state outlives config reloads (it is keyed by issuer and subject, not by config),
-//! and is sharded so callers do not queue on one lock. The rate is a GCRA token bucket:
-//! one timestamp per identity, no timer.
+//! and is sharded so callers do not queue on one lock. An identity is keyed by a keyed
+//! 64-bit hash of its issuer and subject (no allocation per request; two identities would
+//! share counts only on a collision of a randomly keyed SipHash). The rate is a GCRA token
+//! bucket: one timestamp per identity, no timer.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -25,7 +27,7 @@ struct Entry {
 
 /// Who has how much in flight, and their rate state.
 pub struct Throttle {
-    shards: [Mutex<HashMap<(String, String), Entry>>; SHARDS],
+    shards: [Mutex<HashMap<u64, Entry>>; SHARDS],
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
 }
@@ -43,13 +45,13 @@ impl Default for Throttle {
 /// One admitted request; the identity's in-flight count drops when this does.
 pub struct InFlight {
     throttle: Arc<Throttle>,
-    key: (String, String),
+    key: u64,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let now = self.throttle.now();
-        let mut shard = self.throttle.shard(&self.key);
+        let mut shard = self.throttle.shard(self.key);
         if let Some(e) = shard.get_mut(&self.key) {
             e.in_flight = e.in_flight.saturating_sub(1);
             if e.in_flight == 0 && e.tat <= now {
@@ -64,18 +66,18 @@ impl Throttle {
         self.epoch.elapsed().as_secs_f64()
     }
 
-    fn shard(&self, key: &(String, String)) -> std::sync::MutexGuard<'_, HashMap<(String, String), Entry>> {
-        self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.shards[(key >> 59) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits one request of `identity` under `limits`, or says which limit it is over.
     pub fn admit(self: &Arc<Self>, identity: &Identity, limits: &Limits) -> Result<InFlight, Throttled> {
-        let key = (identity.issuer.clone(), identity.subject.clone());
+        let key = self.hasher.hash_one((&identity.issuer, &identity.subject));
         let now = self.now();
-        let mut shard = self.shard(&key);
-        let entry = shard.entry(key.clone()).or_default();
+        let mut shard = self.shard(key);
+        let entry = shard.entry(key).or_default();
         if entry.in_flight >= limits.max_requests_per_identity {
             return Err(Throttled::Concurrency {
                 max: limits.max_requests_per_identity,
