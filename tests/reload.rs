@@ -538,3 +538,64 @@ async fn an_open_connection_keeps_serving_across_a_certificate_renewal() {
             .as_ref()
     );
 }
+
+/// What needs a new socket waits for a restart and says so; switching TLS on is refused
+/// (clients would meet the wrong protocol); everything else in the config file applies.
+#[tokio::test]
+async fn listener_changes_wait_for_a_restart_and_tls_cannot_be_switched() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let c = &p.client;
+    let path = p.config_dir().join("claimgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let reload = || async {
+        c.request("POST", &format!("{}/-/reload", p.admin), None, Bytes::new())
+            .await
+    };
+
+    // A new listen address and verbose_denials = false, together: the second applies.
+    let edited = original.replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:1\"\nverbose_denials = false\n",
+        1,
+    );
+    std::fs::write(&path, &edited).unwrap();
+    let r = reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("not applied until restart: [server] listen changed"),
+        "{}",
+        r.text()
+    );
+    let denied = c.get(&p.url("/datasets/pii/x"), Some(&t)).await;
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied.text().contains("<Message>Access Denied</Message>"),
+        "{}",
+        denied.text()
+    );
+
+    // TLS switched on: refused whole, with the reason.
+    let (cert, key) = self_signed();
+    std::fs::write(p.config_dir().join("new.crt"), cert).unwrap();
+    std::fs::write(p.config_dir().join("new.key"), key).unwrap();
+    let tls = original.replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ntls = { cert = \"new.crt\", key = \"new.key\" }\n",
+        1,
+    );
+    std::fs::write(&path, tls).unwrap();
+    let r = reload().await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("tls was switched on or off"), "{}", r.text());
+    // still plain HTTP, still the last good set (terse denials)
+    let denied = c.get(&p.url("/datasets/pii/x"), Some(&t)).await;
+    assert!(
+        denied.text().contains("<Message>Access Denied</Message>"),
+        "{}",
+        denied.text()
+    );
+}
