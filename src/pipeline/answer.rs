@@ -106,14 +106,8 @@ pub(super) async fn screen_auth_errors(
     let name = &route.config.name;
     let bytes = match tokio::time::timeout(route.timeouts.body_idle, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => {
-            proxy.metrics.upstream_error(name, "broke");
-            return Err(UpstreamError::Broke { route: name.clone() }.into());
-        }
-        Err(_) => {
-            proxy.metrics.upstream_error(name, "stalled");
-            return Err(UpstreamError::Timeout { route: name.clone() }.into());
-        }
+        Ok(Err(_)) => return Err(answer_failed(proxy, name, false)),
+        Err(_) => return Err(answer_failed(proxy, name, true)),
     };
     let text = String::from_utf8_lossy(&bytes);
     let code = text
@@ -172,14 +166,8 @@ async fn bind_upload_ids(
                     let max = upload_id::MAX_ANSWER;
                     return Err(refuse(ctx, UploadIdError::AnswerTooLarge { max }));
                 }
-                Ok(Err(_)) => {
-                    proxy.metrics.upstream_error(name, "broke");
-                    return Err(UpstreamError::Broke { route: name.clone() }.into());
-                }
-                Err(_) => {
-                    proxy.metrics.upstream_error(name, "stalled");
-                    return Err(UpstreamError::Timeout { route: name.clone() }.into());
-                }
+                Ok(Err(_)) => return Err(answer_failed(proxy, name, false)),
+                Err(_) => return Err(answer_failed(proxy, name, true)),
             }
         }
         Reply::Buffered(b) | Reply::Local(b) => b,
@@ -195,4 +183,17 @@ async fn bind_upload_ids(
         parts,
         Reply::Buffered(Bytes::from(rewritten)),
     ))
+}
+
+/// An upstream answer claimgate had to read whole broke off (or, `stalled`, stopped coming):
+/// counted against the route and refused as the upstream's failure.
+fn answer_failed(proxy: &Proxy, route: &str, stalled: bool) -> Rejection {
+    let route = route.to_string();
+    if stalled {
+        proxy.metrics.upstream_error(&route, "stalled");
+        UpstreamError::Timeout { route }.into()
+    } else {
+        proxy.metrics.upstream_error(&route, "broke");
+        UpstreamError::Broke { route }.into()
+    }
 }
