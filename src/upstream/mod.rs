@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod post_sign;
+pub mod s3_signer;
 pub mod sign;
 pub mod upload_id;
 
@@ -30,6 +31,8 @@ pub struct Route {
     pub authority: http::uri::Authority,
     /// How long the upstream may take to answer, and to send each part of its answer.
     pub timeouts: Timeouts,
+    /// S3 routes: signs requests with the route's keys (the day's signing key cached).
+    pub s3_signer: Option<s3_signer::S3Signer>,
     /// S3 routes: the key that binds multipart upload ids to their bucket and key, derived
     /// from the route's secret (see [`upload_id`]). `None` on HTTP routes.
     pub upload_ids: Option<UploadIdBinding>,
@@ -63,7 +66,15 @@ impl Route {
         let upload_ids = config
             .s3()
             .map(|s3| UploadIdBinding::from_secret(s3.credentials.secret_access_key.expose().as_bytes()));
+        let s3_signer = match config.s3() {
+            Some(s3) => Some(
+                s3_signer::S3Signer::new(&s3.credentials, &s3.region, &s3.service)
+                    .map_err(|e| format!("route {}: {e}", config.name))?,
+            ),
+            None => None,
+        };
         Ok(Route {
+            s3_signer,
             client: net::client(connector),
             timeouts: Timeouts {
                 response: limits.upstream_response_timeout,

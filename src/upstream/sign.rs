@@ -17,7 +17,7 @@ use aws_sigv4::sign::v4;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
-use crate::config::{HttpCredentials, RouteApi, SigV4Keys};
+use crate::config::{HttpCredentials, RouteApi};
 use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
 use crate::sigv4;
@@ -81,32 +81,12 @@ pub fn sign_upstream(
     retarget(op, parts, route)?;
 
     match &route.config.api {
-        RouteApi::S3(s3) => {
-            let SigV4Keys {
-                access_key_id,
-                secret_access_key,
-                session_token,
-            } = &s3.credentials;
-            let body = payload_for(caller_payload.as_deref())?;
-            let creds = AwsCredentials::new(
-                access_key_id.expose(),
-                secret_access_key.expose(),
-                session_token.as_ref().map(|t| t.expose().to_string()),
-                None,
-                "claimgate-route",
-            );
-            sign_v4(
-                parts,
-                &Signer {
-                    credentials: &creds,
-                    region: &s3.region,
-                    service: &s3.service,
-                    settings: s3_settings(),
-                    signed_headers: s3_signed_header,
-                },
-                body,
-                now,
-            )
+        RouteApi::S3(_) => {
+            let payload = payload_for(caller_payload.as_deref())?;
+            let signer = route.s3_signer.as_ref().ok_or(SignError::Unsignable {
+                reason: "the S3 route has no signer".into(),
+            })?;
+            signer.sign(parts, payload.as_ref(), now)
         }
         RouteApi::Http(http) => match &http.credentials {
             HttpCredentials::Bearer { token } => {
@@ -256,18 +236,16 @@ pub fn describe_rewritten_body(headers: &mut HeaderMap, body: &[u8]) -> Result<(
 /// is one S3 can check (a hex SHA-256) or a streaming mode we pass through unchanged;
 /// anything else becomes `UNSIGNED-PAYLOAD`. Signed aws-chunked bodies carry per-chunk
 /// signatures chained to the caller's key, which the upstream could never verify.
-fn payload_for(caller: Option<&str>) -> Result<SignableBody<'static>, SignError> {
+fn payload_for(caller: Option<&str>) -> Result<std::borrow::Cow<'static, str>, SignError> {
     Ok(match caller {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            SignableBody::Precomputed(h.to_ascii_lowercase())
-        }
-        Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER") => SignableBody::StreamingUnsignedPayloadTrailer,
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => h.to_ascii_lowercase().into(),
+        Some(s @ "STREAMING-UNSIGNED-PAYLOAD-TRAILER") => s.to_string().into(),
         Some(s) if s.starts_with("STREAMING-") => {
             return Err(unsignable(format!(
                 "x-amz-content-sha256 {s} (signed aws-chunked upload) cannot be re-signed; send UNSIGNED-PAYLOAD, a SHA-256 or STREAMING-UNSIGNED-PAYLOAD-TRAILER"
             )));
         }
-        _ => SignableBody::UnsignedPayload,
+        _ => sigv4::UNSIGNED_PAYLOAD.into(),
     })
 }
 
@@ -471,21 +449,16 @@ mod tests {
     #[test]
     fn payload_rules() {
         let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert!(matches!(payload_for(Some(hex)), Ok(SignableBody::Precomputed(_))));
-        assert!(matches!(
-            payload_for(Some("UNSIGNED-PAYLOAD")),
-            Ok(SignableBody::UnsignedPayload)
-        ));
-        assert!(matches!(
-            payload_for(Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER")),
-            Ok(SignableBody::StreamingUnsignedPayloadTrailer)
-        ));
+        assert_eq!(payload_for(Some(hex)).unwrap(), hex);
+        assert_eq!(payload_for(Some(&hex.to_uppercase())).unwrap(), hex);
+        assert_eq!(payload_for(Some("UNSIGNED-PAYLOAD")).unwrap(), "UNSIGNED-PAYLOAD");
+        assert_eq!(
+            payload_for(Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER")).unwrap(),
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        );
         assert!(payload_for(Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")).is_err());
-        assert!(matches!(
-            payload_for(Some("junk")),
-            Ok(SignableBody::UnsignedPayload)
-        ));
-        assert!(matches!(payload_for(None), Ok(SignableBody::UnsignedPayload)));
+        assert_eq!(payload_for(Some("junk")).unwrap(), "UNSIGNED-PAYLOAD");
+        assert_eq!(payload_for(None).unwrap(), "UNSIGNED-PAYLOAD");
     }
 
     #[test]
