@@ -378,11 +378,15 @@ impl Writer {
             while self.pending.len() < PENDING_MAX && self.flushes.is_empty() {
                 match rx.try_recv() {
                     Ok(Msg::Record(record)) => {
-                        // Serialized whole first, so a record is written entirely or not at all.
-                        if let Ok(mut line) = serde_json::to_vec(&record) {
-                            line.push(b'\n');
-                            self.pending.extend_from_slice(&line);
+                        // Serialized straight into the write buffer (no buffer per record);
+                        // one that fails half-way is taken back out, so a record is written
+                        // entirely or not at all.
+                        let start = self.pending.len();
+                        if serde_json::to_writer(&mut self.pending, &record).is_ok() {
+                            self.pending.push(b'\n');
                             self.pending_records += 1;
+                        } else {
+                            self.pending.truncate(start);
                         }
                     }
                     Ok(Msg::Flush(done)) => self.flushes.push(done),
