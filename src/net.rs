@@ -117,8 +117,8 @@ pub fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 }
 
 /// A connector with TCP_NODELAY (small request/response exchanges otherwise stall on
-/// Nagle + delayed ACK) that speaks HTTP/1.1 and, where the server offers it, HTTP/2.
-/// A connector whose connect (TCP and TLS) gives up after `connect_timeout`.
+/// Nagle + delayed ACK) that speaks HTTP/1.1 and, where the server offers it, HTTP/2, and
+/// whose connect (TCP and TLS) gives up after `connect_timeout`.
 pub fn connector(ca_file: Option<&Path>, connect_timeout: Duration) -> Result<Connector, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);

@@ -188,6 +188,17 @@ impl Rejection {
         }
     }
 
+    /// The limit that refused the request, when a limit did (the
+    /// `claimgate_limit_refusals_total` label, the same as [`Rejection::reason`]).
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            Rejection::Throttled(_) | Rejection::BodyStalled(_) | Rejection::AuditUnavailable => {
+                Some(self.reason())
+            }
+            _ => None,
+        }
+    }
+
     /// Seconds a client should wait before retrying (`Retry-After`), where that is known.
     pub fn retry_after(&self) -> Option<u64> {
         match self {

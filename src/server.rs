@@ -512,29 +512,31 @@ fn head_timed_out(proxy: &Proxy, remote: SocketAddr, within: Duration) {
 }
 
 async fn serve_admin(listener: TcpListener, live: Arc<Live>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+    serve_http1(listener, move |req| {
         let live = live.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let live = live.clone();
-                async move { Ok::<_, Infallible>(admin_response(&live, req.method(), req.uri().path()).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { admin_response(&live, req.method(), req.uri().path()).await }
+    })
+    .await;
 }
 
-/// Serves a small HTTP/1.1 endpoint (admin port, `claimgate dev`'s issuer and feature
-/// store) whose answers are computed from the request head alone.
+/// Serves a small HTTP/1.1 endpoint (`claimgate dev`'s issuer and feature store) whose answers
+/// are computed from the request head alone.
 pub async fn serve_simple<F, B>(listener: TcpListener, answer: F)
 where
     F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<B> + Send + Sync + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_http1(listener, move |req| std::future::ready(answer(&req))).await;
+}
+
+/// Serves HTTP/1.1 on `listener`, each request answered by `answer` (the admin port and the
+/// small endpoints of `claimgate dev`).
+async fn serve_http1<F, Fut, B>(listener: TcpListener, answer: F)
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -549,8 +551,8 @@ where
         let answer = answer.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = answer(&req);
-                async move { Ok::<_, Infallible>(resp) }
+                let resp = answer(req);
+                async move { Ok::<_, Infallible>(resp.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -264,7 +264,6 @@ impl Ctx {
                 SigV4Error::SignatureDoesNotMatch,
             )))
         } else if stats.stalled.load(Ordering::Relaxed) {
-            self.metrics.limit_refusal("client_body_idle");
             Some(Rejection::BodyStalled(self.client_idle))
         } else if stats.aborted.load(Ordering::Relaxed) {
             Some(Rejection::IncompleteBody)
@@ -310,6 +309,10 @@ impl Ctx {
                 }
             }
             _ => {}
+        }
+        // Counted here, where every refusal is answered, like auth failures above.
+        if let Some(limit) = rejection.limit() {
+            self.metrics.limit_refusal(limit);
         }
         let mut wire = rejection.wire_for(self.style);
         // Messages can quote what the caller sent; keep echoes (and audit lines) bounded.

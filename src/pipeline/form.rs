@@ -44,13 +44,7 @@ pub(super) async fn upload(
     // the fields, up to the file's content
     let max = proxy.config.server.max_inspected_body;
     let idle = proxy.config.limits.client_body_idle_timeout;
-    let (form, head) = match read_form(&mut body, pending.reader(), max, idle, &ctx.bytes_in).await {
-        Err(Rejection::BodyStalled(idle)) => {
-            proxy.metrics.limit_refusal("client_body_idle");
-            return Err(Rejection::BodyStalled(idle));
-        }
-        read => read?,
-    };
+    let (form, head) = read_form(&mut body, pending.reader(), max, idle, &ctx.bytes_in).await?;
 
     // authenticate
     let (identity, length) = match caller {

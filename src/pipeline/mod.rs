@@ -170,7 +170,6 @@ pub async fn handle(proxy: Arc<Proxy>, req: Request<Incoming>, remote: SocketAdd
         }
         Err(full) => {
             tracing::error!(error = %full, "refusing a request: no room for its audit record");
-            proxy.metrics.limit_refusal("audit_unavailable");
             return ctx.refuse(&Rejection::AuditUnavailable);
         }
     }
@@ -274,13 +273,9 @@ async fn authenticate(
 /// Holds the caller to its per-identity limits; the request counts as in flight until its
 /// response body ends.
 fn admit(proxy: &Proxy, identity: &Identity, ctx: &mut Ctx) -> Result<(), Rejection> {
-    let admitted = proxy
-        .throttle
+    let admitted = (proxy.throttle)
         .admit(identity, &proxy.config.limits)
-        .map_err(|t| {
-            proxy.metrics.limit_refusal(t.limit());
-            Rejection::Throttled(t)
-        })?;
+        .map_err(Rejection::Throttled)?;
     ctx.admitted(admitted);
     Ok(())
 }
@@ -426,7 +421,6 @@ async fn send(
     // No data moves without a record it can be written to (unless the operator chose
     // availability over the audit trail).
     if !proxy.audit.is_up() && proxy.config.audit.on_failure == OnAuditFailure::Refuse {
-        proxy.metrics.limit_refusal("audit_unavailable");
         return Err(Rejection::AuditUnavailable);
     }
     let name = route.config.name.clone();
@@ -482,10 +476,7 @@ async fn read_capped(proxy: &Proxy, body: Incoming, max: usize) -> Result<Bytes,
                 "the request body is larger than the {max} bytes claimgate reads to authorize it"
             ),
         },
-        SmallBody::Stalled => {
-            proxy.metrics.limit_refusal("client_body_idle");
-            Rejection::BodyStalled(idle)
-        }
+        SmallBody::Stalled => Rejection::BodyStalled(idle),
         SmallBody::Broken => Rejection::IncompleteBody,
     })
 }

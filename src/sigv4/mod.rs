@@ -8,7 +8,7 @@ mod canonical;
 mod time;
 
 pub use canonical::{canonical_query, canonical_request, decoded_eq, query_pairs, reencode};
-pub use time::{parse_amz_date, rfc3339};
+pub use time::{amz_date, parse_amz_date, rfc3339};
 
 use aws_lc_rs::hmac;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};

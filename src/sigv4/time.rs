@@ -1,6 +1,13 @@
-//! SigV4's timestamps: `yyyymmddThhmmssZ` in, RFC 3339 out (for error messages).
+//! SigV4's timestamps: `yyyymmddThhmmssZ` in and out, RFC 3339 out (for error messages).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `now` as `yyyymmddThhmmssZ` (UTC), the time SigV4 signs; its first 8 bytes are the
+/// scope's date.
+pub fn amz_date(now: SystemTime) -> String {
+    let iso = humantime::format_rfc3339_seconds(now).to_string(); // 2026-11-28T18:00:00Z
+    iso.chars().filter(|c| *c != '-' && *c != ':').collect()
+}
 
 /// `yyyymmddThhmmssZ` (years 1970..=9999) as Unix seconds.
 pub fn parse_amz_date(s: &str) -> Option<i64> {
@@ -57,5 +64,7 @@ mod tests {
         assert_eq!(rfc3339(1_440_938_160), "2015-08-30T12:36:00Z");
         assert_eq!(parse_amz_date("20150230T123600Z"), None);
         assert_eq!(parse_amz_date("19691231T235959Z"), None);
+        let t = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        assert_eq!(amz_date(t), "20150830T123600Z");
     }
 }

@@ -9,12 +9,11 @@ pub mod sign;
 pub mod upload_id;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 
 use crate::body::Paced;
-use std::time::Duration;
-
 use crate::config::{Limits, RouteApi, RouteConfig};
 use crate::net;
 use crate::upstream::upload_id::UploadIdBinding;

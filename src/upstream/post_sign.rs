@@ -177,8 +177,7 @@ fn recount_length(parts: &mut Parts, form: &PostForm, prefix: &[u8]) -> Result<(
 
 /// `yyyymmdd` and `yyyymmddThhmmssZ` of `now`, UTC.
 fn amz_dates(now: SystemTime) -> (String, String) {
-    let iso = humantime::format_rfc3339_seconds(now).to_string(); // 2026-11-28T18:00:00Z
-    let amz: String = iso.chars().filter(|c| *c != '-' && *c != ':').collect();
+    let amz = crate::sigv4::amz_date(now);
     (amz[..8].to_owned(), amz)
 }
 

@@ -74,7 +74,7 @@ impl S3Signer {
     /// Signs `parts` in place: adds `x-amz-date`, `x-amz-content-sha256` (`payload`), the
     /// route's session token, and `authorization`.
     pub fn sign(&self, parts: &mut Parts, payload: &str, now: SystemTime) -> Result<(), SignError> {
-        let amz_date = amz_date(now);
+        let amz_date = sigv4::amz_date(now);
         let date = &amz_date[..8];
         let headers = &mut parts.headers;
         headers.insert(
@@ -104,12 +104,6 @@ impl S3Signer {
         parts.headers.insert(http::header::AUTHORIZATION, value);
         Ok(())
     }
-}
-
-/// `YYYYMMDD'T'HHMMSS'Z'` (UTC).
-fn amz_date(now: SystemTime) -> String {
-    let iso = humantime::format_rfc3339_seconds(now).to_string();
-    iso.chars().filter(|c| *c != '-' && *c != ':').collect()
 }
 
 struct Canonical {
