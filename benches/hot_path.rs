@@ -91,7 +91,7 @@ fn fixture() -> Fixture {
         .enable_all()
         .build()
         .unwrap();
-    let router = rt.block_on(async { Router::new(&config.routes, &config.limits).unwrap() });
+    let router = rt.block_on(async { Router::new(&config.routes, &config.limits, 1).unwrap() });
     Fixture {
         router,
         config,
@@ -153,6 +153,36 @@ fn benches(c: &mut Criterion) {
             },
             criterion::BatchSize::SmallInput,
         )
+    });
+    g.bench_function(
+        "baseline: aws-sigv4 sign_v4 (signing key derived per request)",
+        |b| {
+            let creds =
+                aws_credential_types::Credentials::new("AKIDBENCH", "bench-secret", None, None, "bench");
+            b.iter_batched(
+                get_request,
+                |mut parts| {
+                    claimgate::upstream::sign::sign_v4(
+                        &mut parts,
+                        &claimgate::upstream::sign::Signer {
+                            credentials: &creds,
+                            region: "us-east-1",
+                            service: "s3",
+                            settings: claimgate::upstream::sign::s3_settings(),
+                            signed_headers: |_| true,
+                        },
+                        aws_sigv4::http_request::SignableBody::UnsignedPayload,
+                        now,
+                    )
+                    .unwrap();
+                    parts
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
+    g.bench_function("baseline: SigV4 signing-key derivation alone (4 HMACs)", |b| {
+        b.iter(|| claimgate::sigv4::signing_key("bench-secret", "20261129", "us-east-1", "s3"))
     });
     g.finish();
 
@@ -254,6 +284,20 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
                 .unwrap();
             sigv4::verify(&claim, &parts, s.secret_access_key.expose(), NOW).unwrap();
             s
+        })
+    });
+    // What a request costs once its session was opened before (identity::opened): the
+    // token's digest for the lookup, then the signature checked with the scope's kept key.
+    let opened = claimgate::identity::opened::Opened::new(ring.unseal(&token).unwrap());
+    g.bench_function("opened session: digest + parse + verify SigV4 (kept key)", |b| {
+        b.iter(|| {
+            let claim = sigv4::parse(&parts).unwrap().unwrap();
+            let digest = claimgate::identity::token_digest(claim.session_token.as_ref().unwrap().expose());
+            sigv4::verify_keyed(&claim, &parts, NOW, &sigv4::VerifyOptions::S3, || {
+                opened.signing_key(&claim.scope_date, &claim.region, &claim.service)
+            })
+            .unwrap();
+            digest
         })
     });
     g.finish();

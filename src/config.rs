@@ -58,6 +58,8 @@ struct RawServer {
     /// Largest body read whole for authorization (DeleteObjects XML, STS form), and the
     /// largest field section of a form upload (PostObject) before its file.
     max_inspected_body: Option<usize>,
+    /// Connection worker threads (one single-threaded runtime each); default: one per core.
+    workers: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +332,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Cap on bodies read whole for authorization, and on a form upload's fields.
     pub max_inspected_body: usize,
+    /// Connection worker threads (`workers`; default one per core the process may use).
+    pub workers: usize,
 }
 
 /// PEM files for the listener's certificate chain and key.
@@ -779,6 +783,14 @@ fn compile_server(c: &mut Collector<'_>, raw: &Spanned<RawServer>) -> ServerConf
         },
         shutdown_grace: c.duration(s.shutdown_grace.as_ref(), Duration::from_secs(30)),
         max_inspected_body: s.max_inspected_body.unwrap_or(1 << 20),
+        workers: match &s.workers {
+            Some(n) if *n.get_ref() == 0 => {
+                c.at(n, "workers = 0 would serve nothing; omit it for one per core");
+                crate::workers::default_count()
+            }
+            Some(n) => *n.get_ref(),
+            None => crate::workers::default_count(),
+        },
     }
 }
 

@@ -46,4 +46,5 @@ pub mod secret;
 pub mod server;
 pub mod sigv4;
 pub mod upstream;
+pub mod workers;
 mod xml_text;

@@ -11,11 +11,6 @@ use claimgate::config::Config;
 use claimgate::model::{Access, AuthMethod, Identity, Resource};
 use claimgate::server::Server;
 
-/// Each request allocates and frees many small buffers across threads; mimalloc's
-/// thread-local free lists serve that better than glibc's arenas (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "claimgate",

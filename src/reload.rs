@@ -74,6 +74,7 @@ pub struct Reloaded {
 #[derive(Debug, Clone, PartialEq)]
 struct Fixed {
     listen: std::net::SocketAddr,
+    workers: usize,
     admin: Option<std::net::SocketAddr>,
     audit: AuditSink,
     tls: bool,
@@ -83,6 +84,7 @@ impl Fixed {
     fn of(config: &Config) -> Fixed {
         Fixed {
             listen: config.server.listen,
+            workers: config.server.workers,
             admin: config.admin,
             audit: config.audit.sink.clone(),
             tls: config.server.tls.is_some(),
@@ -231,6 +233,12 @@ impl Live {
             deferred.push(format!(
                 "[server] listen changed to {} (serving on {} until restart)",
                 fixed.listen, self.fixed.listen
+            ));
+        }
+        if fixed.workers != self.fixed.workers {
+            deferred.push(format!(
+                "[server] workers changed to {} (running {} until restart)",
+                fixed.workers, self.fixed.workers
             ));
         }
         if fixed.admin != self.fixed.admin {

@@ -21,6 +21,7 @@ use crate::config::{Config, Limits, OnAuditFailure};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Proxy, Shared};
 use crate::reload::{Live, Trigger};
+use crate::workers::Workers;
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -159,6 +160,13 @@ impl Server {
             signals,
         } = self;
         live.start();
+        let workers = match Workers::start(live.current().config.server.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start connection workers");
+                return false;
+            }
+        };
         let watch = tokio::spawn(live.clone().watch());
         let signal_task = tokio::spawn(signals.serve(live.clone()));
         let admin_task = admin.map(|l| tokio::spawn(serve_admin(l, live.clone())));
@@ -191,8 +199,12 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let stopping = stopping.clone();
             let live = live.clone();
-            connections.spawn(async move {
+            workers.spawn(&mut connections, async move {
                 let _slot = slot;
+                // Registered with the worker's own reactor, where the connection lives.
+                let Ok(stream) = stream.into_std().and_then(TcpStream::from_std) else {
+                    return;
+                };
                 serve_connection(stream, remote, live, proxy, stopping).await;
             });
             // Reap finished connections so the set stays as small as the live ones.
@@ -354,7 +366,10 @@ async fn serve_connection(
             }
         }
     };
-    tokio::pin!(serving);
+    // Boxed: held inline, the connection's state machine would be laid out twice in the
+    // task (once as this local, once inside the select below), 12.8 KB per connection
+    // instead of 6.8 (README, Performance: idle connections).
+    let mut serving = Box::pin(serving);
     // hyper's own head timer starts only once hyper-util has read enough to tell HTTP/1.1
     // from HTTP/2, which a client that sends nothing never lets it do: the first request's
     // head is due within `head_timeout` of accept, whatever the protocol.

@@ -10,6 +10,7 @@ pub mod bearer;
 pub mod chunked;
 pub mod jwks;
 pub mod jwt;
+pub mod opened;
 pub mod post_policy;
 pub mod revocation;
 pub mod session;
@@ -34,9 +35,10 @@ use crate::model::Identity;
 use crate::secret::Secret;
 pub use bearer::BearerTokens;
 use chunked::ChunkChain;
+use opened::{Opened, OpenedSessions};
 use post_policy::{FormSignature, PostPolicy};
 use revocation::RevocationList;
-use session::{Keyring, Session};
+use session::Keyring;
 use sigv4::SigV4Claim;
 
 /// The signing algorithms accepted when an issuer lists none: asymmetric only.
@@ -266,6 +268,8 @@ pub struct Authenticator {
     bearer: BearerTokens,
     /// Opens STS sessions; `None` when STS is off (then no SigV4 credential is valid).
     sessions: Option<Arc<Keyring>>,
+    /// Sessions opened before, until they expire.
+    opened: OpenedSessions,
     revocations: Option<Arc<RevocationList>>,
     clock: SharedClock,
 }
@@ -284,6 +288,7 @@ impl Authenticator {
         Ok(Authenticator {
             bearer: BearerTokens::new(issuers, clock.clone(), metrics, previous.map(|p| &p.bearer))?,
             sessions,
+            opened: OpenedSessions::new(clock.clone()),
             revocations,
             clock,
         })
@@ -313,7 +318,7 @@ impl Authenticator {
         refuse_ambiguous(parts)?;
         if let Some(claim) = sigv4::parse(parts)? {
             let (session, chunks) = self.session(parts, &claim)?;
-            let identity = Arc::new(session.into_identity());
+            let identity = session.identity.clone();
             if accepts == Accepts::Bearer {
                 return Err(AuthError::SessionNotAccepted { identity });
             }
@@ -346,21 +351,26 @@ impl Authenticator {
             return Err(AuthError::Missing);
         };
         let session = self.open_session(signed.access_key_id, signed.security_token)?;
-        signed.verify(session.secret_access_key.expose())?;
+        signed.verify(session.session.secret_access_key.expose())?;
         let policy = PostPolicy::decode(signed.policy)?;
         let length = policy.check(form, bucket, self.clock.unix())?;
-        Ok((self.admit(session.into_identity())?, length))
+        Ok((self.admit(session.identity.clone())?, length))
     }
 
     /// Verifies a session-signed request and, for a signed-chunk upload, sets up the chain
     /// its chunks continue.
-    fn session(&self, parts: &Parts, claim: &SigV4Claim) -> Result<(Session, Option<ChunkChain>), AuthError> {
+    fn session(
+        &self,
+        parts: &Parts,
+        claim: &SigV4Claim,
+    ) -> Result<(Arc<Opened>, Option<ChunkChain>), AuthError> {
         let session = self.open_session(
             &claim.access_key_id,
             claim.session_token.as_ref().map(Secret::expose),
         )?;
-        let secret = session.secret_access_key.expose();
-        sigv4::verify(claim, parts, secret, self.clock.unix())?;
+        sigv4::verify_keyed(claim, parts, self.clock.unix(), &sigv4::VerifyOptions::S3, || {
+            session.signing_key(&claim.scope_date, &claim.region, &claim.service)
+        })?;
         let payload = parts
             .headers
             .get(crate::sigv4::header::X_AMZ_CONTENT_SHA256)
@@ -372,7 +382,7 @@ impl Authenticator {
             _ => None,
         };
         let chain = trailer.map(|trailer| {
-            let key = crate::sigv4::signing_key(secret, &claim.scope_date, &claim.region, &claim.service);
+            let key = session.signing_key(&claim.scope_date, &claim.region, &claim.service);
             ChunkChain::new(
                 key,
                 &claim.amz_date,
@@ -384,26 +394,35 @@ impl Authenticator {
         Ok((session, chain))
     }
 
-    /// Opens the sealed session `token` and checks it was issued with `access_key_id` and is
-    /// still live.
-    fn open_session(&self, access_key_id: &str, token: Option<&str>) -> Result<Session, AuthError> {
+    /// Opens the sealed session `token` (or finds it opened before) and checks it was issued
+    /// with `access_key_id` and is still live.
+    fn open_session(&self, access_key_id: &str, token: Option<&str>) -> Result<Arc<Opened>, AuthError> {
         let keyring = self.sessions.as_ref().ok_or(AuthError::UnknownAccessKey)?;
         let token = token.ok_or(AuthError::UnknownAccessKey)?;
-        let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
-            reason: e.to_string(),
-        })?;
-        if session.access_key_id != access_key_id {
+        let digest = token_digest(token);
+        let opened = match self.opened.get(&digest) {
+            Some(opened) => opened,
+            None => {
+                let session = keyring.unseal(token).map_err(|e| AuthError::SessionInvalid {
+                    reason: e.to_string(),
+                })?;
+                let opened = Arc::new(Opened::new(session));
+                self.opened.insert(digest, opened.clone());
+                opened
+            }
+        };
+        if opened.session.access_key_id != access_key_id {
             return Err(AuthError::SessionInvalid {
                 reason: "it was issued with another access key id".into(),
             });
         }
         let now = self.clock.unix();
-        if now >= session.expires_at {
+        if now >= opened.session.expires_at {
             return Err(AuthError::SessionExpired {
-                ago: now - session.expires_at,
+                ago: now - opened.session.expires_at,
             });
         }
-        Ok(session)
+        Ok(opened)
     }
 
     /// The one place every identity meets the revocation list.

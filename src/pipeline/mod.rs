@@ -110,7 +110,7 @@ impl Proxy {
         Ok(Proxy {
             generation,
             tls,
-            router: Router::new(&config.routes, &config.limits)?,
+            router: Router::new(&config.routes, &config.limits, config.server.workers)?,
             policies: config.policies.clone(),
             auth: Arc::new(auth),
             config,
@@ -513,7 +513,12 @@ pub fn new_request_id() -> String {
         static FALLBACK: AtomicU64 = AtomicU64::new(1);
         b = FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     }
-    hex::encode_upper(b)
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut id = Vec::with_capacity(16);
+    for b in b {
+        id.extend([DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]);
+    }
+    String::from_utf8(id).unwrap_or_default()
 }
 
 /// An answer the proxy makes itself (admin endpoints).

@@ -155,7 +155,30 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> hma
 /// request's hex SHA-256.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
     let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical_request);
-    format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex::encode(hash))
+    let mut out = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 67);
+    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n"] {
+        out.push_str(part);
+    }
+    push_hex(&mut out, hash.as_ref());
+    out
+}
+
+/// Appends `bytes` as lower-case hex: a table lookup per byte (the `hex` crate's `encode`
+/// goes through a `char` iterator, measurable at one signature per request).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+}
+
+/// `bytes` as lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    push_hex(&mut out, bytes);
+    out
 }
 
 #[cfg(test)]

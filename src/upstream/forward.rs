@@ -41,7 +41,7 @@ pub async fn forward(
         .filter(|_| !http_body::Body::is_end_stream(req.body()))
         .cloned();
     let deadline = route.timeouts.response;
-    let answer = route.client.request(req);
+    let answer = route.client().request(req);
     let answered = match sent {
         // Nothing streams from the caller: the clock starts now.
         None => tokio::time::timeout(deadline, answer).await.ok(),

@@ -22,8 +22,9 @@ use crate::upstream::upload_id::UploadIdBinding;
 pub struct Route {
     /// The validated route config.
     pub config: RouteConfig,
-    /// Pooled client to the upstream.
-    pub client: Client<net::Connector, Paced>,
+    /// Pooled clients to the upstream, one per connection worker: a request reuses
+    /// connections that live on its own thread (see [`crate::workers`]).
+    clients: Box<[Client<net::Connector, Paced>]>,
     /// The upstream's path, without a trailing `/` (empty for the root).
     pub base_path: String,
     /// `Host` to send upstream.
@@ -49,8 +50,14 @@ pub struct Timeouts {
 }
 
 impl Route {
-    /// Builds the route's client.
-    pub fn new(config: RouteConfig, limits: &Limits) -> Result<Route, String> {
+    /// The pool of the worker running this request (the first one off the workers).
+    pub fn client(&self) -> &Client<net::Connector, Paced> {
+        let n = crate::workers::current().unwrap_or(0);
+        &self.clients[n % self.clients.len()]
+    }
+
+    /// Builds the route's clients, one pool for each of `workers` connection workers.
+    pub fn new(config: RouteConfig, limits: &Limits, workers: usize) -> Result<Route, String> {
         let connector = net::connector(config.ca_file.as_deref(), limits.upstream_connect_timeout)?;
         let base_path = config.upstream.path().trim_end_matches('/').to_string();
         let host = config.upstream.host_str().unwrap_or_default();
@@ -74,7 +81,9 @@ impl Route {
         };
         Ok(Route {
             s3_signer,
-            client: net::client(connector),
+            clients: (0..workers.max(1))
+                .map(|_| net::client(connector.clone()))
+                .collect(),
             timeouts: Timeouts {
                 response: limits.upstream_response_timeout,
                 body_idle: limits.upstream_body_idle_timeout,
@@ -96,12 +105,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds every route.
-    pub fn new(routes: &[RouteConfig], limits: &Limits) -> Result<Router, String> {
+    /// Builds every route, with an upstream pool for each of `workers` connection workers.
+    pub fn new(routes: &[RouteConfig], limits: &Limits, workers: usize) -> Result<Router, String> {
         let mut http = Vec::new();
         let mut s3 = None;
         for r in routes {
-            let route = Arc::new(Route::new(r.clone(), limits)?);
+            let route = Arc::new(Route::new(r.clone(), limits, workers)?);
             match r.api {
                 RouteApi::S3(_) => s3 = Some(route),
                 RouteApi::Http(_) => http.push(route),

@@ -92,12 +92,12 @@ impl S3Signer {
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
         let to_sign = sigv4::string_to_sign(&amz_date, &scope, &canonical.request);
         let signature = hmac::sign(&self.key_for(date), to_sign.as_bytes());
-        let authorization = format!(
-            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={}",
+        let mut authorization = format!(
+            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature=",
             self.access_key_id.expose(),
             canonical.signed_headers,
-            hex::encode(signature.as_ref())
         );
+        sigv4::push_hex(&mut authorization, signature.as_ref());
         let mut value = HeaderValue::from_str(&authorization)
             .map_err(|_| unsignable("bad authorization header".into()))?;
         value.set_sensitive(true);

@@ -39,24 +39,25 @@ pub enum SignError {
 
 /// The caller's own authentication, and `Expect` (already answered to the caller), removed
 /// before forwarding.
-const STRIPPED_HEADERS: [&str; 5] = [
-    "authorization",
-    X_AMZ_SECURITY_TOKEN,
-    X_AMZ_DATE,
-    X_AMZ_CONTENT_SHA256,
-    "expect",
+/// Names parsed once: removing by `&str` parses the name again on every request.
+static STRIPPED_HEADERS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static(X_AMZ_SECURITY_TOKEN),
+    HeaderName::from_static(X_AMZ_DATE),
+    HeaderName::from_static(X_AMZ_CONTENT_SHA256),
+    header::EXPECT,
 ];
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
 /// Prepares `parts` to go to the route's upstream: URI rewritten, caller credentials
@@ -145,7 +146,7 @@ pub(crate) fn unsignable(reason: String) -> SignError {
 /// Removes hop-by-hop headers and the caller's credentials.
 pub fn strip_caller_credentials(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    for h in STRIPPED_HEADERS {
+    for h in &STRIPPED_HEADERS {
         headers.remove(h);
     }
 }
@@ -153,17 +154,19 @@ pub fn strip_caller_credentials(headers: &mut HeaderMap) {
 /// Removes the headers that belong to one connection, including any that `Connection`
 /// names. Used in both directions.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
 }

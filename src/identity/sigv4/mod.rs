@@ -45,7 +45,7 @@ mod parse;
 mod verify;
 
 pub use parse::parse;
-pub use verify::{verify, verify_with};
+pub use verify::{verify, verify_keyed, verify_with};
 
 use std::borrow::Cow;
 use std::fmt;

@@ -33,6 +33,26 @@ pub fn verify_with(
     now: i64,
     opts: &VerifyOptions,
 ) -> Result<(), SigV4Error> {
+    verify_keyed(claim, parts, now, opts, || {
+        signing_key(
+            secret_access_key,
+            &claim.scope_date,
+            &claim.region,
+            &claim.service,
+        )
+    })
+}
+
+/// [`verify_with`], with the signing key of the claim's scope from `key` (asked for only
+/// once the request has passed every other check): callers that hold a derived key for the
+/// scope, such as an opened STS session, skip the derivation.
+pub fn verify_keyed(
+    claim: &SigV4Claim,
+    parts: &Parts,
+    now: i64,
+    opts: &VerifyOptions,
+    key: impl FnOnce() -> hmac::Key,
+) -> Result<(), SigV4Error> {
     if claim.service != opts.service {
         return Err(SigV4Error::WrongService {
             presigned: claim.is_presigned(),
@@ -57,13 +77,7 @@ pub fn verify_with(
     let canonical = canonical_request(parts, &claim.signed_headers, claim.carrier, &payload)
         .ok_or(SigV4Error::SignatureDoesNotMatch)?;
     let string_to_sign = string_to_sign(&claim.amz_date, &claim.credential_scope(), &canonical);
-    let key = signing_key(
-        secret_access_key,
-        &claim.scope_date,
-        &claim.region,
-        &claim.service,
-    );
-    let computed = hex::encode(hmac::sign(&key, string_to_sign.as_bytes()));
+    let computed = crate::sigv4::to_hex(hmac::sign(&key(), string_to_sign.as_bytes()).as_ref());
     if signatures_equal(computed.as_bytes(), claim.signature.as_bytes()) {
         Ok(())
     } else {
