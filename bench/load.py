@@ -3,8 +3,9 @@
 
 Targets, all on loopback, all serving the same objects from one nginx ("the origin"):
   direct         wrk -> origin nginx (the upstream alone)
-  nginx          wrk -> nginx proxy_pass -> origin (a reverse proxy that checks nothing;
-                 streaming both ways, keep-alive upstream pool, as claimgate does)
+  nginx          wrk -> nginx proxy_pass -> origin (a reverse proxy that checks nothing:
+                 keep-alive upstream pool, uploads streamed as claimgate does, responses
+                 through 16 x 64 KiB buffers: the fastest nginx settings tried, README)
   claimgate      wrk -> claimgate: bearer JWT -> policy -> SigV4 re-sign -> audit -> origin
   claimgate-sts  the same with an STS session: the caller's SigV4 verified, the session
                  unsealed, then as above
@@ -84,6 +85,23 @@ def cpu_seconds(pids):
             fields = f.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime + stime
     return total / CLK_TCK
+
+
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of `pids`: each one is a
+    thread that slept and was woken (or was preempted), the cost a hand-off between threads
+    or processes has."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    for line in f:
+                        if "ctxt_switches" in line:
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
 
 
 def status_kib(pid, key):
@@ -260,7 +278,8 @@ class Setup:
             f"upstream origin {{ server 127.0.0.1:{self.origin_port}; keepalive 256; }}\n"
             f"  server {{ listen 127.0.0.1:{self.nginx_port} reuseport; location / {{ proxy_pass http://origin;"
             ' proxy_http_version 1.1; proxy_set_header Connection "";'
-            " proxy_request_buffering off; proxy_buffering off; } }",
+            " proxy_request_buffering off; proxy_buffering on;"
+            " proxy_buffers 16 64k; proxy_busy_buffers_size 128k; } }",
         )
         self.nginxes.append(proxy)
 
@@ -286,6 +305,7 @@ class Setup:
         with open(config, "w") as f:
             f.write(f"""[server]
 listen = "127.0.0.1:{self.cg_port}"
+{f"workers = {a.workers}" if a.workers else ""}
 [[issuers]]
 issuer = "{issuer}"
 audiences = ["claimgate"]
@@ -367,9 +387,9 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
              "-p", str(pids[0]), "-o", out_file, "--", "sleep", str(max(duration - 1, 1))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-    cpu0 = cpu_seconds(pids)
+    cpu0, sw0 = cpu_seconds(pids), context_switches(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    cpu1 = cpu_seconds(pids)
+    cpu1, sw1 = cpu_seconds(pids), context_switches(pids)
     if perf:
         perf.wait()
     r = json.loads(out.strip().splitlines()[-1])
@@ -381,6 +401,7 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
         "p99": r["p99_us"] / 1000,
         "p999": r["p999_us"] / 1000,
         "cpu_us": (cpu1 - cpu0) * 1e6 / n,
+        "switches": (sw1 - sw0) / n,
         "rss": peak_mib(pids),
         "errors": r["socket_errors"] + r["status_errors"],
         "requests": r["requests"],
@@ -480,6 +501,7 @@ def main():
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 2)")
     p.add_argument("--rounds", type=int, help="rounds over the targets (default 3, quick 1)")
     p.add_argument("--conns", type=int, default=64)
+    p.add_argument("--workers", type=int, help="claimgate's [server] workers (default: one per core)")
     p.add_argument("--stream-mib", type=int, help="size of the streamed object (default 1024, quick 64)")
     p.add_argument("--idle", type=int, help="idle connections to hold (default 10000, quick 500)")
     p.add_argument("--profile", metavar="DIR", help="perf-record claimgate in each of its runs into DIR")
@@ -574,11 +596,11 @@ def report(a, results, idle):
             print("|---|---:|---:|---:|---:|---:|")
         else:
             print(
-                "| target | req/s | range | MiB/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | peak RSS MiB | vs "
+                "| target | req/s | range | MiB/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | ctx sw/req | peak RSS MiB | vs "
                 + base[wl]
                 + " |"
             )
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         ref = dict(rows).get(base[wl])
         for t, runs in rows:
             key = "mbps" if streamed or wl in ("get1m", "put1m") else "rps"
@@ -598,7 +620,8 @@ def report(a, results, idle):
                 print(
                     f"| {t} | {med(runs, 'rps'):.0f} | {min(r['rps'] for r in runs):.0f}–{max(r['rps'] for r in runs):.0f} "
                     f"| {med(runs, 'mbps'):.0f} | {med(runs, 'p50'):.2f} | {med(runs, 'p99'):.2f} "
-                    f"| {med(runs, 'p999'):.2f} | {med(runs, 'cpu_us'):.1f} | {rss:.1f} | {ratio_s} |"
+                    f"| {med(runs, 'p999'):.2f} | {med(runs, 'cpu_us'):.1f} | {med(runs, 'switches'):.2f} "
+                    f"| {rss:.1f} | {ratio_s} |"
                 )
         print()
     if idle:

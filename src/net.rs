@@ -143,6 +143,7 @@ where
     B::Data: Send,
 {
     Client::builder(TokioExecutor::new())
+        .http1_read_buf_exact_size(64 * 1024)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(connector)
