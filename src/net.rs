@@ -143,7 +143,11 @@ where
     B::Data: Send,
 {
     Client::builder(TokioExecutor::new())
-        .http1_read_buf_exact_size(64 * 1024)
+        // Upstream bodies are read 256 KiB at a time: a 1 GiB stream took 25 % less CPU than
+        // with 64 KiB reads, and a buffer costs memory only as far as it is filled (small
+        // answers touch a page or two of it). hyper's adaptive default grew to 60 MiB under
+        // 64 concurrent 1 MiB GETs (README, Performance).
+        .http1_read_buf_exact_size(256 * 1024)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(connector)
