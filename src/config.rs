@@ -1378,6 +1378,30 @@ credentials = { kind = "bearer", token = "file:sk" }
     }
 
     #[test]
+    fn workers_default_to_the_cores_and_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load(&write(dir.path(), GOOD, ROLE)).unwrap();
+        assert_eq!(c.server.workers, crate::workers::default_count());
+        let two = GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nworkers = 2",
+        );
+        assert_eq!(
+            Config::load(&write(dir.path(), &two, ROLE))
+                .unwrap()
+                .server
+                .workers,
+            2
+        );
+        let zero = GOOD.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nworkers = 0",
+        );
+        let e = Config::load(&write(dir.path(), &zero, ROLE)).unwrap_err();
+        assert!(e.to_string().contains("workers = 0 would serve nothing"), "{e}");
+    }
+
+    #[test]
     fn every_problem_is_reported_not_just_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let text = GOOD
