@@ -88,10 +88,10 @@ def cpu_seconds(pids):
 
 
 def context_switches(pids):
-    """Voluntary + involuntary context switches of every thread of `pids`: each one is a
-    thread that slept and was woken (or was preempted), the cost a hand-off between threads
+    """(all, involuntary) context switches of every live thread of `pids`: each one is a
+    thread that slept and was woken, or was preempted — the cost a hand-off between threads
     or processes has."""
-    total = 0
+    total = preempted = 0
     for pid in pids:
         for task in os.listdir(f"/proc/{pid}/task"):
             try:
@@ -99,9 +99,11 @@ def context_switches(pids):
                     for line in f:
                         if "ctxt_switches" in line:
                             total += int(line.split()[1])
+                            if line.startswith("nonvoluntary"):
+                                preempted += int(line.split()[1])
             except OSError:
                 pass
-    return total
+    return total, preempted
 
 
 def status_kib(pid, key):
@@ -126,8 +128,11 @@ def peak_mib(pids):
 
 
 def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
 
 
 # ---- the processes under test ----------------------------------------------------------
@@ -237,7 +242,13 @@ def check(url, headers, method="GET", data=None):
 class Setup:
     def __init__(self, args):
         self.args = args
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        # RAM-backed when there is room (no disk in the measurement): the streamed objects
+        # twice over, plus the audit log between trims.
+        base = None
+        if os.access("/dev/shm", os.W_OK):
+            st = os.statvfs("/dev/shm")
+            if st.f_bavail * st.f_frsize > (2 * args.stream_mib + 512) * MIB:
+                base = "/dev/shm"
         self.work = tempfile.mkdtemp(prefix="claimgate-bench-", dir=base)
         os.chmod(self.work, 0o755)  # nginx workers run unprivileged when started as root
         self.procs = []
@@ -340,7 +351,10 @@ credentials = {{ kind = "bearer", token = "unused" }}
         bearer = {"Authorization": f"Bearer {self.token}"}
         cg_url = f"http://127.0.0.1:{self.cg_port}"
         key_id, secret, session = assume_role(cg_url, self.token)
-        sts = sigv4_headers(f"127.0.0.1:{self.cg_port}", "GET", OBJECT_1K, key_id, secret, session)
+        # Signed afresh for each run: a run may start long after the setup.
+        def sts():
+            return sigv4_headers(f"127.0.0.1:{self.cg_port}", "GET", OBJECT_1K, key_id, secret, session)
+
         self.targets = {
             "direct": (f"http://127.0.0.1:{self.origin_port}", {}, origin.pids),
             "nginx": (f"http://127.0.0.1:{self.nginx_port}", {}, proxy.pids),
@@ -349,9 +363,18 @@ credentials = {{ kind = "bearer", token = "unused" }}
         }
         # Every target serves every request of the runs before anything is measured.
         for name, (url, headers, _) in self.targets.items():
+            headers = headers() if callable(headers) else headers
             check(url + OBJECT_1K, headers)
             if name != "claimgate-sts":
                 check(url + PUT_PATH, headers, "PUT", b"x" * 1024)
+
+    def trim_audit(self):
+        """Empties claimgate's audit log between runs (it appends; a full run would otherwise
+        leave gigabytes of records in RAM)."""
+        try:
+            os.truncate(os.path.join(self.work, "audit.log"), 0)
+        except OSError:
+            pass
 
     def stop(self):
         for p in reversed(self.procs):
@@ -372,6 +395,7 @@ credentials = {{ kind = "bearer", token = "unused" }}
 
 def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
     url, headers, pids = setup.targets[target]
+    headers = headers() if callable(headers) else headers
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "-s", WRK_LUA]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -387,9 +411,10 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
              "-p", str(pids[0]), "-o", out_file, "--", "sleep", str(max(duration - 1, 1))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-    cpu0, sw0 = cpu_seconds(pids), context_switches(pids)
+    setup.trim_audit()
+    cpu0, (sw0, pre0) = cpu_seconds(pids), context_switches(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    cpu1, sw1 = cpu_seconds(pids), context_switches(pids)
+    cpu1, (sw1, pre1) = cpu_seconds(pids), context_switches(pids)
     if perf:
         perf.wait()
     r = json.loads(out.strip().splitlines()[-1])
@@ -402,6 +427,7 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
         "p999": r["p999_us"] / 1000,
         "cpu_us": (cpu1 - cpu0) * 1e6 / n,
         "switches": (sw1 - sw0) / n,
+        "preempted": (pre1 - pre0) / n,
         "rss": peak_mib(pids),
         "errors": r["socket_errors"] + r["status_errors"],
         "requests": r["requests"],
@@ -410,6 +436,7 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
 
 def curl(setup, target, method, path):
     url, headers, pids = setup.targets[target]
+    headers = headers() if callable(headers) else headers
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -484,13 +511,13 @@ def machine():
     except OSError:
         pass
     commit = subprocess.run(
-        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-        f"{nginx}, claimgate {commit or '?'} ({os.path.relpath(os.path.realpath(sys.argv[0]), ROOT)}), "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+        f"{nginx}, tree {commit or '?'}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
+        f"# command: {' '.join(sys.argv)}"
     )
 
 
@@ -558,6 +585,7 @@ def main():
             saturated = med(results.get(("get1k", "claimgate"), [{"rps": 2000}]), "rps")
             rate = saturated / 2
             delay = max(1, round(a.conns * 1000 / rate))
+            a.saturated, a.delay = saturated, delay
             setup.workload = "paced"
             for _ in range(a.rounds):
                 for t in ("direct", "nginx", "claimgate"):
@@ -577,7 +605,13 @@ def main():
 def report(a, results, idle):
     titles = {
         "get1k": "1 KiB GET, saturating",
-        "paced": "1 KiB GET, paced at half claimgate's saturating rate",
+        "paced": "1 KiB GET, paced near half claimgate's saturating rate"
+        + (
+            f" ({a.delay} ms between a connection's requests: claimgate ran at "
+            f"{med(results[('paced', 'claimgate')], 'rps') / a.saturated:.2f}× its saturating rate)"
+            if ("paced", "claimgate") in results
+            else ""
+        ),
         "get1m": "1 MiB GET",
         "put1m": "1 MiB PUT",
         "stream-get": f"{a.stream_mib} MiB streamed GET (curl, one at a time)",
@@ -596,7 +630,7 @@ def report(a, results, idle):
             print("|---|---:|---:|---:|---:|---:|")
         else:
             print(
-                "| target | req/s | range | MiB/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | ctx sw/req | peak RSS MiB | vs "
+                "| target | req/s | range | MiB/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | ctx sw/req (preempted) | peak RSS MiB | vs "
                 + base[wl]
                 + " |"
             )
@@ -620,7 +654,8 @@ def report(a, results, idle):
                 print(
                     f"| {t} | {med(runs, 'rps'):.0f} | {min(r['rps'] for r in runs):.0f}–{max(r['rps'] for r in runs):.0f} "
                     f"| {med(runs, 'mbps'):.0f} | {med(runs, 'p50'):.2f} | {med(runs, 'p99'):.2f} "
-                    f"| {med(runs, 'p999'):.2f} | {med(runs, 'cpu_us'):.1f} | {med(runs, 'switches'):.2f} "
+                    f"| {med(runs, 'p999'):.2f} | {med(runs, 'cpu_us'):.1f} "
+                    f"| {med(runs, 'switches'):.2f} ({med(runs, 'preempted'):.2f}) "
                     f"| {rss:.1f} | {ratio_s} |"
                 )
         print()

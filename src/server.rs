@@ -222,6 +222,9 @@ impl Server {
         // audit records before the flush below.
         connections.abort_all();
         while connections.join_next().await.is_some() {}
+        // What connections spawned on the workers (HTTP/2 streams, upstream connections)
+        // goes with them, before the audit flush below.
+        workers.shutdown().await;
         watch.abort();
         signal_task.abort();
         live.stop();

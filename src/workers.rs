@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio::task::{AbortHandle, JoinSet};
 
-/// The running workers. Dropping them stops their threads (after whatever they still
-/// run is dropped).
+/// How long a stopping worker gives what still runs on it (blocking calls included).
+const STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The running workers.
 pub struct Workers {
     workers: Vec<Worker>,
 }
@@ -33,24 +35,36 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one).
+    /// Starts `count` workers (at least one). Each runtime is built, run and dropped on its
+    /// own thread: a runtime must never be dropped inside another's async context.
     pub fn start(count: usize) -> std::io::Result<Workers> {
         let mut workers = Vec::with_capacity(count.max(1));
         for n in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = runtime.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (ready, handle) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("claimgate-worker-{n}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(runtime.handle().clone()));
                     WORKER.set(Some(n));
                     // A current-thread runtime runs its spawned tasks only inside `block_on`.
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
+                    // Whatever still runs is dropped now; a blocking call (a DNS lookup for
+                    // an upstream) is not waited for beyond this.
+                    runtime.shutdown_timeout(STOP_WITHIN);
                 })?;
+            let handle = handle
+                .recv()
+                .map_err(|_| std::io::Error::other("worker thread ended before its runtime started"))??;
             workers.push(Worker {
                 handle,
                 open: Arc::default(),
@@ -59,6 +73,29 @@ impl Workers {
             });
         }
         Ok(Workers { workers })
+    }
+
+    /// Stops every worker: what still runs on them is dropped (and so writes its audit
+    /// records) before this returns, so the caller can flush the audit log after it.
+    pub async fn shutdown(mut self) {
+        self.signal_stop();
+        let threads: Vec<_> = self.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(STOP_WITHIN * 2, joined).await.is_err() {
+            tracing::warn!("connection workers did not stop within {:?}", STOP_WITHIN * 2);
+        }
+    }
+
+    fn signal_stop(&mut self) {
+        for w in &mut self.workers {
+            if let Some(stop) = w.stop.take() {
+                let _ = stop.send(());
+            }
+        }
     }
 
     /// How many workers run.
@@ -82,11 +119,12 @@ impl Workers {
             .iter()
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
             .expect("at least one worker");
-        let open = worker.open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        // Counted from here: a task dropped before its first poll still gives its place back.
+        let open = Counted(worker.open.clone());
         set.spawn_on(
             async move {
-                let _open = Counted(open);
+                let _open = open;
                 connection.await;
             },
             &worker.handle,
@@ -103,21 +141,11 @@ impl Drop for Counted {
     }
 }
 
+/// Workers dropped without [`Workers::shutdown`] are told to stop and left to finish on
+/// their own threads (joining here could block an async caller).
 impl Drop for Workers {
     fn drop(&mut self) {
-        for w in &mut self.workers {
-            if let Some(stop) = w.stop.take() {
-                let _ = stop.send(());
-            }
-        }
-        for w in &mut self.workers {
-            if let Some(thread) = w.thread.take() {
-                // Never join from inside a worker (a connection cannot own the server).
-                if thread.thread().id() != std::thread::current().id() {
-                    let _ = thread.join();
-                }
-            }
-        }
+        self.signal_stop();
     }
 }
 

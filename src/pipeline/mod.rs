@@ -110,7 +110,12 @@ impl Proxy {
         Ok(Proxy {
             generation,
             tls,
-            router: Router::new(&config.routes, &config.limits, config.server.workers)?,
+            // One pool per running worker: a reload cannot change how many run.
+            router: Router::new(
+                &config.routes,
+                &config.limits,
+                previous.map_or(config.server.workers, |p| p.router.pools()),
+            )?,
             policies: config.policies.clone(),
             auth: Arc::new(auth),
             config,

@@ -131,6 +131,16 @@ impl Router {
         Ok(Router { http, s3 })
     }
 
+    /// How many upstream pools each route keeps (one per connection worker).
+    pub fn pools(&self) -> usize {
+        self.http
+            .iter()
+            .chain(&self.s3)
+            .map(|r| r.clients.len())
+            .next()
+            .unwrap_or(1)
+    }
+
     /// The route serving `host` (without port, as [`RequestTarget`] reads it) + `path`.
     ///
     /// [`RequestTarget`]: crate::classify::RequestTarget
