@@ -540,3 +540,62 @@ async fn signed_chunk_uploads_are_verified_chunk_by_chunk_and_forwarded_bare() {
     assert_eq!(audit[1]["bytes_in"], data.len());
     assert_eq!(audit[2]["reason"], "signature_mismatch");
 }
+
+/// Sessions opened once are kept until they expire (`identity::opened`). A kept session
+/// still refuses its token under another session's access key id (signed with that
+/// session's secret), as a session opened afresh does, and nothing reaches the store.
+#[tokio::test]
+async fn a_kept_session_still_refuses_another_access_key_id() {
+    let (idp, s3, p, creds) = setup().await;
+    let path = "/datasets/imagenet/0001.tar";
+    let ok = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let other = session(&p, &idp.token("bob", &["ml-engineers"])).await;
+    let before = s3.requests();
+    let r = p
+        .client
+        .send(
+            Sign {
+                access_key: Some(&other.access_key_id),
+                secret: Some(&other.secret_access_key),
+                ..Sign::new(&creds)
+            }
+            .request(&p, "GET", path, b""),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.s3_code(), "InvalidToken");
+    assert_eq!(s3.requests(), before);
+}
+
+/// A reload whose keyring no longer holds the sealing key ends the sessions it sealed,
+/// kept ones included: the session in use is refused once the new set is in force, and
+/// that request never reaches the store.
+#[tokio::test]
+async fn a_reload_without_the_sealing_key_ends_kept_sessions() {
+    let (_idp, s3, p, creds) = setup().await;
+    let path = "/datasets/imagenet/0001.tar";
+    let ok = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let config = p.config_dir().join("claimgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let rotated = text.replace(
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+    );
+    assert_ne!(rotated, text, "the test config carries the sealing key inline");
+    std::fs::write(&config, rotated).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let before = s3.requests();
+        let r = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+        if r.status != 200 {
+            assert_eq!(r.status, 400, "{}", r.text());
+            assert_eq!(r.s3_code(), "InvalidToken");
+            assert_eq!(s3.requests(), before, "the refused request reached the store");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old session still served after 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
