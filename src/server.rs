@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -302,10 +302,9 @@ fn refuse_connection(proxy: &Proxy, stream: TcpStream, remote: SocketAddr) {
     );
 }
 
-/// The HTTP/1.1 and HTTP/2 settings of this config set's limits.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut h1 = builder.http1();
+/// The HTTP/1.1 settings of this config set's limits.
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut h1 = http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(limits.request_head_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
@@ -313,14 +312,73 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     if limits.max_headers != 100 {
         h1.max_headers(limits.max_headers);
     }
+    h1
+}
+
+/// The HTTP/2 settings of this config set's limits.
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
     // Pings find dead HTTP/2 peers, whose streams would otherwise hold a connection slot.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    h2
+}
+
+/// Runs `step` unless the server starts draining first: a connection that has not yet sent
+/// its first bytes (or finished its TLS handshake) is simply closed then, as hyper closes
+/// an idle one, rather than held until its head timeout.
+async fn until_stopping<F: std::future::Future>(
+    step: F,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> Option<F::Output> {
+    let mut stopping = stopping.clone();
+    tokio::select! {
+        out = step => Some(out),
+        _ = stopping.wait_for(|stop| *stop) => None,
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The client preface of HTTP/2 with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Decides a plain connection's protocol by peeking at its first bytes, which stay in the
+/// socket for hyper. (hyper-util's auto-detection reads them instead and hands them back
+/// as a prefix: the request head then arrives in two reads, and hyper's read buffer grows
+/// to 16 KiB, kept for the connection's life: 8 KiB more on every idle keep-alive
+/// connection, README, Performance.) "PRI" is a method no HTTP/1 request may use (RFC 9113
+/// §3.4), so three bytes decide.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut first = [0u8; 3];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        match classify_preface(&first[..n]) {
+            Some(protocol) => return Ok(protocol),
+            // "P" or "PR": POST/PUT/PATCH or the preface, split across segments; the
+            // bytes already read stay readable, so wait a little rather than spin.
+            None => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+/// What the first bytes of a plain connection say, if they say enough: nothing at all
+/// (end of stream) is left to hyper as HTTP/1.
+fn classify_preface(seen: &[u8]) -> Option<Protocol> {
+    if seen.is_empty() || !H2_PREFACE.starts_with(seen) {
+        Some(Protocol::Http1)
+    } else if seen.len() >= 3 {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
 }
 
 async fn serve_connection(
@@ -330,7 +388,6 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let builder = http_builder(&proxy.config.limits);
     let limits = &proxy.config.limits;
     let head_timeout = limits.request_head_timeout;
     let activity = Arc::new(Activity::default());
@@ -346,36 +403,48 @@ async fn serve_connection(
         }
     });
     let idle = limits.idle_timeout;
+    // Each way in is boxed on its own, and the whole once more: a connection holds only the
+    // state of the way it came in (a plain connection carries no TLS session), and none of
+    // it is laid out twice in the task. The task went from 12.8 KB to 0.7 (README,
+    // Performance: idle connections).
     let serving = async {
         match proxy.tls.clone() {
             Some(acceptor) => {
-                let stream = match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        return None;
-                    }
-                    Err(_) => {
-                        head_timed_out(&proxy, remote, head_timeout);
-                        return None;
-                    }
-                };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Some(drive(conn, stopping, &activity, idle).await)
+                Box::pin(async {
+                    let handshake = tokio::time::timeout(head_timeout, acceptor.accept(stream));
+                    let stream = match until_stopping(handshake, &stopping).await? {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return None;
+                        }
+                        Err(_) => {
+                            head_timed_out(&proxy, remote, head_timeout);
+                            return None;
+                        }
+                    };
+                    // Over TLS, HTTP/2 is what ALPN settled on (RFC 9113 §3.2).
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    Some(speak(protocol, stream, limits, service, stopping, &activity, idle).await)
+                })
+                .await
             }
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                Some(drive(conn, stopping, &activity, idle).await)
+                Box::pin(async {
+                    let protocol = until_stopping(sniff(&stream), &stopping).await?.ok()?;
+                    Some(speak(protocol, stream, limits, service, stopping, &activity, idle).await)
+                })
+                .await
             }
         }
     };
-    // Boxed: held inline, the connection's state machine would be laid out twice in the
-    // task (once as this local, once inside the select below), 12.8 KB per connection
-    // instead of 6.8 (README, Performance: idle connections).
     let mut serving = Box::pin(serving);
-    // hyper's own head timer starts only once hyper-util has read enough to tell HTTP/1.1
-    // from HTTP/2, which a client that sends nothing never lets it do: the first request's
-    // head is due within `head_timeout` of accept, whatever the protocol.
+    // hyper's own head timer starts only once the protocol is known, which a client that
+    // sends nothing never lets us decide: the first request's head is due within
+    // `head_timeout` of accept, whatever the protocol.
     let first_head_due = tokio::time::sleep(head_timeout);
     let result = tokio::select! {
         r = &mut serving => r,
@@ -389,9 +458,6 @@ async fn serve_connection(
     };
     let Some(result) = result else { return };
     let Err(e) = result else { return };
-    let Some(e) = e.downcast_ref::<hyper::Error>() else {
-        return;
-    };
     if e.is_timeout() && activity.served.load(Ordering::Relaxed) == 0 {
         // A kept-alive connection that idles out after serving is not a refusal; one that
         // never completed a request head is (slowloris, or a connection opened and left).
@@ -408,6 +474,38 @@ async fn serve_connection(
                 proxy.config.limits.max_header_bytes, proxy.config.limits.max_headers
             ),
         );
+    }
+}
+
+/// Serves `io` in `protocol` until the connection ends. Each protocol's connection state is
+/// boxed on its own, so a connection holds only the state of the protocol it speaks.
+async fn speak<I, S, B>(
+    protocol: Protocol,
+    io: I,
+    limits: &Limits,
+    service: S,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match protocol {
+        Protocol::Http1 => {
+            let conn = http1_builder(limits).serve_connection(TokioIo::new(io), service);
+            Box::pin(drive(conn, stopping, activity, idle)).await
+        }
+        Protocol::Http2 => {
+            let conn = http2_builder(limits).serve_connection(TokioIo::new(io), service);
+            Box::pin(drive(conn, stopping, activity, idle)).await
+        }
     }
 }
 
@@ -639,5 +737,22 @@ async fn admin_response(
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_bytes_of_preface_mean_http2_and_anything_else_http1() {
+        assert_eq!(classify_preface(b"PRI"), Some(Protocol::Http2));
+        assert_eq!(classify_preface(H2_PREFACE), Some(Protocol::Http2));
+        for http1 in [&b"GET"[..], b"POST", b"PUT", b"PATCH", b"G", b"PO", b"PRX", b""] {
+            assert_eq!(classify_preface(http1), Some(Protocol::Http1), "{http1:?}");
+        }
+        // POST, PUT, PATCH or the preface: not yet decided.
+        assert_eq!(classify_preface(b"P"), None);
+        assert_eq!(classify_preface(b"PR"), None);
     }
 }

@@ -548,7 +548,10 @@ async fn signed_chunk_uploads_are_verified_chunk_by_chunk_and_forwarded_bare() {
 async fn a_kept_session_still_refuses_another_access_key_id() {
     let (idp, s3, p, creds) = setup().await;
     let path = "/datasets/imagenet/0001.tar";
-    let ok = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+    let ok = p
+        .client
+        .send(Sign::new(&creds).request(&p, "GET", path, b""))
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let other = session(&p, &idp.token("bob", &["ml-engineers"])).await;
     let before = s3.requests();
@@ -575,7 +578,10 @@ async fn a_kept_session_still_refuses_another_access_key_id() {
 async fn a_reload_without_the_sealing_key_ends_kept_sessions() {
     let (_idp, s3, p, creds) = setup().await;
     let path = "/datasets/imagenet/0001.tar";
-    let ok = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+    let ok = p
+        .client
+        .send(Sign::new(&creds).request(&p, "GET", path, b""))
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let config = p.config_dir().join("claimgate.toml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -588,14 +594,20 @@ async fn a_reload_without_the_sealing_key_ends_kept_sessions() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let before = s3.requests();
-        let r = p.client.send(Sign::new(&creds).request(&p, "GET", path, b"")).await;
+        let r = p
+            .client
+            .send(Sign::new(&creds).request(&p, "GET", path, b""))
+            .await;
         if r.status != 200 {
             assert_eq!(r.status, 400, "{}", r.text());
             assert_eq!(r.s3_code(), "InvalidToken");
             assert_eq!(s3.requests(), before, "the refused request reached the store");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the old session still served after 5 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old session still served after 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
