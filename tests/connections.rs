@@ -134,3 +134,54 @@ impl hyper::body::Body for BodyStream {
             .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
+
+/// Connections that have sent nothing yet — on a plain listener, before the protocol is
+/// known — are closed at once when draining starts, not held until their head timeout:
+/// SIGTERM ends the process within a second or two, and the audit log has no bogus 408
+/// record for them.
+#[tokio::test]
+async fn silent_connections_do_not_hold_up_shutdown_or_leave_records() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let mut p = proxy(&idp, &s3)
+        .extra("[limits]\nrequest_head_timeout = \"20s\"\n")
+        .spawn()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let served = p.client.get(&p.url("/datasets?list-type=2"), Some(&t)).await;
+    assert_eq!(served.status, 200, "{}", served.text());
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(p.addr).await.unwrap());
+    }
+    // A single "P" could still be POST or the HTTP/2 preface: undecided, and still silent.
+    silent[0].write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = std::time::Instant::now();
+    p.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.wait(Duration::from_secs(10));
+        (s, p)
+    })
+    .await
+    .unwrap();
+    let (status, p) = status;
+    let took = asked.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{}",
+        p.stderr()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown waited {took:?} for silent connections"
+    );
+    let records = p.audit_file("audit.log");
+    assert_eq!(
+        records.len(),
+        1,
+        "only the served request has a record: {records:?}"
+    );
+    assert_eq!(records[0]["status"], 200);
+    drop(silent);
+}
