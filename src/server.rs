@@ -398,7 +398,9 @@ async fn serve_connection(
         let busy = Busy::start(&tracked);
         let proxy = live.current();
         async move {
-            let resp = pipeline::handle(proxy, req, remote).await;
+            // Boxed per request: hyper keeps a slot the size of this future on every
+            // connection for its life, and moves the future into it for each request.
+            let resp = Box::pin(pipeline::handle(proxy, req, remote)).await;
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
         }
     });
