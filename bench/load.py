@@ -362,11 +362,16 @@ credentials = {{ kind = "bearer", token = "unused" }}
             "claimgate-sts": (cg_url, sts, [self.cg]),
         }
         # Every target serves every request of the runs before anything is measured.
-        for name, (url, headers, _) in self.targets.items():
-            headers = headers() if callable(headers) else headers
+        for name in self.targets:
+            url, headers, _ = self.target(name)
             check(url + OBJECT_1K, headers)
             if name != "claimgate-sts":
                 check(url + PUT_PATH, headers, "PUT", b"x" * 1024)
+
+    def target(self, name):
+        """A target's URL, headers (an STS request is signed afresh each time) and pids."""
+        url, headers, pids = self.targets[name]
+        return url, headers() if callable(headers) else headers, pids
 
     def trim_audit(self):
         """Empties claimgate's audit log between runs (it appends; a full run would otherwise
@@ -394,8 +399,7 @@ credentials = {{ kind = "bearer", token = "unused" }}
 
 
 def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
-    url, headers, pids = setup.targets[target]
-    headers = headers() if callable(headers) else headers
+    url, headers, pids = setup.target(target)
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "-s", WRK_LUA]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -435,8 +439,7 @@ def wrk(setup, target, path, duration, conns, body=0, delay_ms=0):
 
 
 def curl(setup, target, method, path):
-    url, headers, pids = setup.targets[target]
-    headers = headers() if callable(headers) else headers
+    url, headers, pids = setup.target(target)
     cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]

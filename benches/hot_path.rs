@@ -162,19 +162,7 @@ fn benches(c: &mut Criterion) {
             b.iter_batched(
                 get_request,
                 |mut parts| {
-                    claimgate::upstream::sign::sign_v4(
-                        &mut parts,
-                        &claimgate::upstream::sign::Signer {
-                            credentials: &creds,
-                            region: "us-east-1",
-                            service: "s3",
-                            settings: claimgate::upstream::sign::s3_settings(),
-                            signed_headers: |_| true,
-                        },
-                        aws_sigv4::http_request::SignableBody::UnsignedPayload,
-                        now,
-                    )
-                    .unwrap();
+                    sign_as_sdk(&mut parts, &creds, now);
                     parts
                 },
                 criterion::BatchSize::SmallInput,
@@ -261,19 +249,7 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
     let token = ring.seal(&session).unwrap().expose().to_string();
     let mut parts = get_request();
     let creds = aws_credential_types::Credentials::new(&ak, sk.expose(), Some(token.clone()), None, "bench");
-    claimgate::upstream::sign::sign_v4(
-        &mut parts,
-        &claimgate::upstream::sign::Signer {
-            credentials: &creds,
-            region: "us-east-1",
-            service: "s3",
-            settings: claimgate::upstream::sign::s3_settings(),
-            signed_headers: |_| true,
-        },
-        aws_sigv4::http_request::SignableBody::UnsignedPayload,
-        now,
-    )
-    .unwrap();
+    sign_as_sdk(&mut parts, &creds, now);
     let _ = f;
     let mut g = c.benchmark_group("sts session");
     g.bench_function("parse + unseal + verify SigV4", |b| {
@@ -301,6 +277,23 @@ fn session_benches(c: &mut Criterion, f: &Fixture, now: std::time::SystemTime) {
         })
     });
     g.finish();
+}
+
+/// Signs `parts` with `aws-sigv4` under S3's rules, unsigned payload, as an SDK signs a GET.
+fn sign_as_sdk(parts: &mut http::request::Parts, creds: &aws_credential_types::Credentials, now: SystemTime) {
+    claimgate::upstream::sign::sign_v4(
+        parts,
+        &claimgate::upstream::sign::Signer {
+            credentials: creds,
+            region: "us-east-1",
+            service: "s3",
+            settings: claimgate::upstream::sign::s3_settings(),
+            signed_headers: |_| true,
+        },
+        aws_sigv4::http_request::SignableBody::UnsignedPayload,
+        now,
+    )
+    .unwrap();
 }
 
 criterion_group!(hot_path, benches);
