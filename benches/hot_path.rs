@@ -125,6 +125,12 @@ fn benches(c: &mut Criterion) {
     // warm the verified-token cache
     let identity = f.rt.block_on(f.auth.authenticate_token(&f.token)).unwrap();
 
+    let caller = claimgate::upstream::credentials::Caller {
+        identity: &identity,
+        role: None,
+    };
+    let downstream = f.rt.block_on(route.downstream(&caller, None)).unwrap();
+
     let mut g = c.benchmark_group("stages");
     g.bench_function("baseline: build request head", |b| b.iter(get_request));
     g.bench_function("authenticate (cached token)", |b| {
@@ -148,7 +154,7 @@ fn benches(c: &mut Criterion) {
             get_request,
             |mut parts| {
                 let permit = f.config.policies.decide(&identity, op.clone()).outcome.unwrap();
-                sign_upstream(permit, &mut parts, &route, now).unwrap();
+                sign_upstream(permit, &mut parts, &route, &downstream, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,
@@ -182,7 +188,12 @@ fn benches(c: &mut Criterion) {
                 let id = f.rt.block_on(f.auth.authenticate_token(&f.token)).unwrap();
                 let op = classify_s3(&parts, &RequestTarget::read(&parts).unwrap(), &target).unwrap();
                 let permit = f.config.policies.decide(&id, op).outcome.unwrap();
-                sign_upstream(permit, &mut parts, &route, now).unwrap();
+                let caller = claimgate::upstream::credentials::Caller {
+                    identity: &id,
+                    role: permit.rules().first().map(|r| &*r.role),
+                };
+                let downstream = f.rt.block_on(route.downstream(&caller, None)).unwrap();
+                sign_upstream(permit, &mut parts, &route, &downstream, now).unwrap();
                 parts
             },
             criterion::BatchSize::SmallInput,

@@ -167,6 +167,8 @@ struct RawRoute {
     ca_file: Option<Spanned<String>>,
     /// S3 routes: forward keys with `.`, `..` or empty segments literally (default: refuse).
     literal_dot_keys: Option<Spanned<bool>>,
+    /// S3 routes without a long-lived secret: the key that binds multipart upload ids.
+    upload_id_key: Option<Spanned<Secret>>,
     credentials: Spanned<toml::Value>,
 }
 
@@ -189,6 +191,51 @@ enum RawCredentials {
         header: String,
         token: Secret,
     },
+    Aws {
+        profile: Option<String>,
+    },
+    AssumeRole {
+        role_arn: String,
+        source: Box<RawCredentials>,
+        session_duration: Option<String>,
+        sts_endpoint: Option<String>,
+        external_id: Option<Secret>,
+    },
+    Oauth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        #[serde(default)]
+        scopes: Vec<String>,
+        audience: Option<String>,
+        resource: Option<String>,
+        ca_file: Option<String>,
+    },
+    TokenExchange {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        #[serde(default)]
+        scopes: Vec<String>,
+        audience: Option<String>,
+        resource: Option<String>,
+        ca_file: Option<String>,
+    },
+}
+
+impl RawCredentials {
+    /// The `kind` as written.
+    fn kind(&self) -> &'static str {
+        match self {
+            RawCredentials::Static { .. } => "static",
+            RawCredentials::Bearer { .. } => "bearer",
+            RawCredentials::ApiKey { .. } => "api_key",
+            RawCredentials::Aws { .. } => "aws",
+            RawCredentials::AssumeRole { .. } => "assume_role",
+            RawCredentials::Oauth2ClientCredentials { .. } => "oauth2_client_credentials",
+            RawCredentials::TokenExchange { .. } => "token_exchange",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -418,8 +465,61 @@ pub struct S3Route {
     /// filesystem-backed stores resolve them to other objects) or forwarded literally
     /// (`literal_dot_keys = true`, for stores that keep them literal, like AWS S3).
     pub keys: KeyRule,
-    /// The keys requests are signed with.
-    pub credentials: SigV4Keys,
+    /// Where the keys requests are signed with come from.
+    pub credentials: S3Credentials,
+    /// The key that binds multipart upload ids to their bucket and key: the static secret,
+    /// or `upload_id_key` where there is no long-lived secret.
+    pub upload_id_key: Secret,
+}
+
+/// Where an S3 route's signing keys come from.
+#[derive(Clone, Debug)]
+pub enum S3Credentials {
+    /// Long-lived keys from the config.
+    Static(SigV4Keys),
+    /// The AWS SDK's default chain (environment, profile, web identity/IRSA, ECS, EC2 IMDS),
+    /// refreshed before expiry.
+    Aws {
+        /// A profile of the shared config files, instead of `AWS_PROFILE`/`default`.
+        profile: Option<String>,
+    },
+    /// STS AssumeRole with the caller's identity as SourceIdentity and session tags.
+    AssumeRole(Box<AssumeRole>),
+}
+
+/// `{ kind = "assume_role", … }`.
+#[derive(Clone, Debug)]
+pub struct AssumeRole {
+    /// The role, possibly per claimgate role: `${role}` is replaced by the role that allowed
+    /// the request.
+    pub role_arn: String,
+    /// The credentials that call AssumeRole (`static` or `aws`).
+    pub source: S3Credentials,
+    /// `DurationSeconds` asked for.
+    pub session_duration: Duration,
+    /// The STS endpoint; default: the SDK's (regional STS, or `AWS_ENDPOINT_URL_STS`).
+    pub sts_endpoint: Option<String>,
+    /// `ExternalId`, when the role's trust policy asks for one.
+    pub external_id: Option<Secret>,
+}
+
+/// An OAuth 2.0 client of the route's IdP (`oauth2_client_credentials`, `token_exchange`).
+#[derive(Clone, Debug)]
+pub struct OAuthClient {
+    /// The token endpoint.
+    pub token_url: url::Url,
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret` (sent with HTTP Basic, RFC 6749 §2.3.1).
+    pub client_secret: Secret,
+    /// `scope`, space-joined.
+    pub scopes: Vec<String>,
+    /// `audience`, when the IdP wants one (RFC 8693 §2.1, and Auth0/Okta's extension).
+    pub audience: Option<String>,
+    /// `resource` (RFC 8707).
+    pub resource: Option<String>,
+    /// An extra CA for the token endpoint.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Long-lived AWS keys a route signs with.
@@ -459,6 +559,12 @@ pub enum HttpCredentials {
         /// Header value.
         key: Secret,
     },
+    /// A service token of claimgate's own, from the IdP (client credentials grant), cached
+    /// until shortly before it expires.
+    OAuth2ClientCredentials(OAuthClient),
+    /// The caller's token exchanged at the IdP for one meant for the upstream (RFC 8693):
+    /// the upstream sees the caller.
+    TokenExchange(OAuthClient),
 }
 
 /// Why a config could not be loaded: every problem found, each with file and line.
@@ -1140,12 +1246,26 @@ fn compile_s3_route(
         Some(flag) if *flag.get_ref() => KeyRule::Literal,
         _ => KeyRule::Canonical,
     };
+    let upload_id_key = match &r.upload_id_key {
+        Some(k) => Some(c.secret(k.get_ref(), "upload_id_key", k)?),
+        None => None,
+    };
+    let credentials = s3_credentials(c, &r.credentials, credentials?)?;
+    let upload_id_key = match (upload_id_key, &credentials) {
+        (Some(k), _) => k,
+        (None, S3Credentials::Static(keys)) => keys.secret_access_key.clone(),
+        (None, _) => {
+            c.at(raw, format!("route {name:?}: without a static secret, multipart upload ids need `upload_id_key` to bind them to their keys (32 random bytes, base64, e.g. \"file:/etc/claimgate/upload-id.key\"; the same on every replica)"));
+            return None;
+        }
+    };
     Some(S3Route {
         region,
         service: r.service.clone().unwrap_or_else(|| "s3".into()),
         buckets: r.buckets.clone(),
         keys,
-        credentials: s3_credentials(c, &r.credentials, credentials?)?,
+        credentials,
+        upload_id_key,
     })
 }
 
@@ -1160,6 +1280,7 @@ fn compile_http_route(
         (r.buckets.is_some(), "buckets"),
         (r.region.is_some(), "region"),
         (r.service.is_some(), "service"),
+        (r.upload_id_key.is_some(), "upload_id_key"),
     ];
     refuse_misplaced(c, raw, name, &fields, "S3");
     if let Some(flag) = &r.literal_dot_keys {
@@ -1189,38 +1310,98 @@ fn s3_credentials(
     c: &mut Collector<'_>,
     raw: &Spanned<toml::Value>,
     creds: RawCredentials,
-) -> Option<SigV4Keys> {
-    match &creds {
+) -> Option<S3Credentials> {
+    match creds {
         RawCredentials::Static {
             access_key_id,
             secret_access_key,
             session_token,
         } => {
-            let ak = c.secret(access_key_id, "access_key_id", raw);
-            let sk = c.secret(secret_access_key, "secret_access_key", raw);
+            let ak = c.secret(&access_key_id, "access_key_id", raw);
+            let sk = c.secret(&secret_access_key, "secret_access_key", raw);
             let st = match session_token {
                 None => None,
-                Some(t) => Some(c.secret(t, "session_token", raw)?),
+                Some(t) => Some(c.secret(&t, "session_token", raw)?),
             };
-            Some(SigV4Keys {
+            Some(S3Credentials::Static(SigV4Keys {
                 access_key_id: ak?,
                 secret_access_key: sk?,
                 session_token: st,
-            })
+            }))
+        }
+        RawCredentials::Aws { profile } => Some(S3Credentials::Aws { profile }),
+        RawCredentials::AssumeRole {
+            role_arn,
+            source,
+            session_duration,
+            sts_endpoint,
+            external_id,
+        } => {
+            if matches!(*source, RawCredentials::AssumeRole { .. }) {
+                c.at(raw, "assume_role: `source` must be \"static\" or \"aws\" (claimgate assumes one role, it does not chain them)");
+                return None;
+            }
+            let source = s3_credentials(c, raw, *source);
+            if !role_arn_template_ok(&role_arn) {
+                c.at(raw, format!("assume_role: role_arn {role_arn:?} is not a role ARN (arn:aws:iam::<account>:role/<name>; `${{role}}` stands for the claimgate role)"));
+            }
+            let session_duration = match session_duration.as_deref().map(humantime::parse_duration) {
+                None => Duration::from_secs(3600),
+                Some(Ok(d)) if (900..=43_200).contains(&d.as_secs()) => d,
+                Some(Ok(_)) => {
+                    c.at(
+                        raw,
+                        "assume_role: session_duration must be between 15m and 12h (STS's bounds)",
+                    );
+                    return None;
+                }
+                Some(Err(e)) => {
+                    c.at(raw, format!("assume_role: session_duration: {e}"));
+                    return None;
+                }
+            };
+            if let Some(e) = &sts_endpoint
+                && url::Url::parse(e).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                c.at(
+                    raw,
+                    format!("assume_role: sts_endpoint {e:?} is not an http(s) URL"),
+                );
+            }
+            let external_id = match external_id {
+                None => None,
+                Some(e) => Some(c.secret(&e, "external_id", raw)?),
+            };
+            Some(S3Credentials::AssumeRole(Box::new(AssumeRole {
+                role_arn,
+                source: source?,
+                session_duration,
+                sts_endpoint,
+                external_id,
+            })))
         }
         other => {
-            let kind = if matches!(other, RawCredentials::Bearer { .. }) {
-                "bearer"
-            } else {
-                "api_key"
-            };
             c.at(
                 raw,
-                format!("credentials kind {kind:?} does not fit an S3 route (use \"static\")"),
+                format!(
+                    "credentials kind {:?} does not fit an S3 route (use \"static\", \"aws\" or \"assume_role\")",
+                    other.kind()
+                ),
             );
             None
         }
     }
+}
+
+/// `arn:<partition>:iam::<12 digits>:role/<path/name>`, with `${role}` allowed in the name.
+fn role_arn_template_ok(arn: &str) -> bool {
+    let probe = arn.replace("${role}", "x");
+    let parts: Vec<&str> = probe.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", _, "iam", "", account, resource]
+        if account.len() == 12
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty() && !n.ends_with('/'))
+            && !probe.contains("${"))
 }
 
 fn http_credentials(
@@ -1228,28 +1409,91 @@ fn http_credentials(
     raw: &Spanned<toml::Value>,
     creds: RawCredentials,
 ) -> Option<HttpCredentials> {
-    match &creds {
+    match creds {
         RawCredentials::Bearer { token } => Some(HttpCredentials::Bearer {
-            token: c.secret(token, "token", raw)?,
+            token: c.secret(&token, "token", raw)?,
         }),
         RawCredentials::ApiKey { header, token } => {
             let header = http::HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| c.at(raw, "`header` is not a valid header name"))
                 .ok();
-            let key = c.secret(token, "token", raw);
+            let key = c.secret(&token, "token", raw);
             Some(HttpCredentials::ApiKey {
                 header: header?,
                 key: key?,
             })
         }
-        RawCredentials::Static { .. } => {
+        RawCredentials::Oauth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            audience,
+            resource,
+            ca_file,
+        } => Some(HttpCredentials::OAuth2ClientCredentials(oauth_client(
+            c,
+            raw,
+            (token_url, client_id, client_secret),
+            (scopes, audience, resource, ca_file),
+        )?)),
+        RawCredentials::TokenExchange {
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            audience,
+            resource,
+            ca_file,
+        } => Some(HttpCredentials::TokenExchange(oauth_client(
+            c,
+            raw,
+            (token_url, client_id, client_secret),
+            (scopes, audience, resource, ca_file),
+        )?)),
+        other => {
             c.at(
                 raw,
-                "credentials kind \"static\" does not fit an HTTP route (use \"bearer\" or \"api_key\")",
+                format!(
+                    "credentials kind {:?} does not fit an HTTP route (use \"bearer\", \"api_key\", \"oauth2_client_credentials\" or \"token_exchange\")",
+                    other.kind()
+                ),
             );
             None
         }
     }
+}
+
+/// The fields both OAuth kinds share.
+type OAuthFields = (Vec<String>, Option<String>, Option<String>, Option<String>);
+
+fn oauth_client(
+    c: &mut Collector<'_>,
+    raw: &Spanned<toml::Value>,
+    (token_url, client_id, client_secret): (String, String, Secret),
+    (scopes, audience, resource, ca_file): OAuthFields,
+) -> Option<OAuthClient> {
+    let token_url = match url::Url::parse(&token_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+        _ => {
+            c.at(raw, format!("token_url {token_url:?} is not an http(s) URL"));
+            None
+        }
+    };
+    if client_id.is_empty() {
+        c.at(raw, "client_id is empty");
+    }
+    let client_secret = c.secret(&client_secret, "client_secret", raw);
+    let ca_file = ca_file.map(|p| c.path(&p));
+    Some(OAuthClient {
+        token_url: token_url?,
+        client_id,
+        client_secret: client_secret?,
+        scopes,
+        audience,
+        resource,
+        ca_file,
+    })
 }
 
 #[cfg(test)]
@@ -1301,7 +1545,10 @@ credentials = { kind = "bearer", token = "file:sk" }
         assert_eq!(c.server.denials, DenialDetail::Verbose);
         assert_eq!(c.policies.role_count(), 1);
         let s3 = c.routes[0].s3().expect("an S3 route");
-        assert_eq!(s3.credentials.secret_access_key.expose(), "secret");
+        let S3Credentials::Static(keys) = &s3.credentials else {
+            panic!("static keys");
+        };
+        assert_eq!(keys.secret_access_key.expose(), "secret");
     }
 
     #[test]

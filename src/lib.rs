@@ -30,6 +30,7 @@ pub mod body;
 pub mod classify;
 pub mod clock;
 pub mod config;
+pub mod credential_process;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod diag;

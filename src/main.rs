@@ -57,6 +57,35 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         _args: Vec<std::ffi::OsString>,
     },
+    /// Trade a web identity token at claimgate's STS; print the credentials for an SDK.
+    ///
+    /// For SDKs that cannot do web identity against claimgate themselves (pyarrow, Polars,
+    /// delta-rs): name this command as a profile's `credential_process`, and the SDK runs it
+    /// again whenever the credentials near their expiry.
+    Credentials {
+        /// claimgate's URL (its STS answers on the proxy port).
+        #[arg(long, env = "AWS_ENDPOINT_URL_STS")]
+        endpoint: String,
+        /// A claimgate role name (`trainer`) or a role ARN.
+        #[arg(long, env = "AWS_ROLE_ARN")]
+        role: String,
+        /// The file holding the OIDC token; read afresh on every run, so a rotated token
+        /// (a Kubernetes projected token, say) is picked up.
+        #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// `process`: AWS credential_process JSON; `env`: `export` lines for a shell.
+        #[arg(long, value_enum, default_value_t = claimgate::credential_process::Format::Process)]
+        format: claimgate::credential_process::Format,
+        /// Session length (e.g. 1h); default: the proxy's `[sts] default_session`.
+        #[arg(long)]
+        duration: Option<String>,
+        /// `RoleSessionName`, shown in the audit log.
+        #[arg(long, default_value = "claimgate-credentials")]
+        session_name: String,
+        /// An extra CA to trust for an https endpoint (e.g. `claimgate dev --tls`'s).
+        #[arg(long, env = "AWS_CA_BUNDLE")]
+        ca_file: Option<PathBuf>,
+    },
     /// Check the config and policies; print every problem as file:line: reason.
     Validate {
         /// Config file.
@@ -115,6 +144,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
+        Command::Credentials {
+            endpoint,
+            role,
+            token_file,
+            format,
+            duration,
+            session_name,
+            ca_file,
+        } => credentials(CredentialsArgs {
+            endpoint,
+            role,
+            token_file,
+            format,
+            duration,
+            session_name,
+            ca_file,
+        }),
         #[cfg(feature = "dev")]
         Command::Dev {
             dir,
@@ -256,6 +302,54 @@ fn dev(dir: PathBuf, port: u16, tls: bool, session: &str, command: Option<DevCom
             eprintln!("claimgate dev: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+struct CredentialsArgs {
+    endpoint: String,
+    role: String,
+    token_file: PathBuf,
+    format: claimgate::credential_process::Format,
+    duration: Option<String>,
+    session_name: String,
+    ca_file: Option<PathBuf>,
+}
+
+/// `claimgate credentials`. Exit 1 with one line on stderr when no credentials came: the
+/// SDK running it shows that line to the user.
+fn credentials(a: CredentialsArgs) -> ExitCode {
+    use claimgate::credential_process as cp;
+    let fail = |msg: String| {
+        eprintln!("claimgate credentials: {msg}");
+        ExitCode::FAILURE
+    };
+    let duration = match a.duration.as_deref().map(humantime::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("--duration: {e}")),
+    };
+    let token = match std::fs::read_to_string(&a.token_file) {
+        Ok(t) if !t.trim().is_empty() => claimgate::secret::Secret::new(t.trim()),
+        Ok(_) => return fail(format!("{}: the token file is empty", a.token_file.display())),
+        Err(e) => return fail(format!("{}: {e}", a.token_file.display())),
+    };
+    let trade = cp::Trade {
+        endpoint: &a.endpoint,
+        role: &a.role,
+        token,
+        session_name: &a.session_name,
+        duration,
+        ca_file: a.ca_file.as_deref().filter(|p| !p.as_os_str().is_empty()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start runtime: {e}")),
+    };
+    match runtime.block_on(cp::trade(&trade)) {
+        Ok(issued) => {
+            print!("{}", *cp::render(&issued, a.format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
     }
 }
 

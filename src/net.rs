@@ -152,3 +152,16 @@ where
         .pool_max_idle_per_host(256)
         .build(connector)
 }
+
+/// An error with every cause after it (`a: b: c`): hyper's client errors say only
+/// "client error (Connect)" at the top.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

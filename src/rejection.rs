@@ -40,6 +40,13 @@ pub enum UpstreamError {
         /// The upstream's error code.
         code: &'static str,
     },
+    /// claimgate has no credentials for the upstream right now (its STS, token endpoint
+    /// or credential chain failed): the operators' problem, and perhaps a passing one.
+    #[error("claimgate's credentials for upstream {route} are unavailable; the operators have been told")]
+    CredentialsUnavailable {
+        /// Route name.
+        route: String,
+    },
     /// No response head within the route's timeout.
     #[error("upstream {route} did not answer in time")]
     Timeout {
@@ -172,6 +179,9 @@ impl Rejection {
             Rejection::Upstream(UpstreamError::Unreachable { .. }) => "upstream_unreachable",
             Rejection::Upstream(UpstreamError::Broke { .. }) => "upstream_broke",
             Rejection::Upstream(UpstreamError::CredentialsRefused { .. }) => "upstream_refused_credentials",
+            Rejection::Upstream(UpstreamError::CredentialsUnavailable { .. }) => {
+                "upstream_credentials_unavailable"
+            }
             Rejection::Upstream(UpstreamError::Timeout { .. }) => "upstream_timeout",
             Rejection::BadBody { .. } => "bad_body",
             Rejection::IncompleteBody => "incomplete_body",
@@ -243,6 +253,9 @@ impl Rejection {
             }
             Rejection::Upstream(UpstreamError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, "GatewayTimeout")
+            }
+            Rejection::Upstream(UpstreamError::CredentialsUnavailable { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
             }
             Rejection::BadBody { .. } => (StatusCode::BAD_REQUEST, "MalformedXML"),
             Rejection::IncompleteBody => (StatusCode::BAD_REQUEST, "IncompleteBody"),

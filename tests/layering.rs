@@ -14,7 +14,15 @@ const RULES: &[(&[&str], &[&str])] = &[
     // Vocabulary and plumbing: below every stage.
     (
         &[
-            "model", "sigv4", "net", "xml_text", "diag", "clock", "secret", "metrics",
+            "model",
+            "sigv4",
+            "net",
+            "xml_text",
+            "diag",
+            "clock",
+            "secret",
+            "metrics",
+            "credential_process",
         ],
         &[
             "identity",

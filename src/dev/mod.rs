@@ -156,7 +156,8 @@ pub async fn run(opts: DevOptions, shutdown: impl std::future::Future<Output = (
         let token = key.mint(&issuer, name, &claims, 12 * 3600, now);
         idp::write_private(&dir.join("tokens").join(format!("{name}.jwt")), token.as_bytes())?;
     }
-    print_welcome(&dir, &proxy, &admin, &issuer, seeded, tls.as_deref());
+    let aws_config = write_aws_config(&dir, &proxy, tls.as_deref())?;
+    print_welcome(&dir, &proxy, &admin, &issuer, seeded, tls.as_deref(), &aws_config);
     if !server.run(shutdown).await {
         return Err("the audit log could not be flushed: records were lost".into());
     }
@@ -300,7 +301,41 @@ fn sh(path: &Path) -> String {
     }
 }
 
-fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: bool, ca: Option<&Path>) {
+/// The AWS profile whose `credential_process` trades alice's token at claimgate's STS, for
+/// SDKs that cannot do web identity against it themselves (pyarrow's C++ SDK ignores
+/// `AWS_ENDPOINT_URL_STS`; object_store refuses an http STS). Written to `DIR/aws-config`
+/// on every start, since the ports and the binary's path may have changed. Returns the
+/// profile text.
+fn write_aws_config(dir: &Path, proxy: &str, ca: Option<&Path>) -> Result<String, String> {
+    let exe = std::env::current_exe()
+        .map(|p| sh(&p))
+        .unwrap_or_else(|_| "claimgate".into());
+    let ca_arg = ca.map(|c| format!(" --ca-file {}", sh(c))).unwrap_or_default();
+    let ca_line = ca
+        .map(|c| format!("ca_bundle = {}\n", c.display()))
+        .unwrap_or_default();
+    let profile = format!(
+        "[profile claimgate]\nregion = us-east-1\nendpoint_url = {proxy}\n{ca_line}credential_process = {exe} credentials --endpoint {proxy} --role trainer --token-file {}{ca_arg}\n",
+        sh(&dir.join("tokens/alice.jwt")),
+    );
+    let path = dir.join("aws-config");
+    std::fs::write(
+        &path,
+        format!("# Written by `claimgate dev` at each start: the profile of alice as trainer.\n{profile}"),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(profile)
+}
+
+fn print_welcome(
+    dir: &Path,
+    proxy: &str,
+    admin: &str,
+    issuer: &str,
+    seeded: bool,
+    ca: Option<&Path>,
+    aws_config: &str,
+) {
     let d = dir.display();
     let tok = |n: &str| format!("$(cat {})", sh(&dir.join("tokens").join(format!("{n}.jwt"))));
     // The binary as it was started, so the lines paste even when it is not on PATH.
@@ -364,6 +399,20 @@ fn print_welcome(dir: &Path, proxy: &str, admin: &str, issuer: &str, seeded: boo
         "  export AWS_WEB_IDENTITY_TOKEN_FILE={}\n  export AWS_ROLE_ARN=arn:aws:iam::000000000000:role/trainer\n  export AWS_ENDPOINT_URL_STS={proxy}\n  export AWS_ENDPOINT_URL_S3={proxy}\n  export AWS_DEFAULT_REGION=us-east-1\n{ca_line}  aws s3 ls s3://datasets/imagenet/train/\n",
         sh(&dir.join("tokens/alice.jwt"))
     ));
+    out.push_str(
+        "\npyarrow, Polars, delta-rs (SDKs that cannot reach claimgate's STS themselves) take this profile\n",
+    );
+    out.push_str(&format!(
+        "instead: its credential_process trades the token, and runs again before expiry ({}):\n",
+        dir.join("aws-config").display()
+    ));
+    out.push_str(&format!(
+        "  export AWS_CONFIG_FILE={}\n  export AWS_PROFILE=claimgate\n",
+        sh(&dir.join("aws-config"))
+    ));
+    for line in aws_config.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
     out.push_str("\nclaimgate dev: ready\n");
     print!("{out}");
     use std::io::Write;

@@ -347,6 +347,41 @@ impl DevStore {
         Ok(answer)
     }
 
+    /// A folder is not an object: S3 answers NoSuchKey for a key that only prefixes others
+    /// (pyarrow asks, to tell a dataset folder from a file), where s3s-fs fails on the
+    /// directory with a 500.
+    fn not_a_folder(&self, bucket: &str, key: &str) -> S3Result<()> {
+        match object_path(&self.root, bucket, key) {
+            Some(path) if path.is_dir() => Err(s3_error!(NoSuchKey)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn head(
+        &self,
+        req: S3Request<dto::HeadObjectInput>,
+    ) -> S3Result<S3Response<dto::HeadObjectOutput>> {
+        self.not_a_folder(&req.input.bucket, &req.input.key)?;
+        self.fs.head_object(req).await
+    }
+
+    async fn get(
+        &self,
+        mut req: S3Request<dto::GetObjectInput>,
+    ) -> S3Result<S3Response<dto::GetObjectOutput>> {
+        self.not_a_folder(&req.input.bucket, &req.input.key)?;
+        // A suffix range longer than the object is the whole object (RFC 9110 §14.1.3), as
+        // S3 serves it; s3s-fs fails with a 500. Parquet readers ask for the last 64 KiB.
+        if let Some(dto::Range::Suffix { length }) = req.input.range
+            && let Some(path) = object_path(&self.root, &req.input.bucket, &req.input.key)
+            && let Ok(meta) = tokio::fs::metadata(&path).await
+            && length >= meta.len()
+        {
+            req.input.range = Some(dto::Range::Int { first: 0, last: None });
+        }
+        self.fs.get_object(req).await
+    }
+
     async fn get_tagging(
         &self,
         req: S3Request<dto::GetObjectTaggingInput>,
@@ -488,14 +523,14 @@ impl S3 for DevStore {
         list_buckets: ListBucketsInput => ListBucketsOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
-        get_object: GetObjectInput => GetObjectOutput;
-        head_object: HeadObjectInput => HeadObjectOutput;
         upload_part: UploadPartInput => UploadPartOutput;
         upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput;
         list_parts: ListPartsInput => ListPartsOutput;
     }
 
     answered_here! {
+        get_object: GetObjectInput => GetObjectOutput by get;
+        head_object: HeadObjectInput => HeadObjectOutput by head;
         put_object: PutObjectInput => PutObjectOutput by put;
         copy_object: CopyObjectInput => CopyObjectOutput by copy;
         delete_object: DeleteObjectInput => DeleteObjectOutput by delete;

@@ -309,7 +309,7 @@ impl IssuerKeys {
         let resp = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(crate::net::error_chain(&e)))?;
         if resp.status() != http::StatusCode::OK {
             return Err(FetchError::Status {
                 url: url.to_string(),
@@ -360,15 +360,4 @@ pub fn parse_key(value: serde_json::Value) -> Option<Key> {
             .filter(|a| !a.is_empty()),
         key,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -463,7 +463,7 @@ fn refuse_ambiguous(parts: &Parts) -> Result<(), AuthError> {
 }
 
 /// The token of `Authorization: Bearer <token>`.
-fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
+pub fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         if parts.uri.query().is_some_and(|q| q.contains("AWSAccessKeyId=")) {
             return Err(AuthError::UnsupportedScheme {

@@ -25,8 +25,8 @@ use crate::digest::Declared;
 use crate::identity::AuthError;
 use crate::model::{AuthMethod, Identity};
 use crate::rejection::Rejection;
-use crate::upstream::Route;
 use crate::upstream::post_sign::sign_form_upload;
+use crate::upstream::{Downstream, Route};
 
 /// Runs a form upload through the phases. `caller` is the bearer identity already proven,
 /// if the request had one.
@@ -77,12 +77,16 @@ pub(super) async fn upload(
     let permit = authorize(proxy, route, &identity, operation, ctx)?;
 
     // sign
+    let downstream = super::downstream(route, &identity, &permit, &parts).await?;
+    let Downstream::S3(keys) = downstream else {
+        return Err(Rejection::Internal);
+    };
     let prefix = sign_form_upload(
         permit,
         &form,
         length.as_ref(),
         &mut parts,
-        route,
+        (route, &keys.keys),
         proxy.clock.now(),
     )?;
 

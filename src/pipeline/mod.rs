@@ -39,9 +39,10 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation, ResourceKind};
 use crate::policy::{Permit, PolicySet};
 use crate::rejection::{Rejection, UpstreamError};
+use crate::upstream::credentials::Caller;
 use crate::upstream::forward::{ForwardError, forward};
 use crate::upstream::sign::{self, sign_upstream, strip_hop_by_hop};
-use crate::upstream::{Route, Router};
+use crate::upstream::{Downstream, Route, Router};
 use answer::Reply;
 use context::Ctx;
 pub use context::connection_refused;
@@ -238,11 +239,38 @@ async fn run(
     let declared = Declared::from_headers(&parts.headers)?;
     let answer = answer::unwrap_upload_id(&route, permit.operation(), &mut parts, ctx)?;
     let body = upstream_body(inbound, &declared, caller.chunks, &mut parts.headers, ctx)?;
-    sign_upstream(permit, &mut parts, &route, proxy.clock.now())?;
+    let downstream = downstream(&route, &caller.identity, &permit, &parts).await?;
+    sign_upstream(permit, &mut parts, &route, &downstream, proxy.clock.now())?;
 
     // forward
     let resp = send(proxy, &route, Request::from_parts(parts, body), ctx).await?;
     answer::screen(proxy, &route, resp, answer, ctx).await
+}
+
+/// The route's credentials for this caller: its keys, a session assumed for the caller, or a
+/// token from the route's token endpoint. A failure is the operators' to fix: the caller
+/// learns only that the upstream's credentials are unavailable; the log says why.
+async fn downstream(
+    route: &Route,
+    identity: &Identity,
+    permit: &Permit,
+    parts: &Parts,
+) -> Result<Downstream, Rejection> {
+    let caller = Caller {
+        identity,
+        role: permit
+            .rules()
+            .first()
+            .map(|r| &*r.role)
+            .or_else(|| identity.session_role()),
+    };
+    let caller_token = crate::identity::bearer_token(parts).ok();
+    route.downstream(&caller, caller_token).await.map_err(|e| {
+        tracing::error!(route = %route.config.name, error = %e, "no upstream credentials for a request");
+        Rejection::Upstream(UpstreamError::CredentialsUnavailable {
+            route: route.config.name.clone(),
+        })
+    })
 }
 
 /// Picks the route; an HTTP route's refusals are JSON problems from here on.

@@ -2,7 +2,9 @@
 //! policy of browser form uploads), the pooled client, and the binding of multipart upload
 //! ids to their keys. (The pooled client itself is [`crate::net`]'s.)
 
+pub mod credentials;
 pub mod forward;
+pub mod oauth;
 pub mod post_sign;
 pub mod s3_signer;
 pub mod sign;
@@ -13,9 +15,13 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 
+use http::{HeaderName, HeaderValue};
+
 use crate::body::Paced;
-use crate::config::{Limits, RouteApi, RouteConfig};
+use crate::config::{HttpCredentials, Limits, RouteApi, RouteConfig};
 use crate::net;
+use crate::upstream::credentials::{Caller, CredentialsError, KeySource, SigningKeys};
+use crate::upstream::oauth::{Grant, TokenSource};
 use crate::upstream::upload_id::UploadIdBinding;
 
 /// A route with its connection pool.
@@ -31,8 +37,10 @@ pub struct Route {
     pub authority: http::uri::Authority,
     /// How long the upstream may take to answer, and to send each part of its answer.
     pub timeouts: Timeouts,
-    /// S3 routes: signs requests with the route's keys (the day's signing key cached).
+    /// S3 routes: signs requests with the keys of [`Route::downstream`].
     pub s3_signer: Option<s3_signer::S3Signer>,
+    /// How claimgate proves itself to the upstream.
+    auth: RouteAuth,
     /// S3 routes: the key that binds multipart upload ids to their bucket and key, derived
     /// from the route's secret (see [`upload_id`]). `None` on HTTP routes.
     pub upload_ids: Option<UploadIdBinding>,
@@ -68,19 +76,18 @@ impl Route {
         let authority = authority
             .parse()
             .map_err(|e| format!("route {}: bad upstream authority: {e}", config.name))?;
-        // S3 routes bind multipart upload ids with a key derived from the route's secret.
+        // S3 routes bind multipart upload ids with a key derived from the route's secret (or
+        // its `upload_id_key`).
         let upload_ids = config
             .s3()
-            .map(|s3| UploadIdBinding::from_secret(s3.credentials.secret_access_key.expose().as_bytes()));
-        let s3_signer = match config.s3() {
-            Some(s3) => Some(
-                s3_signer::S3Signer::new(&s3.credentials, &s3.region, &s3.service)
-                    .map_err(|e| format!("route {}: {e}", config.name))?,
-            ),
-            None => None,
-        };
+            .map(|s3| UploadIdBinding::from_secret(s3.upload_id_key.expose().as_bytes()));
+        let s3_signer = config
+            .s3()
+            .map(|s3| s3_signer::S3Signer::new(&s3.region, &s3.service));
+        let auth = RouteAuth::new(&config, limits).map_err(|e| format!("route {}: {e}", config.name))?;
         Ok(Route {
             s3_signer,
+            auth,
             clients: (0..workers.max(1))
                 .map(|_| net::client(connector.clone()))
                 .collect(),
@@ -94,6 +101,78 @@ impl Route {
             authority,
             config,
         })
+    }
+}
+
+/// What a request carries to the upstream to prove claimgate's (or the caller's) right.
+pub enum Downstream {
+    /// Keys to sign an S3 request with.
+    S3(Arc<SigningKeys>),
+    /// A header to add (`Authorization: Bearer …`, or an API key).
+    Header(HeaderName, HeaderValue),
+}
+
+/// A route's credentials, ready to hand out per request.
+enum RouteAuth {
+    /// S3 routes.
+    Keys(KeySource),
+    /// A header that never changes (`bearer`, `api_key`).
+    Fixed(HeaderName, HeaderValue),
+    /// A token from the route's token endpoint.
+    Token(Box<TokenSource>),
+}
+
+impl RouteAuth {
+    fn new(config: &RouteConfig, limits: &Limits) -> Result<RouteAuth, String> {
+        let sensitive = |mut v: HeaderValue| {
+            v.set_sensitive(true);
+            v
+        };
+        Ok(match &config.api {
+            RouteApi::S3(s3) => RouteAuth::Keys(KeySource::new(&s3.credentials, &s3.region)?),
+            RouteApi::Http(http) => match &http.credentials {
+                HttpCredentials::Bearer { token } => {
+                    let value =
+                        HeaderValue::from_str(&zeroize::Zeroizing::new(format!("Bearer {}", token.expose())))
+                            .map_err(|_| "the route token is not a valid header value".to_string())?;
+                    RouteAuth::Fixed(http::header::AUTHORIZATION, sensitive(value))
+                }
+                HttpCredentials::ApiKey { header, key } => {
+                    let value = HeaderValue::from_str(key.expose())
+                        .map_err(|_| "the route key is not a valid header value".to_string())?;
+                    RouteAuth::Fixed(header.clone(), sensitive(value))
+                }
+                HttpCredentials::OAuth2ClientCredentials(c) => RouteAuth::Token(Box::new(TokenSource::new(
+                    c,
+                    Grant::ClientCredentials,
+                    limits.upstream_connect_timeout,
+                )?)),
+                HttpCredentials::TokenExchange(c) => RouteAuth::Token(Box::new(TokenSource::new(
+                    c,
+                    Grant::TokenExchange,
+                    limits.upstream_connect_timeout,
+                )?)),
+            },
+        })
+    }
+}
+
+impl Route {
+    /// What `caller`'s request carries upstream. `caller_token` is the caller's own bearer
+    /// token, for a token exchange.
+    pub async fn downstream(
+        &self,
+        caller: &Caller<'_>,
+        caller_token: Option<&str>,
+    ) -> Result<Downstream, CredentialsError> {
+        match &self.auth {
+            RouteAuth::Keys(source) => source.keys(caller).await.map(Downstream::S3),
+            RouteAuth::Fixed(name, value) => Ok(Downstream::Header(name.clone(), value.clone())),
+            RouteAuth::Token(source) => source
+                .authorization(caller_token)
+                .await
+                .map(|v| Downstream::Header(http::header::AUTHORIZATION, v)),
+        }
     }
 }
 

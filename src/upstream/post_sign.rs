@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use super::Route;
 use super::sign::{retarget, unsignable};
 use crate::classify::PostForm;
-use crate::config::S3Route;
+use crate::config::{S3Route, SigV4Keys};
 use crate::model::S3Address;
 use crate::policy::Permit;
 use crate::sigv4::ALGORITHM;
@@ -58,7 +58,7 @@ pub fn sign_form_upload(
     form: &PostForm,
     length: Option<&RangeInclusive<u64>>,
     parts: &mut Parts,
-    route: &Route,
+    (route, keys): (&Route, &SigV4Keys),
     now: SystemTime,
 ) -> Result<Bytes, SignError> {
     let op = permit.operation();
@@ -81,13 +81,13 @@ pub fn sign_form_upload(
         parts.headers.remove(name);
     }
 
-    let signed = SignedPolicy::new(s3, (bucket, key), form, length, now);
+    let signed = SignedPolicy::new(s3, keys, (bucket, key), form, length, now);
     let mut fields: Vec<(&str, &str)> = vec![("key", key.as_str())];
     fields.extend(form.forwarded_fields());
     fields.push(("x-amz-algorithm", ALGORITHM));
     fields.push(("x-amz-credential", &signed.credential));
     fields.push(("x-amz-date", &signed.amz_date));
-    if let Some(token) = &s3.credentials.session_token {
+    if let Some(token) = &keys.session_token {
         fields.push(("x-amz-security-token", token.expose()));
     }
     fields.push(("policy", &signed.policy));
@@ -111,17 +111,13 @@ struct SignedPolicy {
 impl SignedPolicy {
     fn new(
         route: &S3Route,
+        keys: &SigV4Keys,
         (bucket, key): (&str, &str),
         form: &PostForm,
         length: Option<&RangeInclusive<u64>>,
         now: SystemTime,
     ) -> Self {
-        let S3Route {
-            region,
-            service,
-            credentials: keys,
-            ..
-        } = route;
+        let S3Route { region, service, .. } = route;
         let (date, amz_date) = amz_dates(now);
         let credential = format!(
             "{}/{date}/{region}/{service}/aws4_request",

@@ -11,69 +11,42 @@
 //! of spaces and runs of spaces collapsed; `x-amz-date`, `x-amz-content-sha256` and the
 //! session token (when the route has one) are added and signed.
 
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use aws_lc_rs::hmac;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue};
 
+use super::credentials::SigningKeys;
 use super::sign::{SignError, s3_signed_header, unsignable};
-use crate::config::SigV4Keys;
-use crate::secret::Secret;
 use crate::sigv4::header::{X_AMZ_CONTENT_SHA256, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
 use crate::sigv4::{self, ALGORITHM};
 
-/// A route's S3 signing state.
+/// A route's S3 signing settings; the keys come with each request (see
+/// [`super::credentials`]), each set holding its own day's signing key.
 pub struct S3Signer {
-    access_key_id: Secret,
-    secret_access_key: Secret,
-    session_token: Option<HeaderValue>,
     region: String,
     service: String,
-    /// The signing key of one UTC day (`YYYYMMDD`), derived at its first use.
-    day: Mutex<Option<(String, hmac::Key)>>,
 }
 
 impl S3Signer {
-    /// A signer for a route's keys, region and service.
-    pub fn new(keys: &SigV4Keys, region: &str, service: &str) -> Result<S3Signer, String> {
-        let session_token = match &keys.session_token {
-            None => None,
-            Some(t) => {
-                let mut v = HeaderValue::from_str(t.expose())
-                    .map_err(|_| "the route's session token is not a valid header value".to_string())?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-        };
-        Ok(S3Signer {
-            access_key_id: keys.access_key_id.clone(),
-            secret_access_key: keys.secret_access_key.clone(),
-            session_token,
+    /// A signer for a route's region and service.
+    pub fn new(region: &str, service: &str) -> S3Signer {
+        S3Signer {
             region: region.to_string(),
             service: service.to_string(),
-            day: Mutex::new(None),
-        })
-    }
-
-    /// The signing key for `date` (`YYYYMMDD`), derived once per day.
-    fn key_for(&self, date: &str) -> hmac::Key {
-        let mut day = self.day.lock().unwrap_or_else(|e| e.into_inner());
-        match &*day {
-            Some((d, key)) if d == date => key.clone(),
-            _ => {
-                let key =
-                    sigv4::signing_key(self.secret_access_key.expose(), date, &self.region, &self.service);
-                *day = Some((date.to_string(), key.clone()));
-                key
-            }
         }
     }
 
     /// Signs `parts` in place: adds `x-amz-date`, `x-amz-content-sha256` (`payload`), the
     /// route's session token, and `authorization`.
-    pub fn sign(&self, parts: &mut Parts, payload: &str, now: SystemTime) -> Result<(), SignError> {
+    pub fn sign(
+        &self,
+        keys: &SigningKeys,
+        parts: &mut Parts,
+        payload: &str,
+        now: SystemTime,
+    ) -> Result<(), SignError> {
         let amz_date = sigv4::amz_date(now);
         let date = &amz_date[..8];
         let headers = &mut parts.headers;
@@ -85,16 +58,17 @@ impl S3Signer {
             HeaderName::from_static(X_AMZ_CONTENT_SHA256),
             HeaderValue::from_str(payload).map_err(|_| unsignable("bad payload hash".into()))?,
         );
-        if let Some(token) = &self.session_token {
+        if let Some(token) = &keys.session_token {
             headers.insert(HeaderName::from_static(X_AMZ_SECURITY_TOKEN), token.clone());
         }
         let canonical = canonical_request(parts, payload)?;
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
         let to_sign = sigv4::string_to_sign(&amz_date, &scope, &canonical.request);
-        let signature = hmac::sign(&self.key_for(date), to_sign.as_bytes());
+        let day_key = keys.key_for(date, &self.region, &self.service);
+        let signature = hmac::sign(&day_key, to_sign.as_bytes());
         let mut authorization = format!(
             "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature=",
-            self.access_key_id.expose(),
+            keys.keys.access_key_id.expose(),
             canonical.signed_headers,
         );
         sigv4::push_hex(&mut authorization, signature.as_ref());
@@ -192,6 +166,8 @@ fn push_trimmed(out: &mut Vec<u8>, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SigV4Keys;
+    use crate::secret::Secret;
     use crate::upstream::sign::{Signer, s3_settings, sign_v4};
     use aws_credential_types::Credentials as AwsCredentials;
     use aws_sigv4::http_request::SignableBody;
@@ -298,12 +274,13 @@ mod tests {
         ];
         for token in [None, Some("FwoGZXIvYXdzEXAMPLETOKEN//+=")] {
             let keys = keys(token);
-            let signer = S3Signer::new(&keys, "us-east-1", "s3").unwrap();
+            let signing = SigningKeys::new(keys.clone(), None).unwrap();
+            let signer = S3Signer::new("us-east-1", "s3");
             for (method, uri, headers, payload) in cases {
                 for now in times {
                     let mut ours = request(method, uri, headers);
                     let mut theirs = request(method, uri, headers);
-                    signer.sign(&mut ours, payload, now).unwrap();
+                    signer.sign(&signing, &mut ours, payload, now).unwrap();
                     reference(&mut theirs, &keys, payload, now);
                     assert_eq!(
                         ours.headers, theirs.headers,
@@ -316,13 +293,14 @@ mod tests {
 
     #[test]
     fn the_signing_key_is_derived_once_per_day() {
-        let signer = S3Signer::new(&keys(None), "us-east-1", "s3").unwrap();
+        let signer = S3Signer::new("us-east-1", "s3");
+        let signing = SigningKeys::new(keys(None), None).unwrap();
         let day1 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
         let mut p = request("GET", "http://s3.local/b/k", &[("host", "s3.local")]);
-        signer.sign(&mut p, "UNSIGNED-PAYLOAD", day1).unwrap();
-        assert_eq!(signer.day.lock().unwrap().as_ref().unwrap().0, "20251124");
+        signer.sign(&signing, &mut p, "UNSIGNED-PAYLOAD", day1).unwrap();
+        assert_eq!(signing.day_of_key().as_deref(), Some("20251124"));
         let day2 = day1 + std::time::Duration::from_secs(86_400);
-        signer.sign(&mut p, "UNSIGNED-PAYLOAD", day2).unwrap();
-        assert_eq!(signer.day.lock().unwrap().as_ref().unwrap().0, "20251125");
+        signer.sign(&signing, &mut p, "UNSIGNED-PAYLOAD", day2).unwrap();
+        assert_eq!(signing.day_of_key().as_deref(), Some("20251125"));
     }
 }

@@ -17,12 +17,12 @@ use aws_sigv4::sign::v4;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 
-use crate::config::{HttpCredentials, RouteApi};
+use crate::config::RouteApi;
 use crate::model::{CopySource, Operation, S3Address};
 use crate::policy::Permit;
 use crate::sigv4;
 use crate::sigv4::header::{X_AMZ_CONTENT_SHA256, X_AMZ_DATE, X_AMZ_SECURITY_TOKEN};
-use crate::upstream::Route;
+use crate::upstream::{Downstream, Route};
 
 /// Refusals of the sign stage.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +71,7 @@ pub fn sign_upstream(
     permit: Permit,
     parts: &mut Parts,
     route: &Route,
+    downstream: &Downstream,
     now: SystemTime,
 ) -> Result<(), SignError> {
     let op = permit.operation();
@@ -81,29 +82,19 @@ pub fn sign_upstream(
         .map(str::to_string);
     retarget(op, parts, route)?;
 
-    match &route.config.api {
-        RouteApi::S3(_) => {
+    match (&route.config.api, downstream) {
+        (RouteApi::S3(_), Downstream::S3(keys)) => {
             let payload = payload_for(caller_payload.as_deref())?;
             let signer = route.s3_signer.as_ref().ok_or(SignError::Unsignable {
                 reason: "the S3 route has no signer".into(),
             })?;
-            signer.sign(parts, payload.as_ref(), now)
+            signer.sign(keys, parts, payload.as_ref(), now)
         }
-        RouteApi::Http(http) => match &http.credentials {
-            HttpCredentials::Bearer { token } => {
-                let value =
-                    HeaderValue::from_str(&zeroize::Zeroizing::new(format!("Bearer {}", token.expose())))
-                        .map_err(|_| unsignable("route token is not a valid header value".into()))?;
-                parts.headers.insert(header::AUTHORIZATION, sensitive(value));
-                Ok(())
-            }
-            HttpCredentials::ApiKey { header, key } => {
-                let value = HeaderValue::from_str(key.expose())
-                    .map_err(|_| unsignable("route key is not a valid header value".into()))?;
-                parts.headers.insert(header.clone(), sensitive(value));
-                Ok(())
-            }
-        },
+        (RouteApi::Http(_), Downstream::Header(name, value)) => {
+            parts.headers.insert(name.clone(), value.clone());
+            Ok(())
+        }
+        _ => Err(unsignable("the route's credentials do not fit its kind".into())),
     }
 }
 

@@ -37,9 +37,11 @@ class Dev:
         proxy = next(l.split()[1] for l in self.lines if l.strip().startswith("proxy "))
         self.url = proxy
         # the variables exactly as `claimgate dev` prints them for a newcomer to paste
-        self.printed = dict(
-            l.strip()[len("export "):].split("=", 1) for l in self.lines if l.strip().startswith("export AWS_")
-        )
+        exports = [l.strip()[len("export "):].split("=", 1) for l in self.lines if l.strip().startswith("export AWS_")]
+        # the web-identity block, and the credential_process profile printed after it
+        profile = {"AWS_CONFIG_FILE", "AWS_PROFILE"}
+        self.printed = {k: v for k, v in exports if k not in profile}
+        self.profile_vars = {k: v for k, v in exports if k in profile}
         assert set(self.printed) >= {
             "AWS_WEB_IDENTITY_TOKEN_FILE",
             "AWS_ROLE_ARN",
@@ -71,6 +73,14 @@ class Dev:
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
             AWS_EC2_METADATA_DISABLED="true",
         )
+        return env
+
+    def profile_env(self):
+        """What a pyarrow/Polars/Lance job gets: the profile `claimgate dev` printed, whose
+        credential_process trades the token (no web-identity variables at all)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(self.profile_vars)
+        env.update(AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true")
         return env
 
     def audit(self):
