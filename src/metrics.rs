@@ -111,7 +111,7 @@ impl Metrics {
         let upstream_errors = counter(
             &registry,
             "claimgate_upstream_errors_total",
-            "Upstream failures by route and kind (connect, timeout, other).",
+            "Upstream failures by route and kind (connect, timeout, other; credentials: claimgate had none for the upstream).",
             &["route", "kind"],
         );
         let shadow = counter(

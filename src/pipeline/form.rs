@@ -77,7 +77,7 @@ pub(super) async fn upload(
     let permit = authorize(proxy, route, &identity, operation, ctx)?;
 
     // sign
-    let downstream = super::downstream(route, &identity, &permit, &parts).await?;
+    let downstream = super::downstream(proxy, route, &identity, &permit, &parts).await?;
     let Downstream::S3(keys) = downstream else {
         return Err(Rejection::Internal);
     };

@@ -239,7 +239,7 @@ async fn run(
     let declared = Declared::from_headers(&parts.headers)?;
     let answer = answer::unwrap_upload_id(&route, permit.operation(), &mut parts, ctx)?;
     let body = upstream_body(inbound, &declared, caller.chunks, &mut parts.headers, ctx)?;
-    let downstream = downstream(&route, &caller.identity, &permit, &parts).await?;
+    let downstream = downstream(proxy, &route, &caller.identity, &permit, &parts).await?;
     sign_upstream(permit, &mut parts, &route, &downstream, proxy.clock.now())?;
 
     // forward
@@ -251,6 +251,7 @@ async fn run(
 /// token from the route's token endpoint. A failure is the operators' to fix: the caller
 /// learns only that the upstream's credentials are unavailable; the log says why.
 async fn downstream(
+    proxy: &Proxy,
     route: &Route,
     identity: &Identity,
     permit: &Permit,
@@ -267,6 +268,7 @@ async fn downstream(
     let caller_token = crate::identity::bearer_token(parts).ok();
     route.downstream(&caller, caller_token).await.map_err(|e| {
         tracing::error!(route = %route.config.name, error = %e, "no upstream credentials for a request");
+        proxy.metrics.upstream_error(&route.config.name, "credentials");
         Rejection::Upstream(UpstreamError::CredentialsUnavailable {
             route: route.config.name.clone(),
         })

@@ -291,8 +291,6 @@ def test_hf_datasets_load_parquet_write_and_denial(web_identity, tmp_path, monke
     import pyarrow.parquet as pq
     import s3fs
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     fs = s3fs.S3FileSystem()
     buf = io.BytesIO()
     pq.write_table(table(), buf)
@@ -311,6 +309,33 @@ def test_hf_datasets_load_parquet_write_and_denial(web_identity, tmp_path, monke
     with pytest.raises(PermissionError):
         datasets.load_dataset("csv", data_files="s3://datasets/pii/users.csv", storage_options={}, cache_dir=str(tmp_path / "hf2"))
     assert denied(web_identity, "s3://datasets/pii/users.csv")
+
+
+def test_hf_datasets_across_session_expiries(short, tmp_path, monkeypatch):
+    import datasets
+    import pyarrow.parquet as pq
+    import s3fs
+
+    use(monkeypatch, short.env())
+    buf = io.BytesIO()
+    pq.write_table(table(), buf)
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe("checkpoints/alice/hf/expiry.parquet", buf.getvalue())
+
+    loads = iter(range(1000))
+
+    def load():
+        # a fresh cache each time, so every load reads from S3
+        ds = datasets.load_dataset(
+            "parquet",
+            data_files="s3://checkpoints/alice/hf/expiry.parquet",
+            # not the filesystem an earlier test cached (another dev's endpoint and token)
+            storage_options={"skip_instance_cache": True},
+            cache_dir=str(tmp_path / f"hf-{next(loads)}"),
+            split="train",
+        )
+        assert ds.num_rows == 4
+
+    across_expiries(short, load)
 
 
 # --- PyTorch DataLoader over an S3-backed dataset (fsspec) -----------------------------------
