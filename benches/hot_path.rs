@@ -91,7 +91,7 @@ fn fixture() -> Fixture {
         .enable_all()
         .build()
         .unwrap();
-    let router = rt.block_on(async { Router::new(&config.routes, &config.limits, 1).unwrap() });
+    let router = rt.block_on(async { Router::new(&config.routes, &config.limits, 1, None).unwrap() });
     Fixture {
         router,
         config,

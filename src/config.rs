@@ -473,7 +473,7 @@ pub struct S3Route {
 }
 
 /// Where an S3 route's signing keys come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum S3Credentials {
     /// Long-lived keys from the config.
     Static(SigV4Keys),
@@ -488,7 +488,7 @@ pub enum S3Credentials {
 }
 
 /// `{ kind = "assume_role", … }`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AssumeRole {
     /// The role, possibly per claimgate role: `${role}` is replaced by the role that allowed
     /// the request.
@@ -504,7 +504,7 @@ pub struct AssumeRole {
 }
 
 /// An OAuth 2.0 client of the route's IdP (`oauth2_client_credentials`, `token_exchange`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OAuthClient {
     /// The token endpoint.
     pub token_url: url::Url,
@@ -523,7 +523,7 @@ pub struct OAuthClient {
 }
 
 /// Long-lived AWS keys a route signs with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SigV4Keys {
     /// Access key id.
     pub access_key_id: Secret,
@@ -545,7 +545,7 @@ pub struct HttpRoute {
 }
 
 /// How claimgate authenticates to an HTTP upstream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum HttpCredentials {
     /// `Authorization: Bearer <token>`.
     Bearer {
@@ -1064,6 +1064,19 @@ fn check_idp_url(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) {
     }
 }
 
+/// An endpoint claimgate sends secrets to (client secrets, callers' tokens, and STS calls
+/// whose answers are keys): https, or http on loopback only.
+fn secret_carrying_url(v: &str) -> Result<url::Url, &'static str> {
+    match url::Url::parse(v) {
+        Ok(u) if u.scheme() == "https" => Ok(u),
+        Ok(u) if u.scheme() == "http" && is_loopback(&u) => Ok(u),
+        Ok(u) if u.scheme() == "http" => {
+            Err("must be an https:// URL (http is allowed only on loopback): secrets travel to it")
+        }
+        _ => Err("is not an http(s) URL"),
+    }
+}
+
 fn is_loopback(u: &url::Url) -> bool {
     match u.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
@@ -1247,7 +1260,18 @@ fn compile_s3_route(
         _ => KeyRule::Canonical,
     };
     let upload_id_key = match &r.upload_id_key {
-        Some(k) => Some(c.secret(k.get_ref(), "upload_id_key", k)?),
+        Some(k) => {
+            let key = c.secret(k.get_ref(), "upload_id_key", k)?;
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(key.expose().trim())
+                .map(|b| b.len());
+            if !matches!(bytes, Ok(n) if n >= 32) {
+                c.at(k, "upload_id_key must be at least 32 random bytes, base64 (`head -c 32 /dev/urandom | base64`)");
+                return None;
+            }
+            Some(key)
+        }
         None => None,
     };
     let credentials = s3_credentials(c, &r.credentials, credentials?)?;
@@ -1361,12 +1385,9 @@ fn s3_credentials(
                 }
             };
             if let Some(e) = &sts_endpoint
-                && url::Url::parse(e).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+                && let Err(why) = secret_carrying_url(e)
             {
-                c.at(
-                    raw,
-                    format!("assume_role: sts_endpoint {e:?} is not an http(s) URL"),
-                );
+                c.at(raw, format!("assume_role: sts_endpoint {e:?} {why}"));
             }
             let external_id = match external_id {
                 None => None,
@@ -1473,10 +1494,10 @@ fn oauth_client(
     (token_url, client_id, client_secret): (String, String, Secret),
     (scopes, audience, resource, ca_file): OAuthFields,
 ) -> Option<OAuthClient> {
-    let token_url = match url::Url::parse(&token_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-        _ => {
-            c.at(raw, format!("token_url {token_url:?} is not an http(s) URL"));
+    let token_url = match secret_carrying_url(&token_url) {
+        Ok(u) => Some(u),
+        Err(why) => {
+            c.at(raw, format!("token_url {token_url:?} {why}"));
             None
         }
     };
@@ -1506,6 +1527,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         std::fs::write(dir.join("policies/p.toml"), policy).unwrap();
         std::fs::write(dir.join("sk"), "secret\n").unwrap();
+        std::fs::write(dir.join("uk"), "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
         let path = dir.join("claimgate.toml");
         std::fs::write(&path, config).unwrap();
         path
@@ -1728,5 +1750,138 @@ credentials = { kind = "bearer", token = "file:sk" }
         let e = Config::load(&write(dir.path(), &text, ROLE)).unwrap_err();
         assert!(!e.to_string().contains("secret\n"));
         assert!(e.to_string().contains("does not fit an S3 route"), "{e}");
+    }
+
+    fn with_credentials(s3: &str, http: &str) -> String {
+        GOOD.replace(
+            "credentials = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\" }",
+            s3,
+        )
+        .replace("credentials = { kind = \"bearer\", token = \"file:sk\" }", http)
+    }
+
+    #[test]
+    fn routes_without_static_keys_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = with_credentials(
+            "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/ml-${role}\", source = { kind = \"aws\" }, session_duration = \"1h\", sts_endpoint = \"http://127.0.0.1:5000\", external_id = \"file:sk\" }\nupload_id_key = \"file:uk\"",
+            "credentials = { kind = \"token_exchange\", token_url = \"https://idp.example.com/token\", client_id = \"claimgate\", client_secret = \"file:sk\", audience = \"feast\" }",
+        );
+        let c = Config::load(&write(dir.path(), &text, ROLE)).unwrap();
+        let s3 = c.routes[0].s3().unwrap();
+        let S3Credentials::AssumeRole(a) = &s3.credentials else {
+            panic!("assume_role");
+        };
+        assert_eq!(a.role_arn, "arn:aws:iam::123456789012:role/ml-${role}");
+        assert!(matches!(a.source, S3Credentials::Aws { profile: None }));
+        assert_eq!(a.session_duration, Duration::from_secs(3600));
+        assert_eq!(a.external_id.as_ref().unwrap().expose(), "secret");
+        assert_eq!(
+            s3.upload_id_key.expose(),
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+        );
+        let HttpCredentials::TokenExchange(t) = &c.routes[1].http().unwrap().credentials else {
+            panic!("token_exchange");
+        };
+        assert_eq!(
+            (t.client_id.as_str(), t.client_secret.expose()),
+            ("claimgate", "secret")
+        );
+        assert_eq!(t.audience.as_deref(), Some("feast"));
+
+        let text = with_credentials(
+            "credentials = { kind = \"aws\", profile = \"lake\" }\nupload_id_key = \"file:uk\"",
+            "credentials = { kind = \"oauth2_client_credentials\", token_url = \"https://idp.example.com/token\", client_id = \"claimgate\", client_secret = \"file:sk\", scopes = [\"a\", \"b\"], resource = \"https://features\" }",
+        );
+        let c = Config::load(&write(dir.path(), &text, ROLE)).unwrap();
+        assert!(
+            matches!(&c.routes[0].s3().unwrap().credentials, S3Credentials::Aws { profile: Some(p) } if p == "lake")
+        );
+        let HttpCredentials::OAuth2ClientCredentials(o) = &c.routes[1].http().unwrap().credentials else {
+            panic!("client credentials");
+        };
+        assert_eq!(o.scopes, ["a", "b"]);
+    }
+
+    #[test]
+    fn bad_credential_kinds_are_problems_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "credentials = { kind = \"aws\" }",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "multipart upload ids need `upload_id_key`",
+            ),
+            (
+                "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::1:role/x\", source = { kind = \"aws\" } }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "is not a role ARN",
+            ),
+            (
+                "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/${team}\", source = { kind = \"aws\" } }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "is not a role ARN",
+            ),
+            (
+                "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/x\", source = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/y\", source = { kind = \"aws\" } } }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "it does not chain them",
+            ),
+            (
+                "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/x\", source = { kind = \"aws\" }, session_duration = \"5m\" }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "between 15m and 12h",
+            ),
+            (
+                "credentials = { kind = \"aws\" }\nupload_id_key = \"c2hvcnQ=\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "at least 32 random bytes",
+            ),
+            (
+                "credentials = { kind = \"aws\", region = \"x\" }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "unknown field `region`",
+            ),
+            (
+                "credentials = { kind = \"token_exchange\", token_url = \"https://i/t\", client_id = \"c\", client_secret = \"s\" }",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "does not fit an S3 route (use \"static\", \"aws\" or \"assume_role\")",
+            ),
+            (
+                "credentials = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\" }",
+                "credentials = { kind = \"aws\" }",
+                "does not fit an HTTP route",
+            ),
+            (
+                "credentials = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\" }",
+                "credentials = { kind = \"oauth2_client_credentials\", token_url = \"ftp://idp/token\", client_id = \"c\", client_secret = \"file:sk\" }",
+                "is not an http(s) URL",
+            ),
+            (
+                "credentials = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\" }",
+                "credentials = { kind = \"token_exchange\", token_url = \"http://idp.example.com/token\", client_id = \"c\", client_secret = \"inline-client-secret\" }",
+                "http is allowed only on loopback",
+            ),
+            (
+                "credentials = { kind = \"assume_role\", role_arn = \"arn:aws:iam::123456789012:role/x\", source = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"inline-source-secret\" }, sts_endpoint = \"http://sts.example.com\" }\nupload_id_key = \"file:uk\"",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }",
+                "http is allowed only on loopback",
+            ),
+            (
+                "credentials = { kind = \"static\", access_key_id = \"AK\", secret_access_key = \"file:sk\" }",
+                "credentials = { kind = \"bearer\", token = \"file:sk\" }\nupload_id_key = \"file:uk\"",
+                "`upload_id_key` applies to S3 routes only",
+            ),
+        ];
+        for (s3, http, needle) in cases {
+            let e = Config::load(&write(dir.path(), &with_credentials(s3, http), ROLE)).unwrap_err();
+            assert!(
+                e.to_string().contains(needle),
+                "{s3} / {http}: missing {needle:?} in:\n{e}"
+            );
+            for secret in ["inline-client-secret", "inline-source-secret"] {
+                assert!(!e.to_string().contains(secret), "{e}");
+            }
+        }
     }
 }

@@ -346,8 +346,16 @@ fn credentials(a: CredentialsArgs) -> ExitCode {
     };
     match runtime.block_on(cp::trade(&trade)) {
         Ok(issued) => {
-            print!("{}", *cp::render(&issued, a.format));
-            ExitCode::SUCCESS
+            // The SDK reading our stdout may be gone: say so, never panic.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            match out
+                .write_all(cp::render(&issued, a.format).as_bytes())
+                .and_then(|()| out.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("cannot write the credentials: {e}")),
+            }
         }
         Err(e) => fail(e.to_string()),
     }

@@ -188,6 +188,25 @@ fn sigv4_parsing_and_verification_never_panic() {
 }
 
 #[test]
+fn sts_and_token_endpoint_answers_never_panic() {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let sts_ok = br#"<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s/k+</SecretAccessKey><SessionToken>t&amp;t</SessionToken><Expiration>2026-11-29T16:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
+    let sts_err = br#"<ErrorResponse><Error><Code>AccessDenied</Code><Message>no &#x41; role</Message></Error></ErrorResponse>"#;
+    let token = br#"{"access_token":"eyJ.x.y","token_type":"Bearer","expires_in":3600,"scope":"a b"}"#;
+    let token_err = br#"{"error":"invalid_grant","error_description":"subject token expired"}"#;
+    for i in 0..ROUNDS {
+        let status = [200u16, 400, 403, 500][rng.below(4)];
+        let seed: &[u8] = if i % 2 == 0 { sts_ok } else { sts_err };
+        let _ = claimgate::credential_process::read_answer(status, &mutate(&mut rng, seed));
+        let seed: &[u8] = if i % 2 == 0 { token } else { token_err };
+        let status = http::StatusCode::from_u16(status).unwrap();
+        if let Ok(t) = claimgate::upstream::oauth::read_answer(status, &mutate(&mut rng, seed)) {
+            assert!(t.header.as_bytes().starts_with(b"Bearer "));
+        }
+    }
+}
+
+#[test]
 fn delete_objects_xml_parsing_never_panics() {
     let mut rng = Rng(0xE703_7ED1_A0B4_28DB);
     let seed = br#"<?xml version="1.0"?><Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>a&amp;b</Key><VersionId>v</VersionId></Object><Object><Key><![CDATA[c]]></Key></Object><Quiet>true</Quiet></Delete>"#;

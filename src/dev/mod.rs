@@ -400,7 +400,7 @@ fn print_welcome(
         sh(&dir.join("tokens/alice.jwt"))
     ));
     out.push_str(
-        "\npyarrow, Polars, delta-rs (SDKs that cannot reach claimgate's STS themselves) take this profile\n",
+        "\npyarrow, Lance, s3torchconnector (SDKs that cannot reach claimgate's STS themselves; Polars and\ndelta-rs: see the README's client table) take this profile\n",
     );
     out.push_str(&format!(
         "instead: its credential_process trades the token, and runs again before expiry ({}):\n",

@@ -382,6 +382,48 @@ impl DevStore {
         self.fs.get_object(req).await
     }
 
+    /// An empty `delimiter` is no delimiter, as S3 reads it (the CRT client under
+    /// s3torchconnector sends `delimiter=`); s3s-fs would group every key under it.
+    async fn list_v2(
+        &self,
+        mut req: S3Request<dto::ListObjectsV2Input>,
+    ) -> S3Result<S3Response<dto::ListObjectsV2Output>> {
+        if req.input.delimiter.as_deref() == Some("") {
+            req.input.delimiter = None;
+        }
+        let bucket = req.input.bucket.clone();
+        let (credentials, region, service) =
+            (req.credentials.clone(), req.region.clone(), req.service.clone());
+        let mut resp = self.fs.list_objects_v2(req).await?;
+        // S3 lists every object with its ETag (the CRT under s3torchconnector insists);
+        // s3s-fs leaves it out. Each is read as HeadObject reads it, so the two agree.
+        for object in resp.output.contents.iter_mut().flatten() {
+            let Some(key) = object.key.clone() else { continue };
+            if object.e_tag.is_some() {
+                continue;
+            }
+            let head = S3Request {
+                input: dto::HeadObjectInput {
+                    bucket: bucket.clone(),
+                    key,
+                    ..Default::default()
+                },
+                method: http::Method::HEAD,
+                uri: http::Uri::from_static("/"),
+                headers: http::HeaderMap::new(),
+                extensions: http::Extensions::new(),
+                credentials: credentials.clone(),
+                region: region.clone(),
+                service: service.clone(),
+                trailing_headers: None,
+            };
+            if let Ok(found) = self.fs.head_object(head).await {
+                object.e_tag = found.output.e_tag;
+            }
+        }
+        Ok(resp)
+    }
+
     async fn get_tagging(
         &self,
         req: S3Request<dto::GetObjectTaggingInput>,
@@ -522,7 +564,6 @@ impl S3 for DevStore {
         head_bucket: HeadBucketInput => HeadBucketOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
-        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output;
         upload_part: UploadPartInput => UploadPartOutput;
         upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput;
         list_parts: ListPartsInput => ListPartsOutput;
@@ -530,6 +571,7 @@ impl S3 for DevStore {
 
     answered_here! {
         get_object: GetObjectInput => GetObjectOutput by get;
+        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output by list_v2;
         head_object: HeadObjectInput => HeadObjectOutput by head;
         put_object: PutObjectInput => PutObjectOutput by put;
         copy_object: CopyObjectInput => CopyObjectOutput by copy;

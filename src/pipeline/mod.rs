@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation, ResourceKind};
 use crate::policy::{Permit, PolicySet};
 use crate::rejection::{Rejection, UpstreamError};
-use crate::upstream::credentials::Caller;
+use crate::upstream::credentials::{Caller, CredentialsError};
 use crate::upstream::forward::{ForwardError, forward};
 use crate::upstream::sign::{self, sign_upstream, strip_hop_by_hop};
 use crate::upstream::{Downstream, Route, Router};
@@ -116,6 +116,7 @@ impl Proxy {
                 &config.routes,
                 &config.limits,
                 previous.map_or(config.server.workers, |p| p.router.pools()),
+                previous.map(|p| &p.router),
             )?,
             policies: config.policies.clone(),
             auth: Arc::new(auth),
@@ -266,12 +267,18 @@ async fn downstream(
             .or_else(|| identity.session_role()),
     };
     let caller_token = crate::identity::bearer_token(parts).ok();
-    route.downstream(&caller, caller_token).await.map_err(|e| {
-        tracing::error!(route = %route.config.name, error = %e, "no upstream credentials for a request");
-        proxy.metrics.upstream_error(&route.config.name, "credentials");
-        Rejection::Upstream(UpstreamError::CredentialsUnavailable {
-            route: route.config.name.clone(),
-        })
+    route.downstream(&caller, caller_token).await.map_err(|e| match e {
+        // the caller's request lacks what its credentials need: its refusal, not an outage
+        CredentialsError::NoRole | CredentialsError::NoCallerToken => Rejection::Denied {
+            message: format!("Access denied: {e}"),
+        },
+        _ => {
+            tracing::error!(route = %route.config.name, error = %e, "no upstream credentials for a request");
+            proxy.metrics.upstream_error(&route.config.name, "credentials");
+            Rejection::Upstream(UpstreamError::CredentialsUnavailable {
+                route: route.config.name.clone(),
+            })
+        }
     })
 }
 

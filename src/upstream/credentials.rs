@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::BehaviorVersion;
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_lc_rs::hmac;
 use aws_sdk_sts::config::Region;
@@ -36,6 +36,12 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 const UNDATED_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Sessions held at once (one per caller and role).
 const MAX_SESSIONS: u64 = 10_000;
+/// How long one STS (or credential chain) call may take, all attempts included: requests
+/// wait on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed load is remembered: while STS, IMDS or the IdP is failing, requests
+/// get the failure at once instead of each asking again.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 /// Why a request has no keys to be signed with. The reasons name endpoints and STS error
 /// codes, never a secret.
@@ -144,7 +150,7 @@ pub enum KeySource {
     /// The config's keys, for every request.
     Static(Arc<SigningKeys>),
     /// The AWS default chain, asked again before the keys expire.
-    Chain(Chain),
+    Chain(Box<Chain>),
     /// A session per caller.
     AssumeRole(Box<Sessions>),
 }
@@ -155,7 +161,7 @@ impl KeySource {
     pub fn new(config: &S3Credentials, region: &str) -> Result<KeySource, String> {
         Ok(match config {
             S3Credentials::Static(keys) => KeySource::Static(Arc::new(SigningKeys::new(keys.clone(), None)?)),
-            S3Credentials::Aws { profile } => KeySource::Chain(Chain::new(profile.clone(), region)),
+            S3Credentials::Aws { profile } => KeySource::Chain(Box::new(Chain::new(profile.clone(), region))),
             S3Credentials::AssumeRole(assume) => {
                 KeySource::AssumeRole(Box::new(Sessions::new(assume, region)?))
             }
@@ -170,15 +176,6 @@ impl KeySource {
             KeySource::AssumeRole(sessions) => sessions.keys(caller).await,
         }
     }
-
-    /// The static keys, where the source is static (form uploads' policies are signed
-    /// before any caller is known to the signer).
-    pub fn static_keys(&self) -> Option<&Arc<SigningKeys>> {
-        match self {
-            KeySource::Static(keys) => Some(keys),
-            _ => None,
-        }
-    }
 }
 
 /// The AWS SDK's default credential chain, behind a cache of one entry.
@@ -187,6 +184,7 @@ pub struct Chain {
     region: String,
     provider: OnceCell<SharedCredentialsProvider>,
     cache: moka::future::Cache<(), Arc<SigningKeys>>,
+    failures: Failures<()>,
 }
 
 impl Chain {
@@ -196,23 +194,26 @@ impl Chain {
             region: region.to_string(),
             provider: OnceCell::new(),
             cache: keys_cache(1),
+            failures: Failures::new(1),
         }
     }
 
     async fn provider(&self) -> SharedCredentialsProvider {
         self.provider
             .get_or_init(|| async {
-                let mut chain = DefaultCredentialsChain::builder().region(Region::new(self.region.clone()));
-                if let Some(p) = &self.profile {
-                    chain = chain.profile_name(p);
-                }
-                SharedCredentialsProvider::new(chain.build().await)
+                sdk_config(&self.region, self.profile.as_deref(), None)
+                    .await
+                    .credentials_provider()
+                    .unwrap_or_else(|| SharedCredentialsProvider::new(NoCredentials))
             })
             .await
             .clone()
     }
 
     async fn keys(&self) -> Result<Arc<SigningKeys>, CredentialsError> {
+        if let Some(e) = self.failures.get(&()) {
+            return Err(e);
+        }
         self.cache
             .try_get_with((), async {
                 let provider = self.provider().await;
@@ -222,7 +223,7 @@ impl Chain {
                 signing_keys(&creds).map_err(CredentialsError::Chain)
             })
             .await
-            .map_err(|e: Arc<CredentialsError>| (*e).clone())
+            .map_err(|e: Arc<CredentialsError>| self.failures.remember((), &e))
     }
 }
 
@@ -242,6 +243,7 @@ pub struct Sessions {
     source: SourceProvider,
     sts: OnceCell<aws_sdk_sts::Client>,
     cache: moka::future::Cache<SessionKey, Arc<SigningKeys>>,
+    failures: Failures<SessionKey>,
 }
 
 /// The credentials that call AssumeRole.
@@ -271,27 +273,22 @@ impl Sessions {
             source,
             sts: OnceCell::new(),
             cache: keys_cache(MAX_SESSIONS),
+            failures: Failures::new(MAX_SESSIONS),
         })
     }
 
     async fn sts(&self) -> &aws_sdk_sts::Client {
         self.sts
             .get_or_init(|| async {
-                let provider = match &self.source {
-                    SourceProvider::Static(c) => SharedCredentialsProvider::new(c.clone()),
+                let sdk = match &self.source {
+                    SourceProvider::Static(c) => sdk_config(&self.region, None, Some(c.clone())).await,
                     SourceProvider::Chain(profile) => {
-                        let mut chain =
-                            DefaultCredentialsChain::builder().region(Region::new(self.region.clone()));
-                        if let Some(p) = profile {
-                            chain = chain.profile_name(p);
-                        }
-                        SharedCredentialsProvider::new(chain.build().await)
+                        sdk_config(&self.region, profile.as_deref(), None).await
                     }
                 };
-                let mut config = aws_sdk_sts::Config::builder()
-                    .behavior_version(BehaviorVersion::latest())
-                    .region(Region::new(self.region.clone()))
-                    .credentials_provider(provider);
+                // From the SDK config, so `AWS_ENDPOINT_URL_STS` (and the profile's
+                // endpoint settings) apply unless the route names its own endpoint.
+                let mut config = aws_sdk_sts::config::Builder::from(&sdk);
                 if let Some(endpoint) = &self.config.sts_endpoint {
                     config = config.endpoint_url(endpoint);
                 }
@@ -316,10 +313,13 @@ impl Sessions {
             subject: caller.identity.subject.clone(),
             role: role.to_string(),
         };
+        if let Some(e) = self.failures.get(&key) {
+            return Err(e);
+        }
         self.cache
             .try_get_with_by_ref(&key, self.assume(&key))
             .await
-            .map_err(|e: Arc<CredentialsError>| (*e).clone())
+            .map_err(|e: Arc<CredentialsError>| self.failures.remember(key.clone(), &e))
     }
 
     async fn assume(&self, key: &SessionKey) -> Result<Arc<SigningKeys>, CredentialsError> {
@@ -365,6 +365,74 @@ impl Sessions {
             "assumed a role for a caller"
         );
         SigningKeys::new(keys, expires).map(Arc::new).map_err(failed)
+    }
+}
+
+/// The SDK's config for `region`: its default chain (of `profile`), or `static_keys`; every
+/// call bounded by [`CALL_TIMEOUT`].
+async fn sdk_config(
+    region: &str,
+    profile: Option<&str>,
+    static_keys: Option<aws_credential_types::Credentials>,
+) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(CALL_TIMEOUT)
+                .connect_timeout(Duration::from_secs(3))
+                .build(),
+        );
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(keys) = static_keys {
+        loader = loader.credentials_provider(keys);
+    }
+    loader.load().await
+}
+
+/// A provider that has nothing: what the chain is when the SDK config holds none.
+#[derive(Debug)]
+struct NoCredentials;
+
+impl ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no credential chain configured",
+            ),
+        ))
+    }
+}
+
+/// Failed loads of the last [`FAILURE_MEMORY`], by key.
+pub(crate) struct Failures<K> {
+    recent: moka::sync::Cache<K, CredentialsError>,
+}
+
+impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Failures<K> {
+    pub(crate) fn new(capacity: u64) -> Failures<K> {
+        Failures {
+            recent: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(FAILURE_MEMORY)
+                .build(),
+        }
+    }
+
+    /// The failure remembered for `key`, if it is recent.
+    pub(crate) fn get(&self, key: &K) -> Option<CredentialsError> {
+        self.recent.get(key)
+    }
+
+    /// Remembers `e` for `key`, and hands it back.
+    pub(crate) fn remember(&self, key: K, e: &Arc<CredentialsError>) -> CredentialsError {
+        self.recent.insert(key, (**e).clone());
+        (**e).clone()
     }
 }
 

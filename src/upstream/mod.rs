@@ -39,8 +39,11 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// S3 routes: signs requests with the keys of [`Route::downstream`].
     pub s3_signer: Option<s3_signer::S3Signer>,
-    /// How claimgate proves itself to the upstream.
-    auth: RouteAuth,
+    /// The connect timeout the token endpoint client was made with.
+    auth_timeout: Duration,
+    /// How claimgate proves itself to the upstream; shared with the route of the next config
+    /// set while its credentials are unchanged, so a reload keeps sessions and tokens.
+    auth: Arc<RouteAuth>,
     /// S3 routes: the key that binds multipart upload ids to their bucket and key, derived
     /// from the route's secret (see [`upload_id`]). `None` on HTTP routes.
     pub upload_ids: Option<UploadIdBinding>,
@@ -65,7 +68,14 @@ impl Route {
     }
 
     /// Builds the route's clients, one pool for each of `workers` connection workers.
-    pub fn new(config: RouteConfig, limits: &Limits, workers: usize) -> Result<Route, String> {
+    /// `previous` is the route of the same name in the config set being replaced: its
+    /// sessions and tokens are kept when the credentials config is unchanged.
+    pub fn new(
+        config: RouteConfig,
+        limits: &Limits,
+        workers: usize,
+        previous: Option<&Route>,
+    ) -> Result<Route, String> {
         let connector = net::connector(config.ca_file.as_deref(), limits.upstream_connect_timeout)?;
         let base_path = config.upstream.path().trim_end_matches('/').to_string();
         let host = config.upstream.host_str().unwrap_or_default();
@@ -84,10 +94,21 @@ impl Route {
         let s3_signer = config
             .s3()
             .map(|s3| s3_signer::S3Signer::new(&s3.region, &s3.service));
-        let auth = RouteAuth::new(&config, limits).map_err(|e| format!("route {}: {e}", config.name))?;
+        let auth = match previous {
+            Some(p)
+                if same_credentials(&p.config, &config)
+                    && p.auth_timeout == limits.upstream_connect_timeout =>
+            {
+                p.auth.clone()
+            }
+            _ => {
+                Arc::new(RouteAuth::new(&config, limits).map_err(|e| format!("route {}: {e}", config.name))?)
+            }
+        };
         Ok(Route {
             s3_signer,
             auth,
+            auth_timeout: limits.upstream_connect_timeout,
             clients: (0..workers.max(1))
                 .map(|_| net::client(connector.clone()))
                 .collect(),
@@ -101,6 +122,15 @@ impl Route {
             authority,
             config,
         })
+    }
+}
+
+/// Whether two configs of a route build the same credential source.
+fn same_credentials(a: &RouteConfig, b: &RouteConfig) -> bool {
+    match (&a.api, &b.api) {
+        (RouteApi::S3(x), RouteApi::S3(y)) => x.credentials == y.credentials && x.region == y.region,
+        (RouteApi::Http(x), RouteApi::Http(y)) => x.credentials == y.credentials,
+        _ => false,
     }
 }
 
@@ -165,11 +195,17 @@ impl Route {
         caller: &Caller<'_>,
         caller_token: Option<&str>,
     ) -> Result<Downstream, CredentialsError> {
-        match &self.auth {
+        let caller_expiry = caller
+            .identity
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
+        match &*self.auth {
             RouteAuth::Keys(source) => source.keys(caller).await.map(Downstream::S3),
             RouteAuth::Fixed(name, value) => Ok(Downstream::Header(name.clone(), value.clone())),
             RouteAuth::Token(source) => source
-                .authorization(caller_token)
+                .authorization(caller_token, caller_expiry)
                 .await
                 .map(|v| Downstream::Header(http::header::AUTHORIZATION, v)),
         }
@@ -185,11 +221,19 @@ pub struct Router {
 
 impl Router {
     /// Builds every route, with an upstream pool for each of `workers` connection workers.
-    pub fn new(routes: &[RouteConfig], limits: &Limits, workers: usize) -> Result<Router, String> {
+    /// `previous` is the router being replaced, whose credential sources are kept where
+    /// a route's credentials are unchanged.
+    pub fn new(
+        routes: &[RouteConfig],
+        limits: &Limits,
+        workers: usize,
+        previous: Option<&Router>,
+    ) -> Result<Router, String> {
         let mut http = Vec::new();
         let mut s3 = None;
         for r in routes {
-            let route = Arc::new(Route::new(r.clone(), limits, workers)?);
+            let before = previous.and_then(|p| p.http.iter().chain(&p.s3).find(|x| x.config.name == r.name));
+            let route = Arc::new(Route::new(r.clone(), limits, workers, before.map(Arc::as_ref))?);
             match r.api {
                 RouteApi::S3(_) => s3 = Some(route),
                 RouteApi::Http(_) => http.push(route),

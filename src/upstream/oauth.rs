@@ -10,7 +10,7 @@
 //! form-encoded first), which every IdP takes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use serde::Deserialize;
 
-use super::credentials::CredentialsError;
+use super::credentials::{CredentialsError, Failures};
 use crate::config::OAuthClient;
 use crate::net;
 use crate::secret::Secret;
@@ -47,6 +47,7 @@ pub struct TokenSource {
     /// Keyed by the SHA-256 of the caller's token (exchange), or by nothing (client
     /// credentials: the key is always the empty array).
     cache: moka::future::Cache<[u8; 32], Arc<Token>>,
+    failures: Failures<[u8; 32]>,
 }
 
 /// Which grant a [`TokenSource`] makes.
@@ -59,9 +60,11 @@ pub enum Grant {
 }
 
 /// A token and how long it may be used.
-struct Token {
-    header: HeaderValue,
-    keep: Duration,
+pub struct Token {
+    /// `Bearer <token>`, marked sensitive.
+    pub header: HeaderValue,
+    /// How long it is handed out.
+    pub keep: Duration,
 }
 
 #[derive(Deserialize)]
@@ -69,8 +72,23 @@ struct TokenAnswer {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
-    #[serde(default)]
+    /// A number, or (as some IdPs send it) a string of digits.
+    #[serde(default, deserialize_with = "seconds")]
     expires_in: Option<u64>,
+}
+
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Seconds>::deserialize(d)? {
+        None => Ok(None),
+        Some(Seconds::Number(n)) => Ok(Some(n)),
+        Some(Seconds::Text(t)) => t.trim().parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Deserialize)]
@@ -96,12 +114,18 @@ impl TokenSource {
                 .max_capacity(capacity)
                 .expire_after(AsLongAsValid)
                 .build(),
+            failures: Failures::new(capacity),
         })
     }
 
     /// The `Authorization` value for the upstream. `caller_token` is the caller's bearer
-    /// token (needed for an exchange).
-    pub async fn authorization(&self, caller_token: Option<&str>) -> Result<HeaderValue, CredentialsError> {
+    /// token and `caller_expiry` its `exp` (an exchange needs the one, and its result is
+    /// kept no longer than the other).
+    pub async fn authorization(
+        &self,
+        caller_token: Option<&str>,
+        caller_expiry: Option<SystemTime>,
+    ) -> Result<HeaderValue, CredentialsError> {
         let key = match self.grant {
             Grant::ClientCredentials => [0; 32],
             Grant::TokenExchange => {
@@ -110,11 +134,14 @@ impl TokenSource {
                 digest.as_ref().try_into().unwrap_or([0; 32])
             }
         };
+        if let Some(e) = self.failures.get(&key) {
+            return Err(e);
+        }
         let token = self
             .cache
-            .try_get_with(key, self.fetch(caller_token))
+            .try_get_with(key, self.fetch(caller_token, caller_expiry))
             .await
-            .map_err(|e: Arc<CredentialsError>| (*e).clone())?;
+            .map_err(|e: Arc<CredentialsError>| self.failures.remember(key, &e))?;
         Ok(token.header.clone())
     }
 
@@ -144,7 +171,11 @@ impl TokenSource {
         zeroize::Zeroizing::new(form.finish())
     }
 
-    async fn fetch(&self, caller_token: Option<&str>) -> Result<Arc<Token>, CredentialsError> {
+    async fn fetch(
+        &self,
+        caller_token: Option<&str>,
+        caller_expiry: Option<SystemTime>,
+    ) -> Result<Arc<Token>, CredentialsError> {
         let failed = |reason: String| CredentialsError::Token {
             token_url: self.config.token_url.to_string(),
             reason,
@@ -190,13 +221,21 @@ impl TokenSource {
         let (status, body) = tokio::time::timeout(CALL_TIMEOUT, call)
             .await
             .map_err(|_| failed(format!("no answer within {} s", CALL_TIMEOUT.as_secs())))??;
-        read_answer(status, &body).map(Arc::new).map_err(failed)
+        let mut token = read_answer(status, &body).map_err(failed)?;
+        if self.grant == Grant::TokenExchange
+            && let Some(exp) = caller_expiry
+        {
+            // the exchanged token stands for the caller's: never past it
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+            token.keep = token.keep.min(left);
+        }
+        Ok(Arc::new(token))
     }
 }
 
 /// The token of a successful answer, or the endpoint's `error` and `error_description`.
 /// Never echoes a token.
-fn read_answer(status: http::StatusCode, body: &[u8]) -> Result<Token, String> {
+pub fn read_answer(status: http::StatusCode, body: &[u8]) -> Result<Token, String> {
     if !status.is_success() {
         return Err(match serde_json::from_slice::<ErrorAnswer>(body) {
             Ok(e) => format!(
@@ -273,6 +312,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(short.keep, Duration::from_secs(15));
+        let text = read_answer(StatusCode::OK, br#"{"access_token":"abc","expires_in":"600"}"#).unwrap();
+        assert_eq!(text.keep, Duration::from_secs(540));
         let undated = read_answer(StatusCode::OK, br#"{"access_token":"abc"}"#).unwrap();
         assert_eq!(undated.keep, UNDATED_LIFETIME);
     }

@@ -74,3 +74,31 @@ def test_recursive_rm(dev, tmp_path):
     # the AWS CLI v1 deletes key by key; each one is authorized and audited
     deleted = [r for r in dev.audit() if r.get("operation") == "DeleteObject" and "/sweep/" in r.get("resource", "")]
     assert len(deleted) == 3 and all(r["decision"] == "allow" for r in deleted)
+
+
+def test_a_slow_upload_crosses_several_session_expiries(tmp_path):
+    """One `aws s3 cp` process, its bandwidth capped so its parts go out over ~8 s while
+    sessions last 3 s: the CLI refreshes between parts and the upload completes whole."""
+    from conftest import Dev
+
+    dev = Dev(tmp_path, tls=False, session="3s")
+    try:
+        config = tmp_path / "aws-config"
+        config.write_text("[default]\ns3 =\n    max_bandwidth = 3MB/s\n    max_concurrent_requests = 1\n    multipart_chunksize = 5MB\n")
+        env = dev.env()
+        env["AWS_CONFIG_FILE"] = str(config)
+        data = os.urandom(24 << 20)
+        src = tmp_path / "big.bin"
+        src.write_bytes(data)
+        before = sum(1 for r in dev.audit() if r.get("operation") == "AssumeRoleWithWebIdentity")
+        subprocess.run([AWS, "s3", "cp", str(src), "s3://checkpoints/alice/cli/big.bin"], env=env, check=True, capture_output=True)
+        back = tmp_path / "back.bin"
+        subprocess.run([AWS, "s3", "cp", "s3://checkpoints/alice/cli/big.bin", str(back)], env=env, check=True, capture_output=True)
+        assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+        records = dev.audit()
+        issued = sum(1 for r in records if r.get("operation") == "AssumeRoleWithWebIdentity") - before
+        assert issued >= 3, f"only {issued} sessions: the upload did not cross expiries"
+        sessions = {r["identity"]["session"] for r in records if r.get("operation") == "UploadPart"}
+        assert len(sessions) >= 2, "every part was signed with one session"
+    finally:
+        dev.stop()

@@ -4,12 +4,14 @@ For every client: one allowed read, one allowed write, one denied read that surf
 client's own permission error (and an audit record saying deny), and a run across several
 session expiries with no failure.
 
-Two ways in, as the README's client table says:
+Three ways in, as the README's client table says:
 - the web-identity variables `claimgate dev` prints (s3fs, HuggingFace `datasets`, PyTorch
   over fsspec: botocore trades the token at claimgate's STS and refreshes it itself);
-- the printed profile, whose `credential_process` is `claimgate credentials` (pyarrow, Polars,
-  Lance: SDKs that cannot reach claimgate's STS themselves; each runs the helper again when
-  the credentials near their expiry). delta-rs takes the helper's `--format env` output.
+- the printed profile, whose `credential_process` is `claimgate credentials` (pyarrow, Lance,
+  delta-rs, s3torchconnector: SDKs that cannot reach claimgate's STS themselves; each runs the
+  helper again when the credentials near their expiry), or the helper as a Polars provider
+  function;
+- object_store's own web identity over TLS (`claimgate dev --tls`: Polars without a helper).
 """
 
 import io
@@ -57,14 +59,16 @@ def web_identity(plain, monkeypatch):
     return plain
 
 
-def denied(dev, resource):
-    """The audit log holds a deny for `resource`, or for one under it when `resource` ends
-    in `/` (the client's error was claimgate's decision)."""
+def denials(dev, resource):
+    """How many denies the audit log holds for `resource`, or for one under it when
+    `resource` ends in `/`. A test counts before and after its denied call, so the deny it
+    finds is its own (the module's tests share one audit log)."""
+
     def hit(r):
         got = r.get("resource", "")
         return got.startswith(resource) if resource.endswith("/") else got == resource
 
-    return any(r.get("decision") == "deny" and hit(r) for r in dev.audit())
+    return sum(1 for r in dev.audit() if r.get("decision") == "deny" and hit(r))
 
 
 def issued(dev):
@@ -118,9 +122,10 @@ def test_pyarrow_partitioned_write_dataset_read_and_denial(profile):
     assert sorted(got.column("step").to_pylist()) == [1, 2, 3, 4]
     shard = s3.open_input_file("datasets/imagenet/train/0001.tar").read()
     assert shard == b"demo training shard 0001\n"
+    before = denials(profile, "s3://datasets/pii/users.csv")
     with pytest.raises(OSError, match="ACCESS_DENIED"):
         s3.open_input_file("datasets/pii/users.csv").read()
-    assert denied(profile, "s3://datasets/pii/users.csv")
+    assert denials(profile, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
     sessions = [r for r in profile.audit() if "aws-sdk-cpp" in r.get("user_agent", "")]
     assert sessions and all(r["identity"]["auth_method"] == "sts_session" for r in sessions)
 
@@ -177,9 +182,10 @@ def test_polars_write_read_and_denial(plain):
     assert back.equals(df)
     sales = pl.read_csv("s3://datasets/curated/sales.csv", storage_options=options, credential_provider=creds)
     assert sales["revenue"].to_list() == [1200]
+    before = denials(plain, "s3://datasets/pii/users.csv")
     with pytest.raises(PermissionError):
         pl.read_csv("s3://datasets/pii/users.csv", storage_options=options, credential_provider=creds)
-    assert denied(plain, "s3://datasets/pii/users.csv")
+    assert denials(plain, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
 
 
 def test_polars_across_session_expiries(short):
@@ -205,10 +211,11 @@ def test_lance_write_read_and_denial(profile):
     lance.write_dataset(table(), uri, storage_options=lance_options(profile), mode="overwrite")
     back = lance.dataset(uri, storage_options=lance_options(profile)).to_table()
     assert back.column("step").to_pylist() == [1, 2, 3, 4]
+    before = denials(profile, "s3://datasets/pii/users.lance/")
     with pytest.raises(Exception) as e:
         lance.dataset("s3://datasets/pii/users.lance", storage_options=lance_options(profile)).to_table()
     assert "403" in str(e.value) or "ermission" in str(e.value) or "denied" in str(e.value).lower(), e.value
-    assert denied(profile, "s3://datasets/pii/users.lance/")
+    assert denials(profile, "s3://datasets/pii/users.lance/") > before
 
 
 def test_lance_across_session_expiries(short, monkeypatch):
@@ -220,44 +227,80 @@ def test_lance_across_session_expiries(short, monkeypatch):
     across_expiries(short, lambda: lance.dataset(uri, storage_options=lance_options(short)).count_rows())
 
 
-# --- delta-rs (object_store without the SDK's chain: the helper's --format env) --------------
-
-
-def helper_env(dev):
-    out = subprocess.run(
-        [BIN, "credentials", "--endpoint", dev.url, "--role", "trainer", "--token-file", dev.token_file(), "--format", "env"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return dict(line[len("export ") :].split("=", 1) for line in out.splitlines())
+# --- delta-rs (its AWS SDK chain, forced on: the profile's credential_process) -------------
 
 
 def delta_options(dev):
-    creds = {k: v.strip("'") for k, v in helper_env(dev).items()}
     return {
         "AWS_ENDPOINT_URL": dev.url,
         "AWS_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": creds["AWS_ACCESS_KEY_ID"],
-        "AWS_SECRET_ACCESS_KEY": creds["AWS_SECRET_ACCESS_KEY"],
-        "AWS_SESSION_TOKEN": creds["AWS_SESSION_TOKEN"],
+        # without it delta-rs leaves credentials to object_store, which reads no profile
+        "AWS_FORCE_CREDENTIAL_LOAD": "true",
         # one writer per table here; a shared table needs a locking provider
         "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
     }
 
 
-def test_deltalake_write_read_and_denial(plain):
+def test_deltalake_write_read_and_denial(profile):
     import deltalake
 
-    options = delta_options(plain)
+    options = delta_options(profile)
     deltalake.write_deltalake("s3://checkpoints/alice/delta/metrics", table(), storage_options=options, mode="overwrite")
     back = deltalake.DeltaTable("s3://checkpoints/alice/delta/metrics", storage_options=options).to_pyarrow_table()
     assert sorted(back.column("step").to_pylist()) == [1, 2, 3, 4]
+    before = denials(profile, "s3://datasets/pii/users/")
     with pytest.raises(Exception) as e:
         deltalake.DeltaTable("s3://datasets/pii/users", storage_options=options)
     assert "403" in str(e.value) or "ermission" in str(e.value) or "Forbidden" in str(e.value), e.value
-    assert denied(plain, "s3://datasets/pii/")
+    assert denials(profile, "s3://datasets/pii/users/") > before
+
+
+def test_deltalake_across_session_expiries(short, monkeypatch):
+    import deltalake
+
+    use(monkeypatch, short.profile_env())
+    uri = "s3://checkpoints/alice/delta/expiry"
+    deltalake.write_deltalake(uri, table(), storage_options=delta_options(short), mode="overwrite")
+    dt = deltalake.DeltaTable(uri, storage_options=delta_options(short))  # one table, one store, all along
+    across_expiries(short, lambda: dt.to_pyarrow_table())
+
+
+# --- Polars without a helper: object_store's own web identity, over TLS ----------------------
+#
+# object_store trades the token at AWS_ENDPOINT_URL_STS itself, but only over https:
+# `claimgate dev --tls`, its certificate trusted through SSL_CERT_FILE. It asks for one-hour
+# sessions (DurationSeconds=3600) and renews them ahead of expiry; a 3 s test session cannot
+# be forced on it (claimgate, like STS, refuses a DurationSeconds above its maximum), so this
+# path's run across expiries is the helper's, above.
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    d = Dev(tmp_path_factory.mktemp("clients-tls"), tls=True)
+    yield d
+    d.stop()
+
+
+def test_polars_over_tls_without_a_helper(tls, monkeypatch):
+    import polars as pl
+
+    env = tls.env()
+    env.update(SSL_CERT_FILE=tls.ca, AWS_REGION="us-east-1")
+    use(monkeypatch, env)
+    options = {"aws_endpoint_url": tls.url, "aws_region": "us-east-1"}
+    df = pl.DataFrame({"step": [1, 2], "loss": [0.5, 0.4]})
+    # credential_provider=None: object_store's own web identity (Polars' default goes through
+    # botocore, see claimgate_provider above)
+    df.write_parquet("s3://checkpoints/alice/polars/tls.parquet", storage_options=options, credential_provider=None)
+    back = pl.read_parquet("s3://checkpoints/alice/polars/tls.parquet", storage_options=options, credential_provider=None)
+    assert back.equals(df)
+    before = denials(tls, "s3://datasets/pii/users.csv")
+    with pytest.raises(PermissionError):
+        pl.read_csv("s3://datasets/pii/users.csv", storage_options=options, credential_provider=None)
+    assert denials(tls, "s3://datasets/pii/users.csv") > before
+    sessions = [r for r in tls.audit() if r.get("resource") == "s3://checkpoints/alice/polars/tls.parquet"]
+    assert sessions and all(r["identity"]["auth_method"] == "sts_session" for r in sessions)
 
 
 # --- s3fs / fsspec (botocore's own web identity) ---------------------------------------------
@@ -270,9 +313,10 @@ def test_s3fs_write_read_and_denial(web_identity):
     fs.pipe("checkpoints/alice/s3fs/notes.txt", b"epoch 3")
     assert fs.cat("checkpoints/alice/s3fs/notes.txt") == b"epoch 3"
     assert fs.cat("datasets/imagenet/train/0001.tar") == b"demo training shard 0001\n"
+    before = denials(web_identity, "s3://datasets/pii/users.csv")
     with pytest.raises(PermissionError):
         fs.cat("datasets/pii/users.csv")
-    assert denied(web_identity, "s3://datasets/pii/users.csv")
+    assert denials(web_identity, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
 
 
 def test_s3fs_across_session_expiries(short, monkeypatch):
@@ -306,9 +350,10 @@ def test_hf_datasets_load_parquet_write_and_denial(web_identity, tmp_path, monke
     # and a dataset written back through fsspec
     ds.to_parquet("s3://checkpoints/alice/hf/out.parquet", storage_options={})
     assert pq.read_table(io.BytesIO(fs.cat("checkpoints/alice/hf/out.parquet"))).num_rows == 4
+    before = denials(web_identity, "s3://datasets/pii/users.csv")
     with pytest.raises(PermissionError):
         datasets.load_dataset("csv", data_files="s3://datasets/pii/users.csv", storage_options={}, cache_dir=str(tmp_path / "hf2"))
-    assert denied(web_identity, "s3://datasets/pii/users.csv")
+    assert denials(web_identity, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
 
 
 def test_hf_datasets_across_session_expiries(short, tmp_path, monkeypatch):
@@ -328,8 +373,9 @@ def test_hf_datasets_across_session_expiries(short, tmp_path, monkeypatch):
         ds = datasets.load_dataset(
             "parquet",
             data_files="s3://checkpoints/alice/hf/expiry.parquet",
-            # not the filesystem an earlier test cached (another dev's endpoint and token)
-            storage_options={"skip_instance_cache": True},
+            # one filesystem for the whole loop (so its credentials must be refreshed), and
+            # not the one an earlier test cached (another dev's endpoint and token)
+            storage_options={"config_kwargs": {"user_agent_extra": "hf-expiry-test"}},
             cache_dir=str(tmp_path / f"hf-{next(loads)}"),
             split="train",
         )
@@ -342,10 +388,14 @@ def test_hf_datasets_across_session_expiries(short, tmp_path, monkeypatch):
 
 
 class Shards:
-    """A map-style dataset of S3 objects; each DataLoader worker opens its own filesystem."""
+    """A map-style dataset of S3 objects. Each process (the main one, or a DataLoader
+    worker) opens one filesystem and keeps it: its credentials live, and are refreshed,
+    as long as the process."""
 
     def __init__(self, keys):
         self.keys = keys
+        self._fs = None
+        self._pid = None
 
     def __len__(self):
         return len(self.keys)
@@ -353,7 +403,14 @@ class Shards:
     def __getitem__(self, i):
         import s3fs
 
-        return s3fs.S3FileSystem(skip_instance_cache=True).cat(self.keys[i])
+        if self._pid != os.getpid():
+            self._fs = s3fs.S3FileSystem(skip_instance_cache=True)
+            self._pid = os.getpid()
+        return self._fs.cat(self.keys[i])
+
+    def __getstate__(self):
+        # a worker opens its own filesystem (an aiobotocore client does not cross a fork)
+        return {"keys": self.keys, "_fs": None, "_pid": None}
 
 
 def test_torch_dataloader_reads_writes_and_is_denied(web_identity):
@@ -373,9 +430,10 @@ def test_torch_dataloader_reads_writes_and_is_denied(web_identity):
         num_workers=2,
     )
     assert sorted(loader) == [b"demo training shard 0001\n", b"demo training shard 0002\n"]
+    before = denials(web_identity, "s3://datasets/pii/users.csv")
     with pytest.raises(PermissionError):
         list(DataLoader(Shards(["datasets/pii/users.csv"]), batch_size=None, num_workers=0))
-    assert denied(web_identity, "s3://datasets/pii/users.csv")
+    assert denials(web_identity, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
 
 
 def test_torch_dataloader_across_session_expiries(short, monkeypatch):
@@ -384,6 +442,41 @@ def test_torch_dataloader_across_session_expiries(short, monkeypatch):
     use(monkeypatch, short.env())
     loader = DataLoader(Shards(["datasets/imagenet/train/0001.tar"] * 2), batch_size=None, num_workers=0)
     across_expiries(short, lambda: list(loader))
+
+
+# --- s3torchconnector (the CRT client; credentials from the profile's credential_process) ----
+
+
+def torch_s3(dev):
+    from s3torchconnector import S3ClientConfig
+
+    # path-style: the CRT would otherwise resolve <bucket>.<host>
+    return {"region": "us-east-1", "endpoint": dev.url, "s3client_config": S3ClientConfig(force_path_style=True)}
+
+
+def test_s3torchconnector_map_dataset_checkpoint_and_denial(profile):
+    from s3torchconnector import S3Checkpoint, S3MapDataset
+    from s3torchconnectorclient import S3Exception
+
+    ds = S3MapDataset.from_prefix("s3://datasets/imagenet/train/", **torch_s3(profile))
+    assert sorted(ds[i].read() for i in range(len(ds))) == [b"demo training shard 0001\n", b"demo training shard 0002\n"]
+    checkpoint = S3Checkpoint(**torch_s3(profile))
+    with checkpoint.writer("s3://checkpoints/alice/s3torch/step-1.ckpt") as w:
+        w.write(b"weights v1")
+    with checkpoint.reader("s3://checkpoints/alice/s3torch/step-1.ckpt") as r:
+        assert r.read() == b"weights v1"
+    before = denials(profile, "s3://datasets/pii/users.csv")
+    with pytest.raises(S3Exception, match="Forbidden"):
+        S3MapDataset.from_objects(["s3://datasets/pii/users.csv"], **torch_s3(profile))[0].read()
+    assert denials(profile, "s3://datasets/pii/users.csv") > before, "the client's error was not claimgate's deny"
+
+
+def test_s3torchconnector_across_session_expiries(short, monkeypatch):
+    from s3torchconnector import S3MapDataset
+
+    use(monkeypatch, short.profile_env())
+    ds = S3MapDataset.from_objects(["s3://datasets/imagenet/train/0001.tar"], **torch_s3(short))
+    across_expiries(short, lambda: ds[0].read())
 
 
 # --- the helper itself -----------------------------------------------------------------------
