@@ -286,6 +286,14 @@ def test_assume_role_per_caller_with_source_identity_and_session_tags(dev, moto,
         assert s3_auth and all("Credential=ASIA" in a or "Credential=FSIA" in a for a in s3_auth), s3_auth
         assert all(h.get("X-Amz-Security-Token") for m, u, h, body in moto.received() if "/lake/" in u)
 
+        # a reload (a policy edit) keeps the sessions: the route's credentials are unchanged
+        policy = tmp_path / "policies" / "ml.toml"
+        policy.write_text(policy.read_text() + "\n# edited\n")
+        time.sleep(2)
+        assert cg.get("/lake/train/0001.tar", alice)[0] == 200
+        assert "reloaded" in (tmp_path / "claimgate.log").read_text()
+        assert len([b for m, u, h, b in moto.received() if b"Action=AssumeRole" in b]) == 2
+
         s3 = moto.client("s3", ak=moto.key[0], sk=moto.key[1])
         assert s3.get_object(Bucket="lake", Key="runs/alice/loss.json")["Body"].read() == b'{"loss": 0.3}'
     finally:
@@ -305,6 +313,9 @@ def test_assume_role_refused_by_sts_is_a_503_and_nothing_reaches_s3(dev, moto, t
         status, body = cg.get("/lake/train/0001.tar", alice)
         assert status == 503 and b"ServiceUnavailable" in body, body
         assert not [u for m, u, h, b in moto.received() if "/lake/" in u]
+        # the failure is remembered for a few seconds: the next requests do not ask STS again
+        assert [cg.get("/lake/train/0001.tar", alice)[0] for _ in range(5)] == [503] * 5
+        assert len([b for m, u, h, b in moto.received() if b"Action=AssumeRole" in b]) == 1
         record = [r for r in cg.audit() if r.get("path") == "/lake/train/0001.tar"][-1]
         assert record["reason"] == "upstream_credentials_unavailable" and record["status"] == 503
         log = (tmp_path / "claimgate.log").read_text()
