@@ -343,3 +343,70 @@ def test_aws_default_chain_signs_with_the_hosts_credentials(dev, moto, tmp_path)
         assert status == 502, status  # the upstream refused claimgate's keys: not the caller's fault
     finally:
         cg.stop()
+
+
+def test_aws_chain_with_web_identity_renews_before_expiry(tmp_path):
+    """IRSA's shape: the `aws` kind's chain finds AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN,
+    trades the token at AWS_ENDPOINT_URL_STS and signs with the session. The STS and the S3
+    behind it are a second claimgate (`claimgate dev`, 3 s sessions): a loop of requests
+    through the first one crosses several expiries, and every request must succeed."""
+    inner = Dev(tmp_path / "inner", tls=False, session="3s")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_WEB_IDENTITY_TOKEN_FILE=inner.token_file("alice"),
+            AWS_ROLE_ARN="arn:aws:iam::000000000000:role/trainer",
+            AWS_ENDPOINT_URL_STS=inner.url,
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            AWS_EC2_METADATA_DISABLED="true",
+            CLAIMGATE_LOG="info",
+        )
+        outer_dir = tmp_path / "outer"
+        outer_dir.mkdir()
+        (outer_dir / "policies").mkdir()
+        (outer_dir / "policies" / "ml.toml").write_text(POLICY.replace("s3://lake/*", "s3://datasets/*"))
+        (outer_dir / "upload-id.key").write_text(base64.b64encode(os.urandom(32)).decode())
+        config = f"""
+[server]
+listen = "{{listen}}"
+shutdown_grace = "2s"
+
+[[issuers]]
+issuer = "{cg_issuer(inner)}"
+audiences = ["claimgate"]
+
+[policies]
+dir = "policies"
+
+[audit]
+path = "audit.log"
+
+[[routes]]
+name = "lake"
+kind = "s3"
+upstream = "{inner.url}"
+region = "us-east-1"
+upload_id_key = "file:upload-id.key"
+credentials = {{ kind = "aws" }}
+"""
+        cg = Serve(outer_dir, config, env)
+        try:
+            bob = inner.mint("bob", "groups=ml-engineers")
+            statuses = []
+            deadline = time.time() + 8
+            while time.time() < deadline:
+                statuses.append(cg.get("/datasets/imagenet/train/0001.tar", bob))
+                time.sleep(0.4)
+            assert statuses == [(200, b"demo training shard 0001\n")] * len(statuses)
+            records = inner.audit()
+            issued = [r for r in records if r.get("operation") == "AssumeRoleWithWebIdentity"]
+            assert len(issued) >= 3, "the chain's sessions were not renewed"
+            reads = [r for r in records if r.get("operation") == "GetObject"]
+            # the inner claimgate saw the outer one as alice's sessions, several of them
+            assert {r["identity"]["sub"] for r in reads} == {"alice"}
+            assert len({r["identity"]["session"] for r in reads}) >= 3
+        finally:
+            cg.stop()
+    finally:
+        inner.stop()
