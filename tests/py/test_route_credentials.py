@@ -182,6 +182,9 @@ deny = [ { actions = ["s3:*"], resources = ["s3://lake/secret/*"] } ]
 """
 
 
+ADMIN_PORT = {}
+
+
 def config(tmp, dev, moto, credentials, extra=""):
     (tmp / "policies").mkdir(exist_ok=True)
     (tmp / "policies" / "ml.toml").write_text(POLICY)
@@ -191,6 +194,9 @@ def config(tmp, dev, moto, credentials, extra=""):
 [server]
 listen = "{{listen}}"
 shutdown_grace = "2s"
+
+[admin]
+listen = "127.0.0.1:{ADMIN_PORT.setdefault(str(tmp), free_port())}"
 
 [[issuers]]
 issuer = "{issuer}"
@@ -318,6 +324,11 @@ def test_assume_role_refused_by_sts_is_a_503_and_nothing_reaches_s3(dev, moto, t
         assert len([b for m, u, h, b in moto.received() if b"Action=AssumeRole" in b]) == 1
         record = [r for r in cg.audit() if r.get("path") == "/lake/train/0001.tar"][-1]
         assert record["reason"] == "upstream_credentials_unavailable" and record["status"] == 503
+        with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN_PORT[str(tmp_path)]}/metrics") as r:
+            metrics = r.read().decode()
+        assert 'claimgate_upstream_errors_total{kind="credentials",route="lake"} 6' in metrics, [
+            l for l in metrics.splitlines() if "upstream_errors" in l
+        ]
         log = (tmp_path / "claimgate.log").read_text()
         assert "AssumeRole of arn:aws:iam::123456789012:role/other failed" in log
         assert moto.key[1] not in log and moto.key[1] not in body.decode()
