@@ -30,9 +30,14 @@ def test_cp_of_20_mib_up_and_down_ls_and_rm(dev, tmp_path):
 
 
 def test_denied_copy_fails_with_access_denied(dev, tmp_path):
+    def denies():
+        return sum(1 for r in dev.audit() if r.get("decision") == "deny" and r.get("resource") == "s3://datasets/pii/users.csv")
+
+    before = denies()
     r = aws(dev, "s3", "cp", "s3://datasets/pii/users.csv", str(tmp_path / "x"), check=False)
     assert r.returncode != 0
     assert "403" in r.stderr or "AccessDenied" in r.stderr or "Forbidden" in r.stderr
+    assert denies() > before, "the CLI's error was not claimgate's deny"
 
 
 def test_sts_assume_role_with_web_identity(dev):

@@ -39,13 +39,19 @@ def test_put_get_head_list_delete(aws_env):
 
 
 def test_denied_access_raises_access_denied(aws_env):
+    def denies():
+        return sum(1 for r in aws_env.audit() if r.get("decision") == "deny")
+
     c = s3()
+    before = denies()
     with pytest.raises(botocore.exceptions.ClientError) as e:
         c.get_object(Bucket="datasets", Key="pii/users.csv")
     assert e.value.response["Error"]["Code"] == "AccessDenied"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         c.put_object(Bucket="checkpoints", Key="bob/not-mine.pt", Body=b"x")
     assert e.value.response["Error"]["Code"] == "AccessDenied"
+    # each refusal was claimgate's policy decision, on record
+    assert denies() - before == 2
 
 
 def test_presigned_get_with_plain_http_client(aws_env):

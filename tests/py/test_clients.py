@@ -224,7 +224,8 @@ def test_lance_across_session_expiries(short, monkeypatch):
     use(monkeypatch, short.profile_env())
     uri = "s3://checkpoints/alice/lance/expiry.lance"
     lance.write_dataset(table(), uri, storage_options=lance_options(short), mode="overwrite")
-    across_expiries(short, lambda: lance.dataset(uri, storage_options=lance_options(short)).count_rows())
+    ds = lance.dataset(uri, storage_options=lance_options(short))  # one dataset, one store, all along
+    across_expiries(short, lambda: ds.to_table())
 
 
 # --- delta-rs (its AWS SDK chain, forced on: the profile's credential_process) -------------
@@ -440,7 +441,10 @@ def test_torch_dataloader_across_session_expiries(short, monkeypatch):
     from torch.utils.data import DataLoader
 
     use(monkeypatch, short.env())
-    loader = DataLoader(Shards(["datasets/imagenet/train/0001.tar"] * 2), batch_size=None, num_workers=0)
+    # persistent workers keep their filesystems (and so must renew their credentials) across epochs
+    loader = DataLoader(
+        Shards(["datasets/imagenet/train/0001.tar"] * 2), batch_size=None, num_workers=2, persistent_workers=True
+    )
     across_expiries(short, lambda: list(loader))
 
 

@@ -208,6 +208,21 @@ def test_token_exchange_gives_the_upstream_a_token_naming_the_caller(dev, upstre
         claims = auth.verify(upstream.tokens()[0])
         assert claims["act"] == {"sub": "claimgate"} and claims["subject_issuer"] == issuer_of(dev)
         assert alice not in upstream.tokens() and bob not in upstream.tokens()
+        # a denied call of a new caller costs no exchange and reaches nothing
+        carol = dev.mint("carol", "groups=ml-engineers")
+        seen = len(upstream.seen)
+        assert post(cg, "/features/admin/reset", carol)[0] == 403
+        assert auth.token_requests() == {"urn:ietf:params:oauth:grant-type:token-exchange": 2}
+        assert len(upstream.seen) == seen
+        # an exchanged token is not kept past the caller's own: a 4 s token is exchanged again
+        # once it has lapsed (the IdP, checking `exp` strictly, then refuses it: a 503)
+        dave = dev.mint("dave", "groups=ml-engineers", ttl="4s")
+        assert post(cg, "/features/get-online-features", dave)[0] == 200
+        assert post(cg, "/features/get-online-features", dave)[0] == 200
+        assert auth.token_requests()["urn:ietf:params:oauth:grant-type:token-exchange"] == 3
+        time.sleep(5)
+        assert post(cg, "/features/get-online-features", dave)[0] == 503
+        assert auth.token_requests()["urn:ietf:params:oauth:grant-type:token-exchange"] == 4
     finally:
         cg.stop()
         auth.stop()

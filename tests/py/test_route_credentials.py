@@ -268,10 +268,13 @@ def test_assume_role_per_caller_with_source_identity_and_session_tags(dev, moto,
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda _: cg.get("/lake/train/0001.tar", bob), range(16)))
         assert answers == [(200, b"shard one")] * 16
-        # policy still decides first: a denied key never costs an STS call or reaches S3
+        # policy still decides first: a denied key never costs an STS call or reaches S3, even
+        # for a caller with no session yet
         before = len(moto.received())
         status, body = cg.get("/lake/secret/payroll.csv", alice)
         assert status == 403 and b"AccessDenied" in body
+        carol = dev.mint("carol", "groups=ml-engineers")
+        assert cg.get("/lake/secret/payroll.csv", carol)[0] == 403
         assert len(moto.received()) == before
 
         calls = [form(b) for m, u, h, b in moto.received() if b"Action=AssumeRole" in b]
