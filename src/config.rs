@@ -14,7 +14,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditFormat, AuditSink};
 use crate::classify::KeyRule;
 use crate::diag::Problem;
 use crate::identity::revocation::RevocationList;
@@ -136,14 +136,6 @@ struct RawLimits {
     upstream_connect_timeout: Option<Spanned<String>>,
     upstream_response_timeout: Option<Spanned<String>>,
     upstream_body_idle_timeout: Option<Spanned<String>>,
-}
-
-/// How audit records are written.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum AuditFormat {
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,6 +286,8 @@ impl Sources {
 pub struct AuditSettings {
     /// Where records go.
     pub sink: AuditSink,
+    /// claimgate's JSON records, or OCSF events.
+    pub format: AuditFormat,
     /// What data access does while records cannot be written.
     pub on_failure: OnAuditFailure,
 }
@@ -754,10 +748,11 @@ impl Config {
                 "no [[routes]]: claimgate has nowhere to send requests",
             ));
         }
-        if let Some(format) = raw.audit.as_ref().and_then(|a| a.format.as_ref()) {
-            c.choice::<AuditFormat>(format, "audit format");
-        }
+        let format = (raw.audit.as_ref().and_then(|a| a.format.as_ref()))
+            .and_then(|v| c.choice::<AuditFormat>(v, "audit format"))
+            .unwrap_or_default();
         let audit = AuditSettings {
+            format,
             sink: match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
                 None | Some("-") => AuditSink::Stdout,
                 Some(p) => AuditSink::File(c.path(p)),
@@ -1719,7 +1714,7 @@ credentials = { kind = "bearer", token = "file:sk" }
             "route kind: unknown variant `grpc`, expected `s3` or `http`",
             "credentials: unknown field `acces_key_id`",
             "policies mode: unknown variant `enforcing`",
-            "audit format: unknown variant `csv`, expected `json`",
+            "audit format: unknown variant `csv`, expected `json` or `ocsf`",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest;
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditFormat, AuditSink};
 use crate::config::{Config, ConfigError, Sources};
 use crate::diag::Problem;
 use crate::pipeline::{Proxy, Shared};
@@ -77,6 +77,7 @@ struct Fixed {
     workers: usize,
     admin: Option<std::net::SocketAddr>,
     audit: AuditSink,
+    audit_format: AuditFormat,
     tls: bool,
 }
 
@@ -87,6 +88,7 @@ impl Fixed {
             workers: config.server.workers,
             admin: config.admin,
             audit: config.audit.sink.clone(),
+            audit_format: config.audit.format,
             tls: config.server.tls.is_some(),
         }
     }
@@ -246,6 +248,9 @@ impl Live {
         }
         if fixed.audit != self.fixed.audit {
             deferred.push("[audit] path changed (takes effect at restart)".to_string());
+        }
+        if fixed.audit_format != self.fixed.audit_format {
+            deferred.push("[audit] format changed (takes effect at restart)".to_string());
         }
         let old = self.current();
         let generation = old.generation + 1;

@@ -104,10 +104,9 @@ impl Server {
     ) -> Result<Server, String> {
         let metrics = Arc::new(Metrics::new());
         let audit = match audit_to {
-            Some(out) => AuditLog::with_writer(out, metrics.clone()),
-            None => {
-                AuditLog::open(&config.audit.sink, metrics.clone()).map_err(|e| format!("audit log: {e}"))?
-            }
+            Some(out) => AuditLog::with_writer(out, config.audit.format, metrics.clone()),
+            None => AuditLog::open(&config.audit.sink, config.audit.format, metrics.clone())
+                .map_err(|e| format!("audit log: {e}"))?,
         };
         let shared = Shared {
             audit,

@@ -624,3 +624,47 @@ async fn delete_objects_is_authorized_key_by_key_from_its_body() {
         serde_json::json!(["s3:DeleteObject s3://datasets/b.bin"])
     );
 }
+
+#[tokio::test]
+async fn ocsf_audit_events_carry_the_caller_operation_resource_and_decision() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .extra("[audit]\nformat = \"ocsf\"\n")
+        .start()
+        .await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    p.client.get(&p.url("/datasets/curated/ok"), Some(&t)).await;
+    p.client.get(&p.url("/datasets/pii/users.csv"), Some(&t)).await;
+    let events = p.audit(2).await;
+    for e in &events {
+        // OCSF 1.3.0 API Activity: the base event's and the class's required attributes
+        for path in [
+            "/activity_id",
+            "/category_uid",
+            "/class_uid",
+            "/metadata/product/name",
+            "/metadata/version",
+            "/severity_id",
+            "/time",
+            "/type_uid",
+            "/actor",
+            "/api/operation",
+            "/src_endpoint",
+        ] {
+            assert!(
+                e.pointer(path).is_some_and(|v| !v.is_null()),
+                "{path} missing in {e}"
+            );
+        }
+        assert_eq!(e["class_uid"], 6003);
+        assert_eq!(e["actor"]["user"]["uid"], "alice");
+        assert_eq!(e["api"]["operation"], "GetObject");
+    }
+    assert_eq!(events[0]["resources"][0]["uid"], "s3://datasets/curated/ok");
+    assert_eq!(events[0]["actor"]["authorizations"][0]["decision"], "allow");
+    assert_eq!(events[1]["resources"][0]["uid"], "s3://datasets/pii/users.csv");
+    assert_eq!(events[1]["actor"]["authorizations"][0]["decision"], "deny");
+    assert_eq!(events[1]["status_id"], 2);
+    assert!(!p.audit_raw().contains(&t), "the token reached the audit log");
+}

@@ -1,4 +1,5 @@
-//! Audit records: one JSON line per request, allowed or refused, written off the hot path.
+//! Audit records: one JSON line per request, allowed or refused, written off the hot path —
+//! claimgate's own record, or the same record as an OCSF API Activity event ([`ocsf`]).
 //!
 //! Durability, as promised to whoever reads the trail:
 //!
@@ -23,10 +24,24 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub mod ocsf;
+
 use crate::metrics::Metrics;
+
+/// How records are written (`[audit] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFormat {
+    /// claimgate's own record ([`AuditRecord`]), one JSON object per line.
+    #[default]
+    Json,
+    /// OCSF API Activity (class 6003), one JSON object per line: what Amazon Security Lake
+    /// and SIEMs ingest without a mapping of their own.
+    Ocsf,
+}
 
 /// Where audit records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +237,7 @@ enum Out {
 
 impl AuditLog {
     /// Opens the sink and starts the writer thread.
-    pub fn open(sink: &AuditSink, metrics: Arc<Metrics>) -> std::io::Result<AuditLog> {
+    pub fn open(sink: &AuditSink, format: AuditFormat, metrics: Arc<Metrics>) -> std::io::Result<AuditLog> {
         let out = match sink {
             AuditSink::Stdout => Out::Stream(Box::new(std::io::stdout())),
             AuditSink::File(path) => Out::File {
@@ -230,15 +245,15 @@ impl AuditLog {
                 path: path.clone(),
             },
         };
-        Ok(Self::start(out, metrics))
+        Ok(Self::start(out, format, metrics))
     }
 
     /// Starts a writer over any stream (tests, benches).
-    pub fn with_writer(out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> AuditLog {
-        Self::start(Out::Stream(out), metrics)
+    pub fn with_writer(out: Box<dyn Write + Send>, format: AuditFormat, metrics: Arc<Metrics>) -> AuditLog {
+        Self::start(Out::Stream(out), format, metrics)
     }
 
-    fn start(out: Out, metrics: Arc<Metrics>) -> AuditLog {
+    fn start(out: Out, format: AuditFormat, metrics: Arc<Metrics>) -> AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         metrics.audit_sink_up(true);
         let shared = Arc::new(Shared {
@@ -249,7 +264,7 @@ impl AuditLog {
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("claimgate-audit".into())
-            .spawn(move || Writer::new(out, writer_shared).run(rx))
+            .spawn(move || Writer::new(out, format, writer_shared).run(rx))
             .expect("spawn audit writer thread");
         AuditLog { tx, shared }
     }
@@ -339,6 +354,7 @@ const PENDING_MAX: usize = 1 << 20;
 /// The writer thread's state.
 struct Writer {
     out: Out,
+    format: AuditFormat,
     shared: Arc<Shared>,
     /// Serialized records not yet wholly taken by the sink.
     pending: Vec<u8>,
@@ -356,9 +372,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(out: Out, shared: Arc<Shared>) -> Writer {
+    fn new(out: Out, format: AuditFormat, shared: Arc<Shared>) -> Writer {
         Writer {
             out,
+            format,
             shared,
             pending: Vec::with_capacity(64 * 1024),
             partial: 0,
@@ -382,7 +399,13 @@ impl Writer {
                         // one that fails half-way is taken back out, so a record is written
                         // entirely or not at all.
                         let start = self.pending.len();
-                        if serde_json::to_writer(&mut self.pending, &record).is_ok() {
+                        let written = match self.format {
+                            AuditFormat::Json => serde_json::to_writer(&mut self.pending, &record),
+                            AuditFormat::Ocsf => {
+                                serde_json::to_writer(&mut self.pending, &ocsf::event(&record))
+                            }
+                        };
+                        if written.is_ok() {
                             self.pending.push(b'\n');
                             self.pending_records += 1;
                         } else {
@@ -573,7 +596,7 @@ mod tests {
             file: Some(open_append(path).unwrap()),
             path: path.to_path_buf(),
         };
-        Writer::new(out, shared)
+        Writer::new(out, AuditFormat::Json, shared)
     }
 
     #[test]
