@@ -86,6 +86,15 @@ enum Command {
         #[arg(long, env = "AWS_CA_BUNDLE")]
         ca_file: Option<PathBuf>,
     },
+    /// GET a URL, exit 0 on a 2xx answer: a health check for images without a shell or curl
+    /// (`claimgate probe http://127.0.0.1:9090/readyz`).
+    Probe {
+        /// The URL, e.g. the admin port's /healthz or /readyz.
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s")]
+        timeout: String,
+    },
     /// Check the config and policies; print every problem as file:line: reason.
     Validate {
         /// Config file.
@@ -144,6 +153,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
+        Command::Probe { url, timeout } => probe(&url, &timeout),
         Command::Credentials {
             endpoint,
             role,
@@ -303,6 +313,43 @@ fn dev(dir: PathBuf, port: u16, tls: bool, session: &str, command: Option<DevCom
             ExitCode::FAILURE
         }
     }
+}
+
+/// `claimgate probe`: one line on stderr when the answer is not 2xx.
+fn probe(url: &str, timeout: &str) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("claimgate probe: {url}: {msg}");
+        ExitCode::FAILURE
+    };
+    let timeout = match humantime::parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("--timeout: {e}")),
+    };
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let connector = match claimgate::net::connector(None, timeout) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let client = claimgate::net::client::<http_body_util::Empty<bytes::Bytes>>(connector);
+        let req = match http::Request::get(uri).body(http_body_util::Empty::new()) {
+            Ok(r) => r,
+            Err(e) => return fail(e.to_string()),
+        };
+        match tokio::time::timeout(timeout, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => ExitCode::SUCCESS,
+            Ok(Ok(resp)) => fail(format!("answered {}", resp.status())),
+            Ok(Err(e)) => fail(claimgate::net::error_chain(&e)),
+            Err(_) => fail(format!("no answer within {timeout:?}")),
+        }
+    })
 }
 
 struct CredentialsArgs {

@@ -188,3 +188,45 @@ fn a_bad_tls_pem_is_a_config_problem_not_a_failed_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A one-shot HTTP server on loopback answering every request with `status`.
+fn answer_with(status: &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            use std::io::{Read, Write};
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let body = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    format!("http://{addr}/readyz")
+}
+
+#[test]
+fn probe_exits_zero_only_on_a_2xx_answer() {
+    let ok = claimgate()
+        .args(["probe", &answer_with("200 OK")])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let not_ready = claimgate()
+        .args(["probe", &answer_with("503 Service Unavailable")])
+        .output()
+        .unwrap();
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("answered 503"));
+    // nothing listening
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gone = claimgate()
+        .args(["probe", "--timeout", "2s", &format!("http://{closed}/healthz")])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+}
