@@ -14,6 +14,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::audit::syslog::SyslogTarget;
 use crate::audit::{AuditFormat, AuditSink};
 use crate::classify::KeyRule;
 use crate::diag::Problem;
@@ -116,8 +117,19 @@ struct RawPolicies {
 struct RawAudit {
     path: Option<String>,
     format: Option<Spanned<String>>,
+    /// A best-effort copy of every record to a syslog relay.
+    syslog: Option<Spanned<RawSyslog>>,
     /// `"refuse"` (default) or `"serve"`: what data access does while the sink fails.
     on_failure: Option<Spanned<String>>,
+}
+
+/// `[audit] syslog = { address = "udp://relay:514", app_name = "claimgate", facility = "authpriv" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyslog {
+    address: String,
+    app_name: Option<String>,
+    facility: Option<String>,
 }
 
 /// `[limits]`: every bound a hostile or runaway client meets. All optional.
@@ -288,6 +300,8 @@ pub struct AuditSettings {
     pub sink: AuditSink,
     /// claimgate's JSON records, or OCSF events.
     pub format: AuditFormat,
+    /// A best-effort copy of every record to syslog (RFC 5424).
+    pub syslog: Option<SyslogTarget>,
     /// What data access does while records cannot be written.
     pub on_failure: OnAuditFailure,
 }
@@ -751,8 +765,15 @@ impl Config {
         let format = (raw.audit.as_ref().and_then(|a| a.format.as_ref()))
             .and_then(|v| c.choice::<AuditFormat>(v, "audit format"))
             .unwrap_or_default();
+        let syslog = (raw.audit.as_ref().and_then(|a| a.syslog.as_ref())).and_then(|v| {
+            let r = v.get_ref();
+            SyslogTarget::parse(&r.address, r.app_name.as_deref(), r.facility.as_deref())
+                .map_err(|e| c.at(v, format!("audit {e}")))
+                .ok()
+        });
         let audit = AuditSettings {
             format,
+            syslog,
             sink: match raw.audit.as_ref().and_then(|a| a.path.as_deref()) {
                 None | Some("-") => AuditSink::Stdout,
                 Some(p) => AuditSink::File(c.path(p)),

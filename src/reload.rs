@@ -78,6 +78,7 @@ struct Fixed {
     admin: Option<std::net::SocketAddr>,
     audit: AuditSink,
     audit_format: AuditFormat,
+    audit_syslog: Option<crate::audit::syslog::SyslogTarget>,
     tls: bool,
 }
 
@@ -89,6 +90,7 @@ impl Fixed {
             admin: config.admin,
             audit: config.audit.sink.clone(),
             audit_format: config.audit.format,
+            audit_syslog: config.audit.syslog.clone(),
             tls: config.server.tls.is_some(),
         }
     }
@@ -251,6 +253,9 @@ impl Live {
         }
         if fixed.audit_format != self.fixed.audit_format {
             deferred.push("[audit] format changed (takes effect at restart)".to_string());
+        }
+        if fixed.audit_syslog != self.fixed.audit_syslog {
+            deferred.push("[audit] syslog changed (takes effect at restart)".to_string());
         }
         let old = self.current();
         let generation = old.generation + 1;

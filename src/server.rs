@@ -105,8 +105,13 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let audit = match audit_to {
             Some(out) => AuditLog::with_writer(out, config.audit.format, metrics.clone()),
-            None => AuditLog::open(&config.audit.sink, config.audit.format, metrics.clone())
-                .map_err(|e| format!("audit log: {e}"))?,
+            None => AuditLog::open(
+                &config.audit.sink,
+                config.audit.format,
+                config.audit.syslog.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| format!("audit log: {e}"))?,
         };
         let shared = Shared {
             audit,

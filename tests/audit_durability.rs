@@ -827,3 +827,52 @@ async fn a_failed_flush_is_retried_without_new_traffic() {
     assert_eq!(parse_records(&text, "audit sink").len(), 1);
     bounded("shutdown", p.shutdown()).await;
 }
+
+/// `[audit] syslog`: every record also goes to a syslog relay (RFC 5424 over UDP), the same
+/// JSON as the file's line, with a severity by outcome; the file keeps every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_copied_to_syslog_as_rfc5424_messages() {
+    let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    relay.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let extra = format!(
+        "[audit]\nsyslog = {{ address = \"udp://{}\", facility = \"local4\" }}\n",
+        relay.local_addr().unwrap()
+    );
+    let p = proxy(&idp, &s3).extra(&extra).spawn().await;
+    let token = idp.token("alice", &["ml-engineers"]);
+    p.client
+        .get(&format!("{}/datasets/curated/x", p.url), Some(&token))
+        .await;
+    p.client
+        .get(&format!("{}/datasets/pii/users.csv", p.url), Some(&token))
+        .await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while got.len() < 2 {
+        let n = relay.recv(&mut buf).expect("a syslog message within 10 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    // local4 (20) * 8 + informational (6) = 166; + warning (4) = 164 for the denial
+    assert!(got[0].starts_with("<166>1 "), "{}", got[0]);
+    assert!(got[1].starts_with("<164>1 "), "{}", got[1]);
+    for (message, decision) in got.iter().zip(["allow", "deny"]) {
+        let json = &message[message
+            .find(" - {")
+            .expect("structured data `-`, then the record")
+            + 3..];
+        let record: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(record["decision"], decision);
+        assert_eq!(record["identity"]["sub"], "alice");
+        assert!(
+            message.contains(" claimgate ") && message.contains(" GetObject - "),
+            "{message}"
+        );
+        assert!(!message.contains(&token));
+    }
+    until("both records in the file too", async || {
+        (p.audit_file("audit.log").len() >= 2).then_some(())
+    })
+    .await;
+}

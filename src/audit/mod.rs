@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub mod ocsf;
+pub mod syslog;
+
+use syslog::{Syslog, SyslogTarget};
 
 use crate::metrics::Metrics;
 
@@ -237,7 +240,13 @@ enum Out {
 
 impl AuditLog {
     /// Opens the sink and starts the writer thread.
-    pub fn open(sink: &AuditSink, format: AuditFormat, metrics: Arc<Metrics>) -> std::io::Result<AuditLog> {
+    /// A writer to `sink` (and a copy of every record to `syslog`, when set).
+    pub fn open(
+        sink: &AuditSink,
+        format: AuditFormat,
+        syslog: Option<SyslogTarget>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<AuditLog> {
         let out = match sink {
             AuditSink::Stdout => Out::Stream(Box::new(std::io::stdout())),
             AuditSink::File(path) => Out::File {
@@ -245,15 +254,15 @@ impl AuditLog {
                 path: path.clone(),
             },
         };
-        Ok(Self::start(out, format, metrics))
+        Ok(Self::start(out, format, syslog, metrics))
     }
 
     /// Starts a writer over any stream (tests, benches).
     pub fn with_writer(out: Box<dyn Write + Send>, format: AuditFormat, metrics: Arc<Metrics>) -> AuditLog {
-        Self::start(Out::Stream(out), format, metrics)
+        Self::start(Out::Stream(out), format, None, metrics)
     }
 
-    fn start(out: Out, format: AuditFormat, metrics: Arc<Metrics>) -> AuditLog {
+    fn start(out: Out, format: AuditFormat, syslog: Option<SyslogTarget>, metrics: Arc<Metrics>) -> AuditLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         metrics.audit_sink_up(true);
         let shared = Arc::new(Shared {
@@ -264,7 +273,11 @@ impl AuditLog {
         let writer_shared = shared.clone();
         std::thread::Builder::new()
             .name("claimgate-audit".into())
-            .spawn(move || Writer::new(out, format, writer_shared).run(rx))
+            .spawn(move || {
+                let mut writer = Writer::new(out, format, writer_shared);
+                writer.syslog = syslog.map(Syslog::new);
+                writer.run(rx)
+            })
             .expect("spawn audit writer thread");
         AuditLog { tx, shared }
     }
@@ -355,6 +368,9 @@ const PENDING_MAX: usize = 1 << 20;
 struct Writer {
     out: Out,
     format: AuditFormat,
+    /// The best-effort copy to syslog, and whether it is failing (logged once a streak).
+    syslog: Option<Syslog>,
+    syslog_failing: bool,
     shared: Arc<Shared>,
     /// Serialized records not yet wholly taken by the sink.
     pending: Vec<u8>,
@@ -376,6 +392,8 @@ impl Writer {
         Writer {
             out,
             format,
+            syslog: None,
+            syslog_failing: false,
             shared,
             pending: Vec::with_capacity(64 * 1024),
             partial: 0,
@@ -406,6 +424,20 @@ impl Writer {
                             }
                         };
                         if written.is_ok() {
+                            if let Some(syslog) = &mut self.syslog {
+                                let severity =
+                                    syslog::severity(record.decision == AuditDecision::Deny, record.status);
+                                let operation = record.operation.unwrap_or("-");
+                                match syslog.send(severity, &record.time, operation, &self.pending[start..]) {
+                                    Ok(()) => self.syslog_failing = false,
+                                    Err(e) => {
+                                        if !self.syslog_failing {
+                                            tracing::warn!(error = %e, "cannot send audit records to syslog; the file keeps them");
+                                        }
+                                        self.syslog_failing = true;
+                                    }
+                                }
+                            }
                             self.pending.push(b'\n');
                             self.pending_records += 1;
                         } else {

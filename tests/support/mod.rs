@@ -470,7 +470,14 @@ impl ProxyBuilder {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
-        self.extra.push_str("\n[audit]\npath = \"audit.log\"\n");
+        // An [audit] table of the test's own gets the path added to it.
+        if self.extra.contains("[audit]\n") {
+            self.extra = self
+                .extra
+                .replacen("[audit]\n", "[audit]\npath = \"audit.log\"\n", 1);
+        } else {
+            self.extra.push_str("\n[audit]\npath = \"audit.log\"\n");
+        }
         let (path, text, ca_pem) = self.write_files(dir.path());
         let text = text
             .replacen(
