@@ -205,26 +205,22 @@ enum RawCredentials {
         sts_endpoint: Option<String>,
         external_id: Option<Secret>,
     },
-    Oauth2ClientCredentials {
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        #[serde(default)]
-        scopes: Vec<String>,
-        audience: Option<String>,
-        resource: Option<String>,
-        ca_file: Option<String>,
-    },
-    TokenExchange {
-        token_url: String,
-        client_id: String,
-        client_secret: Secret,
-        #[serde(default)]
-        scopes: Vec<String>,
-        audience: Option<String>,
-        resource: Option<String>,
-        ca_file: Option<String>,
-    },
+    Oauth2ClientCredentials(RawOAuthClient),
+    TokenExchange(RawOAuthClient),
+}
+
+/// The fields both OAuth kinds share, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuthClient {
+    token_url: String,
+    client_id: String,
+    client_secret: Secret,
+    #[serde(default)]
+    scopes: Vec<String>,
+    audience: Option<String>,
+    resource: Option<String>,
+    ca_file: Option<String>,
 }
 
 impl RawCredentials {
@@ -236,8 +232,8 @@ impl RawCredentials {
             RawCredentials::ApiKey { .. } => "api_key",
             RawCredentials::Aws { .. } => "aws",
             RawCredentials::AssumeRole { .. } => "assume_role",
-            RawCredentials::Oauth2ClientCredentials { .. } => "oauth2_client_credentials",
-            RawCredentials::TokenExchange { .. } => "token_exchange",
+            RawCredentials::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
+            RawCredentials::TokenExchange(_) => "token_exchange",
         }
     }
 }
@@ -1460,34 +1456,10 @@ fn http_credentials(
                 key: key?,
             })
         }
-        RawCredentials::Oauth2ClientCredentials {
-            token_url,
-            client_id,
-            client_secret,
-            scopes,
-            audience,
-            resource,
-            ca_file,
-        } => Some(HttpCredentials::OAuth2ClientCredentials(oauth_client(
-            c,
-            raw,
-            (token_url, client_id, client_secret),
-            (scopes, audience, resource, ca_file),
-        )?)),
-        RawCredentials::TokenExchange {
-            token_url,
-            client_id,
-            client_secret,
-            scopes,
-            audience,
-            resource,
-            ca_file,
-        } => Some(HttpCredentials::TokenExchange(oauth_client(
-            c,
-            raw,
-            (token_url, client_id, client_secret),
-            (scopes, audience, resource, ca_file),
-        )?)),
+        RawCredentials::Oauth2ClientCredentials(o) => {
+            oauth_client(c, raw, o).map(HttpCredentials::OAuth2ClientCredentials)
+        }
+        RawCredentials::TokenExchange(o) => oauth_client(c, raw, o).map(HttpCredentials::TokenExchange),
         other => {
             c.at(
                 raw,
@@ -1501,15 +1473,16 @@ fn http_credentials(
     }
 }
 
-/// The fields both OAuth kinds share.
-type OAuthFields = (Vec<String>, Option<String>, Option<String>, Option<String>);
-
-fn oauth_client(
-    c: &mut Collector<'_>,
-    raw: &Spanned<toml::Value>,
-    (token_url, client_id, client_secret): (String, String, Secret),
-    (scopes, audience, resource, ca_file): OAuthFields,
-) -> Option<OAuthClient> {
+fn oauth_client(c: &mut Collector<'_>, raw: &Spanned<toml::Value>, o: RawOAuthClient) -> Option<OAuthClient> {
+    let RawOAuthClient {
+        token_url,
+        client_id,
+        client_secret,
+        scopes,
+        audience,
+        resource,
+        ca_file,
+    } = o;
     let token_url = match secret_carrying_url(&token_url) {
         Ok(u) => Some(u),
         Err(why) => {

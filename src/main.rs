@@ -59,33 +59,10 @@ enum Command {
     },
     /// Trade a web identity token at claimgate's STS; print the credentials for an SDK.
     ///
-    /// For SDKs that cannot do web identity against claimgate themselves (pyarrow, Polars,
-    /// delta-rs): name this command as a profile's `credential_process`, and the SDK runs it
-    /// again whenever the credentials near their expiry.
-    Credentials {
-        /// claimgate's URL (its STS answers on the proxy port).
-        #[arg(long, env = "AWS_ENDPOINT_URL_STS")]
-        endpoint: String,
-        /// A claimgate role name (`trainer`) or a role ARN.
-        #[arg(long, env = "AWS_ROLE_ARN")]
-        role: String,
-        /// The file holding the OIDC token; read afresh on every run, so a rotated token
-        /// (a Kubernetes projected token, say) is picked up.
-        #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE")]
-        token_file: PathBuf,
-        /// `process`: AWS credential_process JSON; `env`: `export` lines for a shell.
-        #[arg(long, value_enum, default_value_t = claimgate::credential_process::Format::Process)]
-        format: claimgate::credential_process::Format,
-        /// Session length (e.g. 1h); default: the proxy's `[sts] default_session`.
-        #[arg(long)]
-        duration: Option<String>,
-        /// `RoleSessionName`, shown in the audit log.
-        #[arg(long, default_value = "claimgate-credentials")]
-        session_name: String,
-        /// An extra CA to trust for an https endpoint (e.g. `claimgate dev --tls`'s).
-        #[arg(long, env = "AWS_CA_BUNDLE")]
-        ca_file: Option<PathBuf>,
-    },
+    /// For SDKs that cannot do web identity against claimgate themselves (pyarrow, Lance,
+    /// delta-rs, s3torchconnector): name this command as a profile's `credential_process`,
+    /// and the SDK runs it again whenever the credentials near their expiry.
+    Credentials(CredentialsArgs),
     /// GET a URL, exit 0 on a 2xx answer: a health check for images without a shell or curl
     /// (`claimgate probe http://127.0.0.1:9090/readyz`).
     Probe {
@@ -154,23 +131,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Validate { config } => validate(config),
         Command::Probe { url, timeout } => probe(&url, &timeout),
-        Command::Credentials {
-            endpoint,
-            role,
-            token_file,
-            format,
-            duration,
-            session_name,
-            ca_file,
-        } => credentials(CredentialsArgs {
-            endpoint,
-            role,
-            token_file,
-            format,
-            duration,
-            session_name,
-            ca_file,
-        }),
+        Command::Credentials(args) => credentials(args),
         #[cfg(feature = "dev")]
         Command::Dev {
             dir,
@@ -352,13 +313,30 @@ fn probe(url: &str, timeout: &str) -> ExitCode {
     })
 }
 
+/// `claimgate credentials`'s arguments.
+#[derive(clap::Args)]
 struct CredentialsArgs {
+    /// claimgate's URL (its STS answers on the proxy port).
+    #[arg(long, env = "AWS_ENDPOINT_URL_STS")]
     endpoint: String,
+    /// A claimgate role name (`trainer`) or a role ARN.
+    #[arg(long, env = "AWS_ROLE_ARN")]
     role: String,
+    /// The file holding the OIDC token; read afresh on every run, so a rotated token
+    /// (a Kubernetes projected token, say) is picked up.
+    #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE")]
     token_file: PathBuf,
+    /// `process`: AWS credential_process JSON; `env`: `export` lines for a shell.
+    #[arg(long, value_enum, default_value_t = claimgate::credential_process::Format::Process)]
     format: claimgate::credential_process::Format,
+    /// Session length (e.g. 1h); default: the proxy's `[sts] default_session`.
+    #[arg(long)]
     duration: Option<String>,
+    /// `RoleSessionName`, shown in the audit log.
+    #[arg(long, default_value = "claimgate-credentials")]
     session_name: String,
+    /// An extra CA to trust for an https endpoint (e.g. `claimgate dev --tls`'s).
+    #[arg(long, env = "AWS_CA_BUNDLE")]
     ca_file: Option<PathBuf>,
 }
 

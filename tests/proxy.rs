@@ -639,19 +639,7 @@ async fn ocsf_audit_events_carry_the_caller_operation_resource_and_decision() {
     let events = p.audit(2).await;
     for e in &events {
         // OCSF 1.3.0 API Activity: the base event's and the class's required attributes
-        for path in [
-            "/activity_id",
-            "/category_uid",
-            "/class_uid",
-            "/metadata/product/name",
-            "/metadata/version",
-            "/severity_id",
-            "/time",
-            "/type_uid",
-            "/actor",
-            "/api/operation",
-            "/src_endpoint",
-        ] {
+        for path in claimgate::audit::ocsf::REQUIRED {
             assert!(
                 e.pointer(path).is_some_and(|v| !v.is_null()),
                 "{path} missing in {e}"

@@ -23,6 +23,25 @@ const CLASS_UID: u64 = 6003;
 /// Application Activity.
 const CATEGORY_UID: u64 = 6;
 
+/// The attributes OCSF 1.3.0 requires of an API Activity event: the base event's
+/// (`activity_id`, `category_uid`, `class_uid`, `metadata` with `product` and `version`,
+/// `severity_id`, `time`, `type_uid`) and the class's own (`actor`, `api` with
+/// `operation`, `src_endpoint`).
+pub const REQUIRED: &[&str] = &[
+    "/activity_id",
+    "/category_uid",
+    "/class_uid",
+    "/metadata/product/name",
+    "/metadata/product/vendor_name",
+    "/metadata/version",
+    "/severity_id",
+    "/time",
+    "/type_uid",
+    "/actor",
+    "/api/operation",
+    "/src_endpoint",
+];
+
 /// `activity_id` of API Activity: 1 Create, 2 Read, 3 Update, 4 Delete, 99 Other.
 fn activity(record: &AuditRecord) -> (u64, &'static str) {
     let op = record.operation.unwrap_or_default();
@@ -224,25 +243,6 @@ pub fn event(record: &AuditRecord) -> Value {
 mod tests {
     use super::*;
     use crate::audit::AuditIdentity;
-
-    /// The attributes OCSF 1.3.0 requires of an API Activity event: the base event's
-    /// (`activity_id`, `category_uid`, `class_uid`, `metadata` with `product` and `version`,
-    /// `severity_id`, `time`, `type_uid`) and the class's own (`actor`, `api` with
-    /// `operation`, `src_endpoint`).
-    const REQUIRED: &[&str] = &[
-        "/activity_id",
-        "/category_uid",
-        "/class_uid",
-        "/metadata/product/name",
-        "/metadata/product/vendor_name",
-        "/metadata/version",
-        "/severity_id",
-        "/time",
-        "/type_uid",
-        "/actor",
-        "/api/operation",
-        "/src_endpoint",
-    ];
 
     fn record(decision: AuditDecision, identity: bool) -> AuditRecord {
         AuditRecord {

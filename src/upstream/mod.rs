@@ -195,19 +195,19 @@ impl Route {
         caller: &Caller<'_>,
         caller_token: Option<&str>,
     ) -> Result<Downstream, CredentialsError> {
-        let caller_expiry = caller
-            .identity
-            .claims
-            .get("exp")
-            .and_then(serde_json::Value::as_u64)
-            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
         match &*self.auth {
             RouteAuth::Keys(source) => source.keys(caller).await.map(Downstream::S3),
             RouteAuth::Fixed(name, value) => Ok(Downstream::Header(name.clone(), value.clone())),
-            RouteAuth::Token(source) => source
-                .authorization(caller_token, caller_expiry)
-                .await
-                .map(|v| Downstream::Header(http::header::AUTHORIZATION, v)),
+            RouteAuth::Token(source) => {
+                // only tokens need the caller's expiry (an exchange never outlives it)
+                let caller_expiry = (caller.identity.claims.get("exp"))
+                    .and_then(serde_json::Value::as_u64)
+                    .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
+                source
+                    .authorization(caller_token, caller_expiry)
+                    .await
+                    .map(|v| Downstream::Header(http::header::AUTHORIZATION, v))
+            }
         }
     }
 }
