@@ -160,6 +160,27 @@ fn benches(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // What every request pays for its trace when nothing is exported: the context read,
+    // ids for four spans, and the upstream's `traceparent` written.
+    let traces = claimgate::traces::Traces::off();
+    g.bench_function(
+        "trace context, not exported: request span + 3 stages + inject",
+        |b| {
+            b.iter_batched(
+                get_request,
+                |mut parts| {
+                    let t = traces.start(&parts.headers, parts.method.as_str(), parts.uri.path());
+                    drop(t.stage("authenticate"));
+                    drop(t.stage("authorize"));
+                    let upstream = t.stage("upstream");
+                    upstream.inject(&mut parts.headers);
+                    drop(upstream);
+                    parts
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
     g.bench_function(
         "baseline: aws-sigv4 sign_v4 (signing key derived per request)",
         |b| {

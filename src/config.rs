@@ -1089,6 +1089,15 @@ fn secret_carrying_url(v: &str) -> Result<url::Url, &'static str> {
     }
 }
 
+/// Whether keys may be fetched from `v`: https, or http on loopback only. The same rule as
+/// the configured issuer URLs, for the `jwks_uri` an issuer's discovery document names.
+pub(crate) fn key_url_allowed(v: &str) -> bool {
+    match url::Url::parse(v) {
+        Ok(u) => u.scheme() == "https" || (u.scheme() == "http" && is_loopback(&u)),
+        Err(_) => false,
+    }
+}
+
 fn is_loopback(u: &url::Url) -> bool {
     match u.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
@@ -1509,6 +1518,27 @@ fn oauth_client(c: &mut Collector<'_>, raw: &Spanned<toml::Value>, o: RawOAuthCl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_named_by_discovery_are_fetched_only_over_https_or_loopback() {
+        for ok in [
+            "https://idp.example.com/keys",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            assert!(key_url_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "http://idp.example.com/keys",
+            "http://10.0.0.5/jwks",
+            "http://localhost.evil.com/jwks",
+            "file:///etc/keys.json",
+            "not a url",
+        ] {
+            assert!(!key_url_allowed(refused), "{refused}");
+        }
+    }
 
     const ROLE: &str = "[[roles]]\nname = \"r\"\nmembers = [ { claim = \"sub\", equals = \"a\" } ]\nallow = [ { actions = [\"http:GET\"], resources = [\"http://features/x\"] } ]\n";
 

@@ -46,6 +46,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod sigv4;
+pub mod traces;
 pub mod upstream;
 pub mod workers;
 mod xml_text;

@@ -332,7 +332,7 @@ struct CredentialsArgs {
     /// Session length (e.g. 1h); default: the proxy's `[sts] default_session`.
     #[arg(long)]
     duration: Option<String>,
-    /// `RoleSessionName`, shown in the audit log.
+    /// `RoleSessionName`: named in the session's assumed-role ARN in the STS answer.
     #[arg(long, default_value = "claimgate-credentials")]
     session_name: String,
     /// An extra CA to trust for an https endpoint (e.g. `claimgate dev --tls`'s).

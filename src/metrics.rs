@@ -1,8 +1,8 @@
 //! Prometheus metrics, served in text format on the admin listener.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric claimgate exports. Label values are bounded sets (route names from config,
@@ -13,6 +13,9 @@ pub struct Metrics {
     duration: HistogramVec,
     auth_failures: IntCounterVec,
     jwks_fetches: IntCounterVec,
+    jwks_last_success: GaugeVec,
+    jwks_keys: IntGaugeVec,
+    denials: IntCounterVec,
     token_cache_hits: IntCounter,
     token_cache_misses: IntCounter,
     upstream_errors: IntCounterVec,
@@ -79,7 +82,7 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "claimgate_request_duration_seconds",
-                "Time from request head to response head, by route.",
+                "Time from request head to the end of the response body, by route.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -102,6 +105,36 @@ impl Metrics {
             "JWKS fetch attempts by issuer and result (ok, error, rate_limited).",
             &["issuer", "result"],
         );
+        let jwks_last_success = GaugeVec::new(
+            Opts::new(
+                "claimgate_jwks_last_success_timestamp_seconds",
+                "When each issuer's keys were last fetched successfully (Unix time); stale keys \
+                 mean new signing keys at the IdP go unseen.",
+            ),
+            &["issuer"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(jwks_last_success.clone()))
+            .expect("metric registered once");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "claimgate_jwks_keys",
+                "Signing keys held for each issuer, from its last successful fetch.",
+            ),
+            &["issuer"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(jwks_keys.clone()))
+            .expect("metric registered once");
+        let denials = counter(
+            &registry,
+            "claimgate_denials_total",
+            "Denied requests by route, the first role the decision counted (none: the caller \
+             held no role there) and reason (policy, or the refusal's reason).",
+            &["route", "role", "reason"],
+        );
         let cache = counter(
             &registry,
             "claimgate_token_cache_total",
@@ -111,7 +144,9 @@ impl Metrics {
         let upstream_errors = counter(
             &registry,
             "claimgate_upstream_errors_total",
-            "Upstream failures by route and kind (connect, timeout, other; credentials: claimgate had none for the upstream).",
+            "Upstream failures by route and kind: connect, timeout, broke (cut off mid-exchange or mid-body), \
+             stalled (body paused too long), answer (an answer claimgate cannot pass on), auth (the \
+             upstream refused claimgate's credentials), credentials (claimgate had none for it).",
             &["route", "kind"],
         );
         let shadow = counter(
@@ -200,6 +235,9 @@ impl Metrics {
             duration,
             auth_failures,
             jwks_fetches,
+            jwks_last_success,
+            jwks_keys,
+            denials,
             upstream_errors,
             shadow,
         }
@@ -228,6 +266,23 @@ impl Metrics {
     /// Counts a JWKS fetch attempt.
     pub fn jwks_fetch(&self, issuer: &str, result: &str) {
         self.jwks_fetches.with_label_values(&[issuer, result]).inc();
+    }
+
+    /// A successful JWKS fetch for `issuer` brought `n` keys.
+    pub fn jwks_keys(&self, issuer: &str, n: usize) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.jwks_last_success.with_label_values(&[issuer]).set(now);
+        self.jwks_keys
+            .with_label_values(&[issuer])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a denied request. Roles come from the policy files and reasons from a fixed
+    /// set, so neither can grow the series count; who was denied belongs in the audit log.
+    pub fn denial(&self, route: &str, role: &str, reason: &str) {
+        self.denials.with_label_values(&[route, role, reason]).inc();
     }
 
     /// Counts a verified-token cache lookup.

@@ -21,6 +21,7 @@ use crate::config::{Config, Limits, OnAuditFailure};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Proxy, Shared};
 use crate::reload::{Live, Trigger};
+use crate::traces::Traces;
 use crate::workers::Workers;
 
 /// A bound, not yet running server.
@@ -118,6 +119,7 @@ impl Server {
             metrics,
             clock,
             throttle: Default::default(),
+            traces: Traces::from_env().map_err(|e| e.to_string())?,
         };
         let live = Arc::new(Live::new(config.clone(), shared)?);
         let listener = listen(config.server.listen)
@@ -239,6 +241,9 @@ impl Server {
         if !flushed {
             tracing::error!("audit log could not be flushed: records still queued are lost");
         }
+        // The last spans go to the collector too; its shutdown blocks, so off the reactor.
+        let traces = live.shared().traces.clone();
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown(Duration::from_secs(5))).await;
         flushed
     }
 }

@@ -1,6 +1,6 @@
 //! The stages stay leaves: a module may use the modules below it, never the ones above.
 //!
-//! The request flow (DESIGN.md) is layered: shared vocabulary and plumbing at the bottom
+//! The request flow (README, "What goes where") is layered: shared vocabulary and plumbing at the bottom
 //! (`model`, `sigv4`, `net`, …), the stages above them (`identity`, `classify`, `policy`,
 //! `upstream`), and only `pipeline`, `server`, `dev` and `main` wiring stages together. An
 //! upward import is how a stage starts doing another's work (and how import circles start),

@@ -926,6 +926,34 @@ async fn an_upload_that_stops_arriving_is_refused_and_nothing_is_stored() {
     );
 }
 
+/// An STS call whose form stops arriving is answered as STS answers a bad call
+/// (`ValidationError`) and audited under the same reason as a stalled upload, so one query
+/// finds every dripped body.
+#[tokio::test]
+async fn a_dripped_sts_call_is_audited_as_a_stalled_body() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3)
+        .extra(&format!("{STS}\n[limits]\nclient_body_idle_timeout = \"1s\"\n"))
+        .start()
+        .await;
+    let head = "POST / HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\n";
+    let mut s = send_raw(p.addr, head).await;
+    s.write_all(b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15")
+        .await
+        .unwrap();
+    let r = timeout(BOUND, read_response(&mut s))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("<Code>ValidationError</Code>"), "{}", r.text());
+    let audit = p.audit(1).await;
+    let rec = audit.last().unwrap();
+    assert_eq!(rec["route"], "sts", "{rec}");
+    assert_eq!(rec["reason"], "client_body_idle", "{rec}");
+}
+
 /// The small bodies claimgate reads whole before authorizing — a DeleteObjects list, a
 /// browser form's fields (read before any credential is proven) — are cut off when they
 /// stop arriving, and nothing reaches the store.

@@ -174,6 +174,11 @@ pub struct AuditRecord {
     /// True when the response body ended early (client went away, upstream broke).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub incomplete: bool,
+    /// The W3C trace id (32 hex digits) the request ran under: the caller's, from its
+    /// `traceparent`, or a new one. The upstream saw it too, so the record, the trace and
+    /// the store's own logs can be joined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 enum Msg {

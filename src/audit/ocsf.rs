@@ -232,6 +232,10 @@ pub fn event(record: &AuditRecord) -> Value {
         "http_response": { "code": record.status },
         "unmapped": Value::Object(unmapped),
     });
+    // The W3C trace id joins the event to the request's trace and to the store's own logs.
+    if let Some(trace_id) = &record.trace_id {
+        event["metadata"]["correlation_uid"] = json!(trace_id);
+    }
     if let Some(detail) = &record.detail {
         event["status_detail"] = json!(detail);
         event["message"] = json!(detail);
@@ -282,6 +286,7 @@ mod tests {
             source: "10.0.3.7:51234".into(),
             user_agent: Some("Boto3/1.43".into()),
             incomplete: false,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
     }
 
@@ -323,6 +328,10 @@ mod tests {
         assert_eq!(e["activity_id"], 2);
         assert_eq!(e["unmapped"]["reason"], "policy");
         assert_eq!(e["unmapped"]["token_id"], "sha256:0f3a9c1e5b7d2468");
+        assert_eq!(
+            e["metadata"]["correlation_uid"],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let unauthenticated = event(&record(AuditDecision::Error, false));
         assert_eq!(unauthenticated["actor"]["user"]["name"], "unauthenticated");
     }

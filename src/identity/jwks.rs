@@ -238,6 +238,7 @@ impl IssuerKeys {
         match self.fetch().await {
             Ok((set, digest)) => {
                 self.metrics.jwks_fetch(&self.config.issuer, "ok");
+                self.metrics.jwks_keys(&self.config.issuer, set.keys.len());
                 let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
                 if *fetched != Some(digest) {
                     self.install(set);
@@ -269,6 +270,17 @@ impl IssuerKeys {
                         reason: format!(
                             "discovery names issuer {:?}, expected {:?}",
                             doc.issuer, self.config.issuer
+                        ),
+                    });
+                }
+                // The document's own word is not enough to fetch keys in clear: anyone on
+                // the path could swap them.
+                if !crate::config::key_url_allowed(&doc.jwks_uri) {
+                    return Err(FetchError::BadDocument {
+                        url,
+                        reason: format!(
+                            "discovery names jwks_uri {:?}: keys are fetched only over https:// (http only on loopback)",
+                            doc.jwks_uri
                         ),
                     });
                 }

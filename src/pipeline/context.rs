@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation};
 use crate::policy::{Decision, ShadowOutcome};
 use crate::rejection::{self, ErrorStyle, Rejection};
+use crate::traces::{RequestTrace, Stage};
 use crate::upstream::Route;
 use crate::upstream::sign::strip_hop_by_hop;
 
@@ -81,6 +82,8 @@ pub(super) struct Ctx {
     upstream_status: Option<u16>,
     status: u16,
     reason: Option<&'static str>,
+    /// The request's trace: its span, ended with the record.
+    trace: RequestTrace,
 }
 
 impl Ctx {
@@ -91,7 +94,11 @@ impl Ctx {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
+        let trace = proxy
+            .traces
+            .start(&parts.headers, parts.method.as_str(), parts.uri.path());
         Ctx {
+            trace,
             done: false,
             audit: proxy.audit.clone(),
             slot: None,
@@ -121,6 +128,11 @@ impl Ctx {
             status: 0,
             reason: None,
         }
+    }
+
+    /// Starts a stage's span under the request's; it ends when dropped.
+    pub(super) fn stage(&self, name: &'static str) -> Stage {
+        self.trace.stage(name)
     }
 
     /// The record has its place in the audit queue.
@@ -375,6 +387,7 @@ impl Ctx {
         let complete = ending == Ending::Complete;
         let elapsed = self.started.elapsed();
         let record = self.record(bytes_out, complete, elapsed.as_secs_f64());
+        self.trace.finish(&record);
         self.metrics.request(
             &record.route,
             record.action.as_deref().unwrap_or("-"),
@@ -382,6 +395,15 @@ impl Ctx {
             record.status,
             elapsed.as_secs_f64(),
         );
+        if record.decision == AuditDecision::Deny {
+            let role = record
+                .identity
+                .as_ref()
+                .and_then(|id| id.roles.first())
+                .map_or("none", String::as_str);
+            self.metrics
+                .denial(&record.route, role, record.reason.unwrap_or("policy"));
+        }
         match self.slot.take() {
             Some(slot) => slot.write(record),
             None => self.audit.write_unreserved(record),
@@ -435,6 +457,7 @@ impl Ctx {
             source: self.source.to_string(),
             user_agent: self.user_agent.take(),
             incomplete: !complete,
+            trace_id: Some(self.trace.trace_id()),
         }
     }
 }
@@ -488,6 +511,7 @@ pub fn connection_refused(
         source: source.to_string(),
         user_agent: None,
         incomplete: false,
+        trace_id: None,
     });
 }
 

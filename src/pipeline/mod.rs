@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::model::{Identity, Operation, ResourceKind};
 use crate::policy::{Permit, PolicySet};
 use crate::rejection::{Rejection, UpstreamError};
+use crate::traces::Traces;
 use crate::upstream::credentials::{Caller, CredentialsError};
 use crate::upstream::forward::{ForwardError, forward};
 use crate::upstream::sign::{self, sign_upstream, strip_hop_by_hop};
@@ -59,6 +60,8 @@ pub struct Shared {
     pub clock: SharedClock,
     /// In-flight counts and rates per identity.
     pub throttle: Arc<throttle::Throttle>,
+    /// Each request's trace (export settings come from the environment, not the config).
+    pub traces: Traces,
 }
 
 /// One config set in force: everything a request needs, shared by all connections. A reload
@@ -84,6 +87,8 @@ pub struct Proxy {
     pub clock: SharedClock,
     /// Per-identity limits.
     pub throttle: Arc<throttle::Throttle>,
+    /// Each request's trace.
+    pub traces: Traces,
     /// This set's background work (issuer key refresh), stopped when the set is replaced.
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -125,6 +130,7 @@ impl Proxy {
             metrics: shared.metrics.clone(),
             clock: shared.clock.clone(),
             throttle: shared.throttle.clone(),
+            traces: shared.traces.clone(),
             background: Mutex::new(Vec::new()),
         })
     }
@@ -306,7 +312,18 @@ async fn authenticate(
         RouteKind::S3 => Accepts::BearerOrSession,
         RouteKind::Http => Accepts::Bearer,
     };
-    let caller = proxy.auth.authenticate(parts, accepts).await?;
+    let stage = ctx.stage("authenticate");
+    let caller = match proxy.auth.authenticate(parts, accepts).await {
+        Ok(caller) => caller,
+        Err(e) => {
+            // No credentials at all is how a browser form upload starts, not a failure yet.
+            if !matches!(e, AuthError::Missing) {
+                stage.failed(e.reason());
+            }
+            return Err(e.into());
+        }
+    };
+    drop(stage);
     ctx.authenticated(&caller.identity);
     admit(proxy, &caller.identity, ctx)?;
     Ok(caller)
@@ -330,7 +347,13 @@ fn authorize(
     operation: Operation,
     ctx: &mut Ctx,
 ) -> Result<Permit, Rejection> {
+    let stage = ctx.stage("authorize");
     let decision = proxy.policies.decide(identity, operation);
+    stage.annotate([opentelemetry::KeyValue::new(
+        "claimgate.decision",
+        if decision.is_allowed() { "allow" } else { "deny" },
+    )]);
+    drop(stage);
     ctx.decided(&decision, &route.config.name);
     decision.outcome.map_err(|denial| Rejection::Denied {
         message: denial.message(proxy.config.server.denials),
@@ -466,7 +489,21 @@ async fn send(
         return Err(Rejection::AuditUnavailable);
     }
     let name = route.config.name.clone();
-    forward(route, req, &proxy.metrics).await.map_err(|e| {
+    // The upstream's span is a child of this stage's: `traceparent` is replaced with ours.
+    // It goes on after signing, unsigned, like any header S3 does not require signed.
+    let stage = ctx.stage("upstream");
+    let mut req = req;
+    stage.inject(req.headers_mut());
+    let answer = forward(route, req, &proxy.metrics).await;
+    match &answer {
+        Ok(resp) => stage.annotate([opentelemetry::KeyValue::new(
+            "http.response.status_code",
+            i64::from(resp.status().as_u16()),
+        )]),
+        Err(e) => stage.failed(e.reason()),
+    }
+    drop(stage);
+    answer.map_err(|e| {
         ctx.body_failure().unwrap_or(match e {
             ForwardError::CallerAborted => Rejection::IncompleteBody,
             ForwardError::Unreachable => UpstreamError::Unreachable { route: name }.into(),

@@ -22,8 +22,8 @@ pub(super) async fn assume_role(
 ) -> Response<Reply> {
     ctx.sts_call(None);
     let (status, xml) = match read_params(proxy, &parts, body, ctx).await {
-        Err(e) => {
-            ctx.ended(e.reason(), e.to_string());
+        Err((e, reason)) => {
+            ctx.ended(reason, e.to_string());
             (e.wire().0, e.to_xml(ctx.request_id()))
         }
         Ok(params) => {
@@ -83,20 +83,35 @@ impl Drop for Params {
     }
 }
 
-/// The call's parameters: the form body's, then the query's.
-async fn read_params(proxy: &Proxy, parts: &Parts, body: Incoming, ctx: &Ctx) -> Result<Params, StsError> {
+/// The call's parameters: the form body's, then the query's. A body that could not be read
+/// is answered as STS would (`ValidationError`) but audited under the same reason as an S3
+/// request's body (`client_body_idle`, `incomplete_body`), so one query finds them all.
+async fn read_params(
+    proxy: &Proxy,
+    parts: &Parts,
+    body: Incoming,
+    ctx: &Ctx,
+) -> Result<Params, (StsError, &'static str)> {
     use super::SmallBody;
     let max = proxy.config.server.max_inspected_body;
     let idle = proxy.config.limits.client_body_idle_timeout;
     let form = super::read_small(body, max, idle).await.map_err(|e| match e {
-        SmallBody::TooLarge => StsError::Validation(format!("the request body is larger than {max} bytes")),
+        SmallBody::TooLarge => {
+            let e = StsError::Validation(format!("the request body is larger than {max} bytes"));
+            let reason = e.reason();
+            (e, reason)
+        }
         SmallBody::Stalled => {
             proxy.metrics.limit_refusal("client_body_idle");
-            StsError::Validation(format!(
+            let e = StsError::Validation(format!(
                 "the request body stopped arriving for longer than {idle:?} (limits.client_body_idle_timeout)"
-            ))
+            ));
+            (e, "client_body_idle")
         }
-        SmallBody::Broken => StsError::Validation("the request body broke off".into()),
+        SmallBody::Broken => (
+            StsError::Validation("the request body broke off".into()),
+            "incomplete_body",
+        ),
     })?;
     ctx.bytes_in
         .bytes

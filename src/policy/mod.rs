@@ -1,7 +1,7 @@
 //! Role policies: load, compile, evaluate, explain.
 //!
 //! The authorize stage of the pipeline. A [`PolicySet`] is compiled once from every `*.toml`
-//! in the policies directory (see `CONFIG.md`, "Role policies") and then shared read-only
+//! in the policies directory (see the README, "Role policies", and docs/reference/policies.md) and then shared read-only
 //! (`Arc<PolicySet>`) by every request.
 //!
 //! | file        | what it holds                                                        |

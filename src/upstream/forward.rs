@@ -25,6 +25,18 @@ pub enum ForwardError {
     Timeout,
 }
 
+impl ForwardError {
+    /// A short fixed name for traces and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ForwardError::CallerAborted => "caller_aborted",
+            ForwardError::Unreachable => "unreachable",
+            ForwardError::Broke => "broke",
+            ForwardError::Timeout => "timeout",
+        }
+    }
+}
+
 /// Sends `req` and waits for the response head, which is due `timeouts.response` after the
 /// request's last byte went out (an upload may take as long as the caller keeps sending;
 /// a caller that stalls is cut off by its own idle limit). Upstream failures are logged and

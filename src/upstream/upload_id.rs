@@ -15,9 +15,10 @@
 //! tags the ids in the store's answers (CreateMultipartUpload, ListParts,
 //! ListMultipartUploads).
 //!
-//! The binding key is derived from the route's static secret access key, so every replica
-//! in front of the same store agrees on it without any new configuration, and rotating the
-//! route's secret invalidates the ids of uploads in flight (they must be restarted).
+//! The binding key is the route's `upload_id_key`, the same on every replica in front of the
+//! store. Without one (allowed only for a route with a static secret) it is derived from that
+//! secret, and rotating the secret then invalidates the ids of uploads in flight (they must
+//! be restarted).
 
 use std::borrow::Cow;
 

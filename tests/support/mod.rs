@@ -361,6 +361,7 @@ pub struct ProxyBuilder {
     tls: bool,
     clock: Option<claimgate::clock::SharedClock>,
     audit_to: Option<Box<dyn Write + Send>>,
+    env: Vec<(String, String)>,
 }
 
 pub fn proxy(idp: &TestIdp, s3: &TestS3) -> ProxyBuilder {
@@ -425,6 +426,11 @@ impl ProxyBuilder {
     }
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.issuers.push(issuer.to_string());
+        self
+    }
+    /// An environment variable for the spawned process (`spawn` only).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
     pub fn tls(mut self) -> Self {
@@ -495,6 +501,7 @@ impl ProxyBuilder {
             .args(["serve", "--config"])
             .arg(&path)
             .env("CLAIMGATE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
@@ -929,6 +936,8 @@ impl TestHttp {
                     "query": parts.uri.query(),
                     "authorization": h("authorization"),
                     "x_api_key": h("x-api-key"),
+                    "traceparent": h("traceparent"),
+                    "tracestate": h("tracestate"),
                     "body": String::from_utf8_lossy(&body),
                 });
                 log.lock().unwrap().push(record.clone());
@@ -1074,6 +1083,7 @@ pub fn proxy_to(idp: &TestIdp, upstream: &str) -> ProxyBuilder {
         tls: false,
         clock: None,
         audit_to: None,
+        env: Vec::new(),
     }
 }
 
