@@ -9,6 +9,9 @@ Targets, all on loopback, all serving the same objects from one nginx ("the orig
   claimgate      wrk -> claimgate: bearer JWT -> policy -> SigV4 re-sign -> audit -> origin
   claimgate-sts  the same with an STS session: the caller's SigV4 verified, the session
                  unsealed, then as above
+  claimgate-otlp claimgate as above with trace export on (OTEL_EXPORTER_OTLP_ENDPOINT, the
+                 SDK's default batching and sampler: every request's 4 spans exported) to an
+                 OTLP/HTTP sink in this script that reads and discards them (1 KiB GET only)
 
 Workloads (each target in turn, round after round, so drift hits every target alike):
   get1k   1 KiB GETs at saturation          get1m / put1m   1 MiB GETs / PUTs
@@ -239,6 +242,37 @@ def check(url, headers, method="GET", data=None):
         sys.exit(f"{method} {url} answered {e.code}: {e.read()[:300]!r}")
 
 
+class OtlpSink:
+    """Takes OTLP/HTTP exports and discards them, counting posts and bytes: the collector's
+    cost is not claimgate's, but the export must really happen."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        sink = self
+        self.posts = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("content-length", 0))
+                self.rfile.read(n)
+                sink.posts += 1
+                sink.bytes += n
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 class Setup:
     def __init__(self, args):
         self.args = args
@@ -343,10 +377,28 @@ upstream = "http://127.0.0.1:{self.origin_port}"
 credentials = {{ kind = "bearer", token = "unused" }}
 """)
         env = dict(os.environ, CLAIMGATE_LOG="warn")
+        for k in [k for k in env if k.startswith("OTEL_")]:
+            del env[k]
         cg = subprocess.Popen([a.bin, "serve", "--config", config], env=env)
         self.procs.append(cg)
         self.cg = cg.pid
         wait_port(self.cg_port, "claimgate")
+        # The same config on another port, exporting every request's spans.
+        self.sink = OtlpSink()
+        self.otlp_port = free_port()
+        traced_config = os.path.join(self.work, "claimgate-otlp.toml")
+        with open(config) as f, open(traced_config, "w") as g:
+            g.write(
+                f.read()
+                .replace(f'listen = "127.0.0.1:{self.cg_port}"', f'listen = "127.0.0.1:{self.otlp_port}"')
+                .replace(f'{self.work}/audit.log', f'{self.work}/audit-otlp.log')
+            )
+        traced = subprocess.Popen(
+            [a.bin, "serve", "--config", traced_config],
+            env=dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=self.sink.url),
+        )
+        self.procs.append(traced)
+        wait_port(self.otlp_port, "claimgate (trace export)")
 
         bearer = {"Authorization": f"Bearer {self.token}"}
         cg_url = f"http://127.0.0.1:{self.cg_port}"
@@ -360,6 +412,7 @@ credentials = {{ kind = "bearer", token = "unused" }}
             "nginx": (f"http://127.0.0.1:{self.nginx_port}", {}, proxy.pids),
             "claimgate": (cg_url, bearer, [self.cg]),
             "claimgate-sts": (cg_url, sts, [self.cg]),
+            "claimgate-otlp": (f"http://127.0.0.1:{self.otlp_port}", bearer, [traced.pid]),
         }
         # Every target serves every request of the runs before anything is measured.
         for name in self.targets:
@@ -376,10 +429,11 @@ credentials = {{ kind = "bearer", token = "unused" }}
     def trim_audit(self):
         """Empties claimgate's audit log between runs (it appends; a full run would otherwise
         leave gigabytes of records in RAM)."""
-        try:
-            os.truncate(os.path.join(self.work, "audit.log"), 0)
-        except OSError:
-            pass
+        for name in ("audit.log", "audit-otlp.log"):
+            try:
+                os.truncate(os.path.join(self.work, name), 0)
+            except OSError:
+                pass
 
     def stop(self):
         for p in reversed(self.procs):
@@ -570,7 +624,7 @@ def main():
         for _ in range(a.rounds):
             setup.workload = "get1k"
             if "get1k" in only:
-                for t in ("direct", "nginx", "claimgate", "claimgate-sts"):
+                for t in ("direct", "nginx", "claimgate", "claimgate-sts", "claimgate-otlp"):
                     rnd("get1k", t, wrk(setup, t, OBJECT_1K, a.duration, a.conns))
             setup.workload = "get1m"
             if "get1m" in only:
@@ -596,6 +650,8 @@ def main():
         idle = idle_connections(setup, a.idle) if "idle" in only and a.idle else None
     finally:
         setup.stop()
+    exported = (setup.sink.posts, setup.sink.bytes) if hasattr(setup, "sink") else (0, 0)
+    a.exported = exported
 
     report(a, results, idle)
     errors = sum(r["errors"] for runs in results.values() for r in runs) + (idle[2] if idle else 0)
@@ -683,6 +739,12 @@ def goals(a, results, idle):
     checks.append(("1 KiB GET, bearer ≥ 0.90× nginx proxy_pass", r, r is not None and r >= 0.9, "x"))
     r = ratio("get1k", "claimgate-sts", "claimgate", "rps")
     checks.append(("1 KiB GET, STS session ≥ 0.85× bearer", r, r is not None and r >= 0.85, "x"))
+    r = ratio("get1k", "claimgate-otlp", "claimgate", "rps")
+    posts, nbytes = getattr(a, "exported", (0, 0))
+    print(f"OTLP sink: {posts} exports, {nbytes / MIB:.1f} MiB of spans taken from claimgate-otlp\n")
+    checks.append(
+        ("1 KiB GET, every request's spans exported ≥ 0.85× not exported", r, r is not None and r >= 0.85 and posts > 0, "x")
+    )
     for wl in ("get1m", "put1m"):
         r = ratio(wl, "claimgate", "nginx", "mbps")
         checks.append((f"{titles_short(wl)} ≥ 0.90× nginx proxy_pass", r, r is not None and r >= 0.9, "x"))

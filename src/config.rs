@@ -287,6 +287,20 @@ impl Sources {
             self.files.push(path);
         }
     }
+
+    /// These sources and `other`'s.
+    pub fn union(&self, other: &Sources) -> Sources {
+        let mut all = self.clone();
+        for f in &other.files {
+            all.file(f.clone());
+        }
+        for d in &other.dirs {
+            if !all.dirs.contains(d) {
+                all.dirs.push(d.clone());
+            }
+        }
+        all
+    }
 }
 
 /// `[audit]`.
@@ -576,6 +590,19 @@ pub enum HttpCredentials {
 pub struct ConfigError {
     /// The problems, in file order.
     pub problems: Vec<Problem>,
+    /// The files the refused set named (those it read, and those it could not): a reload
+    /// that was refused for a missing file is tried again when that file appears.
+    pub sources: Sources,
+}
+
+impl ConfigError {
+    /// A refusal that names no files beyond the config itself.
+    pub fn of(problems: Vec<Problem>) -> ConfigError {
+        ConfigError {
+            problems,
+            sources: Sources::default(),
+        }
+    }
 }
 
 impl std::fmt::Display for ConfigError {
@@ -714,9 +741,8 @@ fn placeholder_addr() -> SocketAddr {
 impl Config {
     /// Reads and validates a config file and the policies it names.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![Problem::file(path, format!("cannot read config: {e}"))],
-        })?;
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::of(vec![Problem::file(path, format!("cannot read config: {e}"))]))?;
         Config::from_source(path, &source)
     }
 
@@ -725,7 +751,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(source).map_err(|e| {
             let mut problems = vec![Problem::from_toml(path, source, &e)];
             problems.append(&mut policy_problems_despite(path, source));
-            ConfigError { problems }
+            ConfigError::of(problems)
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {
@@ -806,7 +832,10 @@ impl Config {
                 routes,
                 sources: c.sources,
             }),
-            _ => Err(ConfigError { problems: c.problems }),
+            _ => Err(ConfigError {
+                problems: c.problems,
+                sources: c.sources,
+            }),
         }
     }
 

@@ -82,12 +82,13 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "claimgate_request_duration_seconds",
-                "Time from request head to the end of the response body, by route.",
+                "Time from request head to the end of the response body, by route and action (a \
+                 route's listings and its large uploads take different times).",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            &["route"],
+            &["route", "action"],
         )
         .expect("static metric definition");
         registry
@@ -255,7 +256,7 @@ impl Metrics {
         self.requests
             .with_label_values(&[route, action, decision, class])
             .inc();
-        self.duration.with_label_values(&[route]).observe(seconds);
+        self.duration.with_label_values(&[route, action]).observe(seconds);
     }
 
     /// Counts an authentication failure.

@@ -190,12 +190,10 @@ impl Live {
         // File reads and policy compilation block: off the request threads.
         let result = match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(loaded) => loaded.and_then(|config| self.install(config, trigger)),
-            Err(e) => Err(ConfigError {
-                problems: vec![Problem::file(
-                    &self.path,
-                    format!("reading the config set failed: {e}"),
-                )],
-            }),
+            Err(e) => Err(ConfigError::of(vec![Problem::file(
+                &self.path,
+                format!("reading the config set failed: {e}"),
+            )])),
         };
         match &result {
             Ok(_) => {
@@ -206,8 +204,24 @@ impl Live {
                 watched.sources = sources;
             }
             Err(e) => {
-                // Not retried until a file changes again.
-                watched.digest = seen;
+                // Not retried until a file changes again: one of the set in force, or one
+                // the refused set named. The second kind matters where files arrive apart,
+                // as a ConfigMap and a Secret do on Kubernetes: a config naming a key file
+                // that is not there yet is refused, and is tried again once the file appears.
+                let in_force = self.current().config.sources.clone();
+                let sources = in_force.union(&e.sources);
+                if sources == in_force {
+                    watched.digest = seen;
+                } else {
+                    // The refused set's files had no digest taken before they were read, so
+                    // one is taken now; a file that changed in between (milliseconds) waits
+                    // for its next change.
+                    let all = sources.clone();
+                    watched.digest = tokio::task::spawn_blocking(move || fingerprint(&all))
+                        .await
+                        .unwrap_or(seen);
+                }
+                watched.sources = sources;
                 self.shared.metrics.reload_failed();
                 for p in &e.problems {
                     tracing::error!("{p}");
@@ -224,8 +238,10 @@ impl Live {
 
     fn install(&self, config: Config, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let fixed = Fixed::of(&config);
+        let sources = config.sources.clone();
         let refuse = |message: String| ConfigError {
             problems: vec![Problem::file(&config.path, message)],
+            sources: sources.clone(),
         };
         if fixed.tls != self.fixed.tls {
             return Err(refuse(
@@ -262,6 +278,7 @@ impl Live {
         let proxy =
             Proxy::new(Arc::new(config), &self.shared, generation, Some(&old)).map_err(|e| ConfigError {
                 problems: vec![Problem::file(&self.path, e)],
+                sources: sources.clone(),
             })?;
         warn_of_weakening(&old, &proxy);
         proxy.start_background();

@@ -43,6 +43,68 @@ async fn admin_text(c: &Client, url: &str) -> (u16, String) {
     (r.status, r.text())
 }
 
+/// Files that arrive apart: a config naming a key file that is not there yet (on Kubernetes,
+/// a ConfigMap edit that reaches the pod before the Secret key it names) is refused, and put
+/// in force by itself once the file appears, with no signal and no other edit.
+#[tokio::test]
+async fn a_set_refused_for_a_missing_file_is_loaded_when_the_file_arrives() {
+    let idp = TestIdp::start().await;
+    let s3 = TestS3::start(&["datasets"]).await;
+    let p = proxy(&idp, &s3).start().await;
+    let t = idp.token("alice", &["ml-engineers"]);
+    let dir = p.config_dir().to_path_buf();
+    let config = std::fs::read_to_string(dir.join("claimgate.toml")).unwrap();
+    assert!(config.contains("file:upstream.secret"), "{config}");
+    std::fs::write(
+        dir.join("claimgate.toml"),
+        config.replace("file:upstream.secret", "file:upstream-next.secret"),
+    )
+    .unwrap();
+    until(
+        Duration::from_secs(5),
+        "the set naming a missing file was refused",
+        || async {
+            metric(
+                &p.metrics().await,
+                "claimgate_reload_total",
+                &[("result", "error")],
+            ) >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&p.metrics().await, "claimgate_config_generation", &[]),
+        1.0
+    );
+
+    // The key arrives: the refused set is tried again and goes into force.
+    std::fs::write(dir.join("upstream-next.secret"), format!("{S3_SECRET_KEY}\n")).unwrap();
+    until(
+        Duration::from_secs(5),
+        "the set loaded once its file arrived",
+        || async { metric(&p.metrics().await, "claimgate_config_generation", &[]) == 2.0 },
+    )
+    .await;
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "claimgate_config_last_reload_successful", &[]), 1.0);
+    assert_eq!(
+        metric(&m, "claimgate_reload_total", &[("result", "error")]),
+        1.0,
+        "refused once, not retried in a loop"
+    );
+    // and it signs with the key it read
+    let put = p
+        .client
+        .request(
+            "PUT",
+            &p.url("/datasets/arrived"),
+            Some(&t),
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+}
+
 /// A policy edit is in force within a second; a broken policy file is refused with its
 /// file and line, counted, and the set in force keeps serving; removing it reloads again.
 #[tokio::test]

@@ -169,6 +169,13 @@ async fn a_request_is_one_exported_span_with_its_stages_under_the_callers_trace(
     assert_eq!(attr(authorize, "claimgate.decision").as_deref(), Some("allow"));
     let upstream = &spans.iter().find(|(_, s)| s.name == "upstream").unwrap().1;
     assert_eq!(upstream.kind, 3, "CLIENT");
+    // the store saw the same trace, with claimgate's upstream span as its parent (and its
+    // SigV4 check passed with the header added after signing: the 200 above)
+    let at_store = s3.traceparents();
+    assert_eq!(
+        at_store.last().cloned().flatten(),
+        Some(format!("00-{CALLER_TRACE}-{}-01", hex::encode(&upstream.span_id)))
+    );
     assert_eq!(
         attr(upstream, "http.response.status_code").as_deref(),
         Some("200")

@@ -73,6 +73,32 @@ fn activity(record: &AuditRecord) -> (u64, &'static str) {
     }
 }
 
+/// The `http_method` values OCSF 1.3.0 defines.
+const HTTP_METHODS: [&str; 8] = [
+    "OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT",
+];
+
+/// OCSF 1.3.0's `email_t`: `^[a-zA-Z0-9!#$%&'*+-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+$`
+/// (in the local part, `+-/` is a range: `+ , - . /`).
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+,-./=?^_`{|}~".contains(c));
+    let Some((label, rest)) = domain.split_once('.') else {
+        return false;
+    };
+    let label_ok = !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let rest_ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    local_ok && label_ok && rest_ok
+}
+
 /// The event for `record`.
 pub fn event(record: &AuditRecord) -> Value {
     let (activity_id, activity_name) = activity(record);
@@ -94,7 +120,9 @@ pub fn event(record: &AuditRecord) -> Value {
             user.insert("uid".into(), json!(id.sub));
             user.insert("type".into(), json!("User"));
             user.insert("type_id".into(), json!(1));
-            if let Some(email) = &id.email {
+            // `email_addr` is typed (OCSF's email_t): a claim that is no address goes to
+            // `unmapped` rather than make the event invalid.
+            if let Some(email) = id.email.as_deref().filter(|e| is_email(e)) {
                 user.insert("email_addr".into(), json!(email));
             }
             if !id.roles.is_empty() {
@@ -139,7 +167,13 @@ pub fn event(record: &AuditRecord) -> Value {
 
     let mut resources: Vec<Value> = Vec::new();
     let mut push_resource = |action: Option<&str>, uid: &str| {
-        let kind = if uid.starts_with("s3://") { "S3" } else { "HTTP" };
+        let kind = if uid.starts_with("s3://") {
+            "S3"
+        } else if uid.starts_with("arn:aws:iam::") {
+            "IAM Role"
+        } else {
+            "HTTP"
+        };
         let mut r = json!({ "uid": uid, "type": kind });
         if let Some(a) = action {
             r["data"] = json!({ "action": a });
@@ -159,10 +193,15 @@ pub fn event(record: &AuditRecord) -> Value {
         Err(_) => json!({ "name": record.source }),
     };
     let mut http_request = json!({
-        "http_method": record.method,
         "url": { "path": record.path },
         "uid": record.request_id,
     });
+    // An enum in 1.3.0 (PATCH came in 1.6.0); others, and `-` for a connection refused
+    // before any request was read, go to `unmapped`.
+    let ocsf_method = HTTP_METHODS.contains(&record.method.as_str());
+    if ocsf_method {
+        http_request["http_method"] = json!(record.method);
+    }
     if let Some(ua) = &record.user_agent {
         http_request["user_agent"] = json!(ua);
     }
@@ -185,6 +224,17 @@ pub fn event(record: &AuditRecord) -> Value {
         if let Some(v) = value {
             unmapped.insert(name.into(), v);
         }
+    }
+    if !ocsf_method {
+        unmapped.insert("http_method".into(), json!(record.method));
+    }
+    if let Some(email) = record
+        .identity
+        .as_ref()
+        .and_then(|i| i.email.as_deref())
+        .filter(|e| !is_email(e))
+    {
+        unmapped.insert("email".into(), json!(email));
     }
     unmapped.insert("bytes_in".into(), json!(record.bytes_in));
     unmapped.insert("bytes_out".into(), json!(record.bytes_out));
@@ -229,7 +279,6 @@ pub fn event(record: &AuditRecord) -> Value {
         "resources": resources,
         "src_endpoint": src_endpoint,
         "http_request": http_request,
-        "http_response": { "code": record.status },
         "unmapped": Value::Object(unmapped),
     });
     // The W3C trace id joins the event to the request's trace and to the store's own logs.
@@ -332,6 +381,10 @@ mod tests {
             e["metadata"]["correlation_uid"],
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+        assert!(
+            e.get("http_response").is_none(),
+            "not in API Activity before OCSF 1.4"
+        );
         let unauthenticated = event(&record(AuditDecision::Error, false));
         assert_eq!(unauthenticated["actor"]["user"]["name"], "unauthenticated");
     }
@@ -355,6 +408,35 @@ mod tests {
             r.operation = Some(op);
             r.method = method.into();
             assert_eq!(activity(&r).0, id, "{op}");
+        }
+    }
+
+    #[test]
+    fn values_outside_ocsf_1_3_types_go_to_unmapped_not_into_typed_attributes() {
+        let mut r = record(AuditDecision::Allow, true);
+        r.method = "PATCH".into();
+        if let Some(id) = r.identity.as_mut() {
+            id.email = Some("eve".into());
+        }
+        let e = event(&r);
+        assert!(e["http_request"].get("http_method").is_none(), "{e}");
+        assert_eq!(e["unmapped"]["http_method"], "PATCH");
+        assert!(e["actor"]["user"].get("email_addr").is_none(), "{e}");
+        assert_eq!(e["unmapped"]["email"], "eve");
+        r.method = "-".into();
+        assert_eq!(event(&r)["unmapped"]["http_method"], "-");
+        for good in ["alice@example.com", "a.b+c@mail.example.co.uk", "x_y@e-x.io"] {
+            assert!(is_email(good), "{good}");
+        }
+        for bad in [
+            "eve",
+            "@example.com",
+            "alice@",
+            "alice@localhost",
+            "a b@example.com",
+            "alice@ex ample.com",
+        ] {
+            assert!(!is_email(bad), "{bad}");
         }
     }
 }

@@ -14,11 +14,20 @@ binary is on PATH or named by $HELM_BIN):
     >= 2 (through the HPA), the PDB/HPA/Service pointing at the Deployment's pods, Service and
     container ports agreeing with each other and with the config's listen addresses, a grace
     period longer than the config's shutdown_grace;
+  - the NetworkPolicy: it selects exactly the Deployment's pods, restricts ingress only, names
+    exactly the container ports, and — evaluated with NetworkPolicy's own rules against sample
+    sources (pods in various namespaces, an address outside the cluster) — admits the proxy
+    port from everywhere and the admin port only from the configured peers (default: pods in
+    namespace "monitoring"); the chart's networkPolicy.* values switch and reshape it;
   - the config set itself: claimgate.toml and the policies taken out of the rendered
     ConfigMaps, laid out in a temp dir as the kubelet lays out the pod's volumes (..data
     symlinks), the Secret's keys filled with fresh keys, and `claimgate validate` run with the
-    container's own arguments: it must pass; a broken policy, revocation list or sealing key
-    must make it fail.
+    container's own arguments: it must pass; a broken policy, revocation list or sealing key,
+    or a missing Secret key, must make it fail;
+  - the sealing keys: the default config names exactly sealing-key-0 (seals) then
+    sealing-key-1 (only opens), both from the Secret, so a rotation changes the Secret's
+    values alone (docs/howto/rotating-keys.md); the chart maps secret.sealingKeys[i] to
+    sealing-key-i and refuses to render a Secret without both.
 
 The chart is also checked statically (test_chart_*): Chart.yaml and values.yaml
 parse and hold what the templates need, every `include` names a `define`, template delimiters
@@ -32,6 +41,7 @@ object. Those tests fail without helm: scripts/test installs it (deploy/helm/ins
 
 import base64
 import copy
+import ipaddress
 import json
 import os
 import pathlib
@@ -339,7 +349,8 @@ def test_every_object_matches_the_kubernetes_schemas(bundle):
     kinds = sorted(o["kind"] for o in objects)
     expected = [
         "ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-        "Ingress", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
+        "Ingress", "NetworkPolicy", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount",
+        "ServiceMonitor",
     ]
     if bundle.source.startswith("kustomize"):
         expected = sorted(expected + ["Namespace"])
@@ -366,6 +377,12 @@ def test_the_schema_check_is_strict(plain_full):
     sm = copy.deepcopy(plain_full.one("ServiceMonitor"))
     del sm["spec"]["selector"]
     assert schema_problems(sm)
+    np = copy.deepcopy(plain_full.one("NetworkPolicy"))
+    np["spec"]["ingress"][1]["form"] = np["spec"]["ingress"][1].pop("from")
+    assert schema_problems(np)
+    np = copy.deepcopy(plain_full.one("NetworkPolicy"))
+    np["spec"]["ingress"][0]["ports"][0]["port"] = [8443]
+    assert schema_problems(np)
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +406,7 @@ def test_default_objects_and_namespace(plain):
     kinds = sorted(o["kind"] for o in plain.objects)
     assert kinds == [
         "ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
-        "Namespace", "PodDisruptionBudget", "Service", "ServiceAccount",
+        "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount",
     ]
     for o in plain.objects:
         if o["kind"] == "Namespace":
@@ -518,6 +535,19 @@ def test_secret_keys_are_what_the_config_names(bundle):
     assert all(k.startswith("file:/etc/claimgate/secrets/") for k in config["sts"]["sealing_keys"])
 
 
+# The default config's sealing keys: exactly these two, in this order. The first key listed
+# seals, every key opens, so a rotation is done through the Secret's values alone
+# (docs/howto/rotating-keys.md, "On Kubernetes"): never an edit of the config, which would
+# be a second object the kubelet syncs on its own.
+SEALING_KEYS = [f"file:{POD_ETC}/secrets/sealing-key-0", f"file:{POD_ETC}/secrets/sealing-key-1"]
+
+
+def test_default_config_lists_two_sealing_keys_from_the_secret_key_0_first(bundle):
+    for text in (bundle.config_text(), (CHART / "files" / "claimgate.toml").read_text()):
+        assert tomllib.loads(text)["sts"]["sealing_keys"] == SEALING_KEYS
+    assert {"sealing-key-0", "sealing-key-1"} <= set(bundle.secret_data())
+
+
 def test_replicas_autoscaler_and_disruption_budget(bundle):
     dep = bundle.deployment
     pod_labels = bundle.pod["metadata"]["labels"]
@@ -542,6 +572,221 @@ def test_replicas_autoscaler_and_disruption_budget(bundle):
     assert bundle.one("Service")["spec"]["selector"] == selector
     strategy = dep["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The NetworkPolicy, evaluated as a network plugin that enforces NetworkPolicy would
+
+
+class Source:
+    """Where a connection comes from: a pod (its namespace, with the kubernetes.io/metadata.name
+    label the API server sets, and its labels) or, without a namespace, an address outside
+    the cluster."""
+
+    def __init__(self, ip, namespace=None, labels=None, ns_labels=None):
+        self.ip = ipaddress.ip_address(ip)
+        self.namespace = namespace
+        self.labels = dict(labels or {})
+        self.ns_labels = {**(ns_labels or {}), "kubernetes.io/metadata.name": namespace} if namespace else {}
+
+    def __repr__(self):
+        return f"pod{self.labels} in {self.namespace}" if self.namespace else f"{self.ip} (outside)"
+
+
+OUTSIDE = Source("203.0.113.7")
+
+
+def pod_in(namespace, labels=None, ns_labels=None):
+    # a pod address outside every ipBlock the tests write: an ipBlock is meant for addresses
+    # outside the cluster (what it does to pod addresses is up to the plugin)
+    return Source("100.64.3.21", namespace, labels, ns_labels)
+
+
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+
+
+def selector_matches(selector, labels):
+    """A LabelSelector: every matchLabels pair and every matchExpression; {} selects all."""
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {
+            "In": lambda: labels.get(key) in values,
+            "NotIn": lambda: labels.get(key) not in values,
+            "Exists": lambda: key in labels,
+            "DoesNotExist": lambda: key not in labels,
+        }[op]()
+        if not ok:
+            return False
+    return True
+
+
+def peer_matches(peer, source, policy_namespace):
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        nets = lambda cidrs: [ipaddress.ip_network(c) for c in cidrs]
+        return any(source.ip in n for n in nets([block["cidr"]])) and not any(
+            source.ip in n for n in nets(block.get("except", []))
+        )
+    assert "podSelector" in peer or "namespaceSelector" in peer, f"an empty peer: {peer}"
+    if source.namespace is None:
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = selector_matches(peer["namespaceSelector"], source.ns_labels)
+    else:  # podSelector alone: pods of the policy's own namespace
+        ns_ok = source.namespace == policy_namespace
+    return ns_ok and selector_matches(peer.get("podSelector", {}), source.labels)
+
+
+def port_matches(entry, port, named):
+    if entry.get("protocol", "TCP") != "TCP":
+        return False
+    if "port" not in entry:
+        return True  # every port of the protocol
+    first = named.get(entry["port"]) if isinstance(entry["port"], str) else entry["port"]
+    return first is not None and first <= port <= entry.get("endPort", first)
+
+
+def admits(bundle, policy, port, source):
+    """Whether `policy` lets `source` reach the Deployment's pods on TCP `port`. A pod the policy
+    selects for Ingress takes only what one of its rules admits; a rule admits a port when its
+    `ports` is absent or empty or lists it, and a source when its `from` is absent or empty or
+    a peer matches it. (Other policies in the cluster could only add to this.)"""
+    spec = policy["spec"]
+    if not selector_matches(spec["podSelector"], bundle.pod["metadata"]["labels"]):
+        return True
+    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+        return True
+    named = {p["name"]: p["containerPort"] for p in bundle.container["ports"]}
+    namespace = policy["metadata"].get("namespace", "claimgate")
+    for rule in spec.get("ingress") or []:
+        if rule.get("ports") and not any(port_matches(e, port, named) for e in rule["ports"]):
+            continue
+        if rule.get("from") and not any(peer_matches(p, source, namespace) for p in rule["from"]):
+            continue
+        return True
+    return False
+
+
+# What the default policy must do: the proxy port for anyone, the admin port for namespace
+# "monitoring" (any pod there) and nobody else — not the pods next to claimgate, not another
+# namespace whose name merely starts the same, not a namespace merely labelled for monitoring.
+DEFAULT_EXPECTATIONS = {
+    "proxy": {
+        "admitted": [
+            OUTSIDE, pod_in("claimgate"), pod_in("default"), pod_in("ml-jobs", {"app": "trainer"}),
+            pod_in("monitoring", PROMETHEUS), pod_in("ingress-nginx"),
+        ],
+        "refused": [],
+    },
+    "admin": {
+        "admitted": [pod_in("monitoring", PROMETHEUS), pod_in("monitoring", {"app": "grafana-agent"})],
+        "refused": [
+            OUTSIDE, pod_in("claimgate"), pod_in("claimgate", PROMETHEUS), pod_in("default"),
+            pod_in("ml-jobs", {"app": "trainer"}), pod_in("kube-system"), pod_in("monitoring-dev", PROMETHEUS),
+            pod_in("observability", PROMETHEUS, {"monitoring": "true"}),
+        ],
+    },
+}
+
+
+def network_policy_problems(bundle, policy, expectations=DEFAULT_EXPECTATIONS):
+    problems = []
+    spec = policy["spec"]
+    if policy["apiVersion"] != "networking.k8s.io/v1":
+        problems.append(f"apiVersion {policy['apiVersion']}")
+    # exactly the Deployment's pods: its selector, nothing more, nothing less
+    selector = bundle.deployment["spec"]["selector"]
+    if spec.get("podSelector") != selector:
+        problems.append(f"podSelector {spec.get('podSelector')} is not the Deployment's {selector}")
+    if not selector_matches(spec.get("podSelector", {}), bundle.pod["metadata"]["labels"]):
+        problems.append("podSelector does not select the pods")
+    # ingress only: egress must reach IdPs, STS and stores at addresses not known here
+    if spec.get("policyTypes") != ["Ingress"] or "egress" in spec:
+        problems.append(f"policyTypes {spec.get('policyTypes')}, egress {spec.get('egress')}: ingress only")
+    # every rule names ports, each one of the container's ports, and together every port some
+    # source must reach (by default: both)
+    named = {p["name"]: p["containerPort"] for p in bundle.container["ports"]}
+    listed = set()
+    for i, rule in enumerate(spec.get("ingress") or []):
+        if not rule.get("ports"):
+            problems.append(f"ingress[{i}] names no port: it admits every port")
+            continue
+        for e in rule["ports"]:
+            port = named.get(e.get("port")) if isinstance(e.get("port"), str) else e.get("port")
+            if port not in named.values() or "endPort" in e or e.get("protocol", "TCP") != "TCP":
+                problems.append(f"ingress[{i}]: {e} is not one of the container's ports {named}")
+            listed.add(port)
+    required = {named[name] for name, expect in expectations.items() if expect["admitted"]}
+    if not required <= listed <= set(named.values()):
+        problems.append(f"the rules name ports {sorted(map(str, listed))}, the container {named}")
+    # who gets through, by NetworkPolicy's rules
+    for port_name, expect in expectations.items():
+        for source in expect["admitted"]:
+            if not admits(bundle, policy, named[port_name], source):
+                problems.append(f"{port_name} port refuses {source}")
+        for source in expect["refused"]:
+            if admits(bundle, policy, named[port_name], source):
+                problems.append(f"{port_name} port admits {source}")
+    # a port the pod does not serve is nobody's
+    if admits(bundle, policy, 8080, pod_in("monitoring", PROMETHEUS)):
+        problems.append("port 8080 admitted")
+    return problems
+
+
+def test_network_policy_guards_the_admin_port(bundle):
+    """One NetworkPolicy on the Deployment's pods: the proxy port open to all, the admin port
+    (no authentication: POST /-/reload, /metrics) only to pods in namespace "monitoring"."""
+    problems = network_policy_problems(bundle, bundle.one("NetworkPolicy"))
+    assert not problems, f"{bundle.source}:\n" + "\n".join(problems)
+
+
+def test_the_network_policy_check_is_strict(plain_full):
+    """The check above refuses what would open the admin port, miss the pods or the ports."""
+    b = plain_full
+    good = b.one("NetworkPolicy")
+    assert not network_policy_problems(b, good)
+
+    def refused_for(edit, reason):
+        np = copy.deepcopy(good)
+        edit(np["spec"])
+        problems = network_policy_problems(b, np)
+        assert any(reason in p for p in problems), (reason, problems)
+
+    admin = 1
+    assert good["spec"]["ingress"][admin]["ports"][0]["port"] == 9090
+    # the admin rule without peers, or with an empty list of them: everyone
+    refused_for(lambda s: s["ingress"][admin].pop("from"), "admin port admits 203.0.113.7")
+    refused_for(lambda s: s["ingress"][admin].update({"from": []}), "admin port admits pod{} in claimgate")
+    # a peer that admits every namespace, or claimgate's own pods
+    refused_for(lambda s: s["ingress"][admin]["from"].append({"namespaceSelector": {}}), "admin port admits pod{} in default")
+    refused_for(lambda s: s["ingress"][admin]["from"].append({"podSelector": {}}), "admin port admits pod{} in claimgate")
+    # a prefix where the name must match whole
+    refused_for(
+        lambda s: s["ingress"][admin]["from"][0]["namespaceSelector"].update({
+            "matchLabels": {},
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring", "monitoring-dev"]}],
+        }),
+        "admin port admits pod{'app.kubernetes.io/name': 'prometheus'} in monitoring-dev",
+    )
+    # the proxy rule reaching the admin port too (a rule without ports: every port)
+    refused_for(lambda s: s["ingress"][0].pop("ports"), "ingress[0] names no port")
+    # the wrong pods (a selector the pods lack; an empty one: every pod in the namespace)
+    refused_for(lambda s: s["podSelector"]["matchLabels"].update({"app": "claimgate"}), "podSelector does not select")
+    refused_for(lambda s: s.update({"podSelector": {}}), "is not the Deployment's")
+    # ports that are not the container's, or the admin port left out
+    refused_for(lambda s: s["ingress"][admin]["ports"][0].update({"port": 9091}), "admin port refuses")
+    refused_for(lambda s: s["ingress"][0]["ports"][0].update({"port": 443}), "proxy port refuses 203.0.113.7")
+    refused_for(lambda s: s["ingress"].pop(admin), "the rules name ports")
+    # egress restricted: the IdPs and stores would be cut off
+    refused_for(lambda s: s.update({"policyTypes": ["Ingress", "Egress"]}), "ingress only")
+    # a named port resolves through the container's ports
+    np = copy.deepcopy(good)
+    np["spec"]["ingress"][admin]["ports"][0]["port"] = "admin"
+    assert not network_policy_problems(b, np)
+    refused_for(lambda s: s["ingress"][admin]["ports"][0].update({"port": "metrics"}), "not one of the container's ports")
 
 
 def test_no_restart_on_config_edits_and_a_graceful_stop(bundle):
@@ -659,6 +904,11 @@ def _missing_upload_key(rel, files):
         del files["upload-id-key"]
 
 
+def _missing_second_sealing_key(rel, files):
+    if rel == "secrets":
+        del files["sealing-key-1"]
+
+
 @pytest.mark.parametrize(
     "edit, named",
     [
@@ -666,8 +916,9 @@ def _missing_upload_key(rel, files):
         (_broken_revocation, "revoked.toml"),
         (_short_sealing_key, "sealing key"),
         (_missing_upload_key, "upload-id-key"),
+        (_missing_second_sealing_key, "sealing-key-1"),
     ],
-    ids=["policy-syntax", "revocation-entry", "short-sealing-key", "missing-secret-key"],
+    ids=["policy-syntax", "revocation-entry", "short-sealing-key", "missing-secret-key", "missing-sealing-key-1"],
 )
 def test_claimgate_refuses_a_broken_config_set(bundle, tmp_path, edit, named):
     assert pathlib.Path(BIN).exists(), f"no claimgate binary at {BIN} (CLAIMGATE_BIN)"
@@ -726,6 +977,9 @@ def test_chart_values_hold_what_the_templates_need():
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert v["podSecurityContext"]["runAsNonRoot"] is True
     assert v["serviceMonitor"]["enabled"] is False and v["ingress"]["enabled"] is False
+    n = v["networkPolicy"]
+    assert n["enabled"] is True and n["proxyFrom"] == []
+    assert n["adminFrom"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     s = v["secret"]
     # defaults carry no secret material: nothing to leak from values, nothing shared by all
     assert s["create"] is False and s["sealingKeys"] == [] and s["uploadIdKey"] == "" and s["downstream"] == {}
@@ -777,10 +1031,11 @@ def test_chart_templates_are_well_formed():
     for text in texts.values():
         kinds |= set(re.findall(r"^kind:\s*(\w+)", text, re.M))
     assert kinds == {
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "PodDisruptionBudget",
-        "Secret", "Service", "ServiceAccount", "ServiceMonitor",
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy",
+        "PodDisruptionBudget", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
     }, kinds
     assert re.search(r"^apiVersion: autoscaling/v2$", texts["hpa.yaml"], re.M)
+    assert re.search(r"^apiVersion: networking.k8s.io/v1$", texts["networkpolicy.yaml"], re.M)
     assert re.search(r"^apiVersion: monitoring.coreos.com/v1$", texts["servicemonitor.yaml"], re.M)
     # the policies' ConfigMap reads the chart's copy of policies/
     assert 'Files.Glob "files/policies/*.toml"' in texts["configmap-policies.yaml"]
@@ -814,6 +1069,15 @@ def test_chart_defaults_are_the_plain_manifests(plain):
     assert (v["autoscaling"]["minReplicas"], v["autoscaling"]["maxReplicas"]) == (hpa["minReplicas"], hpa["maxReplicas"])
     assert v["autoscaling"]["targetCPUUtilizationPercentage"] == hpa["metrics"][0]["resource"]["target"]["averageUtilization"]
     assert v["podDisruptionBudget"]["maxUnavailable"] == plain.one("PodDisruptionBudget")["spec"]["maxUnavailable"]
+    # the NetworkPolicy: the proxy rule without peers (proxyFrom empty), the admin rule's peers
+    np = plain.one("NetworkPolicy")["spec"]["ingress"]
+    assert v["networkPolicy"]["enabled"] is True
+    assert [r["ports"] for r in np] == [
+        [{"port": v["containerPorts"]["proxy"], "protocol": "TCP"}],
+        [{"port": v["containerPorts"]["admin"], "protocol": "TCP"}],
+    ]
+    assert "from" not in np[0] and v["networkPolicy"]["proxyFrom"] == []
+    assert np[1]["from"] == v["networkPolicy"]["adminFrom"]
     app = chart_yaml()["appVersion"]
     assert c["image"] == f"{v['image']['repository']}:{app}"
     assert plain.deployment["metadata"]["labels"]["app.kubernetes.io/version"] == app
@@ -878,6 +1142,7 @@ def test_helm_values_switch_what_they_say(helm_bin, tmp_path):
         "--set", "autoscaling.enabled=false", "--set", "replicaCount=3",
         "--set", "podDisruptionBudget.enabled=false", "--set", "preStopSleepSeconds=0",
         "--set", "secret.existingSecret=my-keys", "--set", "serviceAccount.create=false",
+        "--set", "networkPolicy.enabled=false",
     )
     b = Bundle("helm", load_docs(r.stdout), {"metadata": {"name": "my-keys"}})
     kinds = sorted(o["kind"] for o in b.objects)
@@ -900,8 +1165,93 @@ def test_helm_values_switch_what_they_say(helm_bin, tmp_path):
 def test_helm_refuses_a_secret_missing_a_key_the_config_names(helm_bin):
     r = helm(
         "template", "claimgate", str(CHART), "--set", "secret.create=true",
-        "--set", f"secret.sealingKeys[0]={fresh_key()}", "--set", f"secret.uploadIdKey={fresh_key()}",
+        "--set", f"secret.sealingKeys[0]={fresh_key()}", "--set", f"secret.sealingKeys[1]={fresh_key()}",
+        "--set", f"secret.uploadIdKey={fresh_key()}",
         check=False,
     )
     assert r.returncode != 0
     assert "client-secret" in r.stderr, r.stderr
+    # one sealing key is not enough: the default config names two
+    r = helm(
+        "template", "claimgate", str(CHART), "--set", "secret.create=true",
+        "--set", f"secret.sealingKeys[0]={fresh_key()}", "--set", f"secret.uploadIdKey={fresh_key()}",
+        "--set", "secret.downstream.client-secret=example",
+        check=False,
+    )
+    assert r.returncode != 0
+    assert "sealing-key-1" in r.stderr, r.stderr
+
+
+def test_helm_sealing_keys_keep_their_order(helm_bin, tmp_path):
+    """secret.sealingKeys[i] is key sealing-key-i: a rotation through values swaps the two."""
+    new, old = fresh_key(), fresh_key()
+    values = tmp_path / "keys.yaml"
+    values.write_text(yaml.safe_dump({"secret": {
+        "create": True, "sealingKeys": [new, old], "uploadIdKey": fresh_key(),
+        "downstream": {"client-secret": "example"},
+    }}))
+    r = helm("template", "claimgate", str(CHART), "--namespace", "claimgate", "--values", str(values))
+    secret = [o for o in load_docs(r.stdout) if o["kind"] == "Secret"]
+    assert len(secret) == 1
+    data = Bundle("helm", [], secret[0]).secret_data()
+    assert (data["sealing-key-0"], data["sealing-key-1"]) == (new, old)
+
+
+def test_helm_network_policy_values(helm_bin, tmp_path):
+    """networkPolicy.enabled switches the policy; proxyFrom and adminFrom are the peers of the
+    two ports, evaluated as a plugin would; an empty adminFrom closes the admin port to every
+    pod (no rule: an empty `from` would open it to all)."""
+    off = helm_render(tmp_path, {"networkPolicy": {"enabled": False}})
+    assert not off.of("NetworkPolicy")
+    assert sorted(o["kind"] for o in off.objects) == [
+        "ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+        "PodDisruptionBudget", "Secret", "Service", "ServiceAccount",
+    ]
+
+    # own peers: Prometheus in "observability"; the proxy for namespaces labelled team=ml and
+    # the ingress controller, plus a corporate network outside the cluster
+    values = {
+        "enabled": True,
+        "adminFrom": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {"matchLabels": PROMETHEUS},
+        }],
+        "proxyFrom": [
+            {"namespaceSelector": {"matchLabels": {"team": "ml"}}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+            {"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.128/25"]}},
+        ],
+    }
+    own = helm_render(tmp_path, {"networkPolicy": values})
+    policy = own.one("NetworkPolicy")
+    expect = {
+        "proxy": {
+            "admitted": [
+                pod_in("ml-a", {"app": "trainer"}, {"team": "ml"}), pod_in("ingress-nginx"), Source("192.0.2.10"),
+            ],
+            "refused": [
+                OUTSIDE, Source("192.0.2.200"), pod_in("default"), pod_in("ml-b", ns_labels={"team": "data"}),
+                pod_in("claimgate"),
+            ],
+        },
+        "admin": {
+            "admitted": [pod_in("observability", PROMETHEUS)],
+            "refused": [
+                pod_in("observability", {"app": "grafana"}), pod_in("monitoring", PROMETHEUS),
+                pod_in("claimgate", PROMETHEUS), OUTSIDE,
+            ],
+        },
+    }
+    problems = network_policy_problems(own, policy, expect) + schema_problems(policy)
+    assert not problems, "\n".join(problems)
+
+    # adminFrom empty: no pod reaches the admin port (only node-local traffic: the probes)
+    closed = helm_render(tmp_path, {"networkPolicy": {"enabled": True, "adminFrom": [], "proxyFrom": []}})
+    policy = closed.one("NetworkPolicy")
+    assert len(policy["spec"]["ingress"]) == 1, policy["spec"]["ingress"]
+    expect = {
+        "proxy": DEFAULT_EXPECTATIONS["proxy"],
+        "admin": {"admitted": [], "refused": [OUTSIDE, pod_in("monitoring", PROMETHEUS), pod_in("claimgate")]},
+    }
+    problems = network_policy_problems(closed, policy, expect) + schema_problems(policy)
+    assert not problems, "\n".join(problems)

@@ -133,7 +133,7 @@ def source_strings():
 def test_metrics_are_read_from_the_source():
     names = exported()
     assert names["claimgate_requests_total"][0] == ["route", "action", "decision", "status_class"]
-    assert names["claimgate_request_duration_seconds"] == (["route"], "histogram")
+    assert names["claimgate_request_duration_seconds"] == (["route", "action"], "histogram")
     assert names["claimgate_connections_open"] == ([], "other")
     for name in (
         "claimgate_denials_total",

@@ -5,11 +5,14 @@
 - The complete example in docs/reference/config.md passes `claimgate validate` (the config
   refuses unknown keys, so a misspelled documented key fails), every key in the reference's
   key tables is a field of the config's file format, and every such field is documented.
+- Every key in the key tables of docs/reference/policies.md is a field of the policy file
+  format (the serde structs of src/policy/, each refusing unknown fields), in the table of
+  the struct it belongs to, and every such field is documented.
 - Every audit field documented in docs/reference/audit.md is a field of the record in
   src/audit/mod.rs and the reverse; the records a running `claimgate dev` writes hold only
   documented fields, and every field documented as always present.
-- Every relative link in docs/ points to an existing file (and, into Markdown, to an
-  existing heading).
+- Every relative link in docs/ and in the READMEs of deploy/helm/claimgate and
+  deploy/kubernetes points to an existing file (and, into Markdown, to an existing heading).
 """
 
 import base64
@@ -264,6 +267,139 @@ def test_the_complete_example_config_validates(tmp_path):
     assert done.returncode != 0 and "shutdown_grase" in done.stderr, done.stderr
 
 
+# --- policies -------------------------------------------------------------------------------
+
+# The policy file format's structs (src/policy/load.rs) and where docs/reference/policies.md
+# documents each one's keys: the "where" column of the File format table, or a section's table.
+POLICY_STRUCTS = {
+    "FileSpec": ("File format", "file top level"),
+    "RoleSpec": ("File format", "role"),
+    "MemberSpec": ("Members", None),
+    "RuleSpec": ("Rules", None),
+}
+# Deserialized in src/policy/ but not part of the format: a loose re-read of a file that serde
+# refused, only to find where each role starts.
+POLICY_INTERNAL = {"LooseFile"}
+
+
+def rust_structs(src):
+    """Every struct of Rust source `src` that derives Deserialize:
+    name -> (serialized field names, whether unknown fields are refused)."""
+    found = {}
+    pattern = re.compile(
+        r"((?:^[ \t]*(?:#\[[^\n]*\]|///[^\n]*)\n)*)^[ \t]*(?:pub(?:\([^)]*\))?\s+)?struct (\w+) \{(.*?)\n\}",
+        re.M | re.S,
+    )
+    for m in pattern.finditer(src):
+        attrs, name, body = m.groups()
+        if not re.search(r"#\[derive\([^)]*\bDeserialize\b", attrs):
+            continue
+        rename_all = re.search(r'rename_all\s*=\s*"([^"]+)"', attrs)
+        assert not rename_all or rename_all.group(1) == "snake_case", (
+            f"struct {name}: rename_all = {rename_all.group(1)!r}: teach this test to apply it"
+        )
+        fields, pending = set(), []
+        for line in body.splitlines():
+            line = line.strip()
+            if line.startswith("#["):
+                pending.append(line)
+                continue
+            f = re.match(r"(?:pub(?:\([^)]*\))?\s+)?([a-z_][a-z0-9_]*)\s*:", line)
+            if not f:
+                continue
+            serde = " ".join(pending)
+            pending = []
+            assert "flatten" not in serde, f"struct {name}: #[serde(flatten)]: teach this test to follow it"
+            if re.search(r"\bskip(_deserializing)?\b", serde):
+                continue  # not read from the file
+            rename = re.search(r'rename\s*=\s*"([^"]+)"', serde)
+            fields.add(rename.group(1) if rename else f.group(1))
+            fields |= set(re.findall(r'alias\s*=\s*"([^"]+)"', serde))
+        found[name] = (fields, "deny_unknown_fields" in attrs)
+    return found
+
+
+def policy_format(sources=None):
+    """The policy file format's structs, from src/policy/*.rs (or the given sources)."""
+    if sources is None:
+        sources = [p.read_text() for p in sorted((ROOT / "src" / "policy").glob("*.rs"))]
+    found = {}
+    for src in sources:
+        found.update(rust_structs(src))
+    return found
+
+
+def doc_section(markdown, heading):
+    """The text under `## heading`, up to the next `## ` heading."""
+    m = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", markdown, re.M | re.S)
+    assert m, f"no section '## {heading}'"
+    return m.group(1)
+
+
+def documented_policy_keys(markdown):
+    """struct -> the keys policies.md documents for it (each row of a key table names one)."""
+    keys = {name: set() for name in POLICY_STRUCTS}
+    rows_seen = 0
+    for name, (heading, where) in POLICY_STRUCTS.items():
+        for row in table_rows(doc_section(markdown, heading), "key"):
+            names = backticked(row[0])
+            assert len(names) == 1, f"policies.md: one key per row: {row}"
+            if where is None or row[1] == where:
+                keys[name].add(names[0])
+                rows_seen += 1
+    # every row of every key table belongs to one struct (a new table or `where` needs a home)
+    all_rows = table_rows(markdown, "key")
+    assert rows_seen == len(all_rows), f"policies.md has key rows no struct claims: {all_rows}"
+    return keys
+
+
+def policy_key_mismatches(markdown, format_structs):
+    problems = []
+    names = set(format_structs)
+    if names != set(POLICY_STRUCTS) | POLICY_INTERNAL:
+        problems.append(
+            f"Deserialize structs in src/policy/: {sorted(names)}; this test knows "
+            f"{sorted(set(POLICY_STRUCTS) | POLICY_INTERNAL)} (map a new one to its table in policies.md)"
+        )
+    documented = documented_policy_keys(markdown)
+    for name in POLICY_STRUCTS:
+        fields, strict = format_structs.get(name, (set(), False))
+        if not strict:
+            problems.append(f"{name} does not refuse unknown fields (#[serde(deny_unknown_fields)])")
+        doc = documented[name]
+        if doc - fields:
+            problems.append(f"policies.md documents keys {name} does not have: {sorted(doc - fields)}")
+        if fields - doc:
+            problems.append(f"{name} has keys policies.md does not document: {sorted(fields - doc)}")
+    return problems
+
+
+def test_policy_keys_match_the_policy_file_format_both_ways():
+    doc = text("docs/reference/policies.md")
+    structs = policy_format()
+    for sure in ["roles", "members", "claim", "contains", "actions", "resources"]:
+        assert any(sure in f for f, _ in structs.values()), f"the field scan of src/policy/ missed `{sure}`"
+    problems = policy_key_mismatches(doc, structs)
+    assert not problems, "\n".join(problems)
+    # the mode values documented are the ones the file format accepts
+    load = text("src/policy/load.rs")
+    enum = re.search(r'rename_all\s*=\s*"lowercase"\)\]\s*enum ModeSpec \{(.*?)\}', load, re.S)
+    assert enum, "no ModeSpec (lowercase) in src/policy/load.rs"
+    modes = {v.lower() for v in re.findall(r"\b([A-Z]\w*)\b", enum.group(1))}
+    for row in table_rows(doc_section(doc, "File format"), "key"):
+        if backticked(row[0]) == ["mode"]:
+            type_cell = "|".join(row[2:-1])  # the cell `"enforce"` \| `"shadow"`, split at its escaped bar
+            assert set(re.findall(r'`"([a-z]+)"`', type_cell)) == modes, row
+
+    # the check has teeth: a key dropped from the docs, a field added to the code
+    dropped = re.sub(r"^\| `glob` \|.*\n", "", doc, flags=re.M)
+    assert dropped != doc
+    assert any("`glob`" in p or "'glob'" in p for p in policy_key_mismatches(dropped, structs))
+    grown = [src.replace("struct RuleSpec {\n", "struct RuleSpec {\n    effect: Option<String>,\n")
+             for src in (p.read_text() for p in sorted((ROOT / "src" / "policy").glob("*.rs")))]
+    assert any("'effect'" in p for p in policy_key_mismatches(doc, policy_format(grown)))
+
+
 # --- audit records ----------------------------------------------------------------------------
 
 
@@ -434,6 +570,8 @@ def links(path):
 def test_every_relative_link_in_docs_resolves():
     pages = sorted(DOCS.rglob("*.md"))
     assert len(pages) >= 10, pages
+    # the deployment READMEs link into docs/ too
+    pages += [ROOT / "deploy" / "helm" / "claimgate" / "README.md", ROOT / "deploy" / "kubernetes" / "README.md"]
     broken = []
     checked = 0
     for page in pages:

@@ -239,6 +239,7 @@ pub struct TestS3 {
     pub url: String,
     pub root: tempfile::TempDir,
     requests: Arc<AtomicUsize>,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl TestS3 {
@@ -266,6 +267,8 @@ impl TestS3 {
         let url = format!("{scheme}://localhost:{}", listener.local_addr().unwrap().port());
         let requests = Arc::new(AtomicUsize::new(0));
         let counter = requests.clone();
+        let traceparents = Arc::new(Mutex::new(Vec::new()));
+        let seen = traceparents.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -274,10 +277,17 @@ impl TestS3 {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let counter = counter.clone();
+                let seen = seen.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(
+                            req.headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string),
+                        );
                         let service = service.clone();
                         async move { hyper::service::Service::call(&service, req).await }
                     });
@@ -294,7 +304,17 @@ impl TestS3 {
                 });
             }
         });
-        TestS3 { url, root, requests }
+        TestS3 {
+            url,
+            root,
+            requests,
+            traceparents,
+        }
+    }
+
+    /// The `traceparent` each request that reached the store carried.
+    pub fn traceparents(&self) -> Vec<Option<String>> {
+        self.traceparents.lock().unwrap().clone()
     }
 
     /// Requests that reached the upstream so far.
