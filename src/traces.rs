@@ -85,8 +85,8 @@ pub struct Traces {
 }
 
 /// The exporting provider, shut down once: by [`Traces::shutdown`], or else when the last
-/// `Traces` goes. The SDK's own shutdown blocks until the export task (on the runtime)
-/// answers, so it must never run on a runtime thread: on a one-worker runtime, or a
+/// `Traces` goes. The SDK's shutdown blocks until the last batch is posted, and posts run on
+/// the runtime, so it must never run on a runtime thread: on a one-worker runtime, or a
 /// current-thread one, that would wait forever.
 #[derive(Debug)]
 struct Exporting {
@@ -154,19 +154,16 @@ impl Traces {
             .into_iter()
             .find_map(|var| env(var)?.trim().parse::<u64>().ok())
             .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis);
-        let client = ExportClient::new(timeout)?;
+        let client = ExportClient::new(timeout, tokio::runtime::Handle::current())?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_http_client(client)
             .build()
             .map_err(|e| TraceConfigError::Build(e.to_string()))?;
-        let processor =
-            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-                exporter,
-                opentelemetry_sdk::runtime::Tokio,
-            )
-            .build();
+        // The SDK's batch processor runs on a thread of its own and is woken only when a batch
+        // is full or due: a span's end is one channel send, not a task wake-up per span.
+        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
         let mut resource = opentelemetry_sdk::Resource::builder();
         let named = env("OTEL_SERVICE_NAME").is_some()
             || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.contains("service.name="));
@@ -331,6 +328,10 @@ impl Stage {
         headers.remove("tracestate");
         TraceContextPropagator::new()
             .inject_context(&self.cx, &mut opentelemetry_http::HeaderInjector(headers));
+        // The propagator writes `tracestate` even when there is none to pass on.
+        if headers.get("tracestate").is_some_and(|v| v.is_empty()) {
+            headers.remove("tracestate");
+        }
     }
 }
 
@@ -342,18 +343,22 @@ impl Drop for Stage {
 
 /// Posts OTLP batches with claimgate's own outbound client (its TLS roots, which honour
 /// `SSL_CERT_FILE`, and its connect deadline), bounded as a whole by the export timeout.
+/// The batch processor's thread is not a runtime thread: each post runs on the runtime that
+/// built the client, and the thread waits for it.
 #[derive(Debug)]
 struct ExportClient {
     client: hyper_util::client::legacy::Client<net::Connector, Full<Bytes>>,
     timeout: Duration,
+    runtime: tokio::runtime::Handle,
 }
 
 impl ExportClient {
-    fn new(timeout: Duration) -> Result<ExportClient, TraceConfigError> {
+    fn new(timeout: Duration, runtime: tokio::runtime::Handle) -> Result<ExportClient, TraceConfigError> {
         let connector = net::connector(None, timeout).map_err(TraceConfigError::Client)?;
         Ok(ExportClient {
             client: net::client(connector),
             timeout,
+            runtime,
         })
     }
 }
@@ -363,15 +368,20 @@ impl HttpClient for ExportClient {
     async fn send_bytes(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(body));
-        let exchange = async {
-            let response = self.client.request(request).await?;
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        let exchange = async move {
+            let response = client.request(request).await?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
             Ok::<_, HttpError>(http::Response::from_parts(parts, body))
         };
-        tokio::time::timeout(self.timeout, exchange)
+        let posted = self
+            .runtime
+            // The deadline is made on the runtime too: a timer needs one.
+            .spawn(async move { tokio::time::timeout(timeout, exchange).await })
             .await
-            .map_err(|_| HttpError::from(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| HttpError::from(format!("export task: {e}")))?;
+        posted.map_err(|_| HttpError::from(format!("no answer within {timeout:?}")))?
     }
 }
 
@@ -491,6 +501,7 @@ mod tests {
             t.stage("upstream").inject(&mut out);
             let sent = out["traceparent"].to_str().unwrap();
             assert!(sent.starts_with(&format!("00-{id}-")), "{sent}");
+            assert!(out.get("tracestate").is_none(), "no empty tracestate is sent");
             assert!(sent.ends_with("-00"), "unsampled without export: {sent}");
         }
     }
