@@ -1092,8 +1092,7 @@ fn check_duplicate_issuers(c: &mut Collector<'_>, issuers: &[Spanned<RawIssuer>]
 /// keys fetched in clear could be swapped by anyone on the path.
 fn check_idp_url(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) {
     match url::Url::parse(v.get_ref()) {
-        Ok(u) if u.scheme() == "https" => {}
-        Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+        Ok(u) if https_or_loopback(&u) => {}
         Ok(_) => c.at(
             v,
             format!(
@@ -1109,8 +1108,7 @@ fn check_idp_url(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) {
 /// whose answers are keys): https, or http on loopback only.
 fn secret_carrying_url(v: &str) -> Result<url::Url, &'static str> {
     match url::Url::parse(v) {
-        Ok(u) if u.scheme() == "https" => Ok(u),
-        Ok(u) if u.scheme() == "http" && is_loopback(&u) => Ok(u),
+        Ok(u) if https_or_loopback(&u) => Ok(u),
         Ok(u) if u.scheme() == "http" => {
             Err("must be an https:// URL (http is allowed only on loopback): secrets travel to it")
         }
@@ -1121,10 +1119,13 @@ fn secret_carrying_url(v: &str) -> Result<url::Url, &'static str> {
 /// Whether keys may be fetched from `v`: https, or http on loopback only. The same rule as
 /// the configured issuer URLs, for the `jwks_uri` an issuer's discovery document names.
 pub(crate) fn key_url_allowed(v: &str) -> bool {
-    match url::Url::parse(v) {
-        Ok(u) => u.scheme() == "https" || (u.scheme() == "http" && is_loopback(&u)),
-        Err(_) => false,
-    }
+    url::Url::parse(v).is_ok_and(|u| https_or_loopback(&u))
+}
+
+/// The one rule for every URL claimgate fetches keys from or sends secrets to: https, or
+/// http on loopback only (a local dev IdP or STS).
+fn https_or_loopback(u: &url::Url) -> bool {
+    u.scheme() == "https" || (u.scheme() == "http" && is_loopback(u))
 }
 
 fn is_loopback(u: &url::Url) -> bool {

@@ -39,28 +39,31 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("static metric definition");
+/// Registers `metric` and hands it back: every metric is registered once, at start.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    g
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(
+        registry,
+        IntGauge::new(name, help).expect("static metric definition"),
+    )
 }
 
 fn one_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("static metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    registered(
+        registry,
+        IntCounter::new(name, help).expect("static metric definition"),
+    )
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    registered(registry, c)
 }
 
 impl Default for Metrics {
@@ -79,21 +82,21 @@ impl Metrics {
             "Requests by route, action, decision and response status class.",
             &["route", "action", "decision", "status_class"],
         );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "claimgate_request_duration_seconds",
-                "Time from request head to the end of the response body, by route and action (a \
-                 route's listings and its large uploads take different times).",
+        let duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "claimgate_request_duration_seconds",
+                    "Time from request head to the end of the response body, by route and action (a \
+                     route's listings and its large uploads take different times).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["route", "action"],
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["route", "action"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("metric registered once");
+            .expect("static metric definition"),
+        );
         let auth_failures = counter(
             &registry,
             "claimgate_auth_failures_total",
@@ -106,29 +109,29 @@ impl Metrics {
             "JWKS fetch attempts by issuer and result (ok, error, rate_limited).",
             &["issuer", "result"],
         );
-        let jwks_last_success = GaugeVec::new(
-            Opts::new(
-                "claimgate_jwks_last_success_timestamp_seconds",
-                "When each issuer's keys were last fetched successfully (Unix time); stale keys \
-                 mean new signing keys at the IdP go unseen.",
-            ),
-            &["issuer"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(jwks_last_success.clone()))
-            .expect("metric registered once");
-        let jwks_keys = IntGaugeVec::new(
-            Opts::new(
-                "claimgate_jwks_keys",
-                "Signing keys held for each issuer, from its last successful fetch.",
-            ),
-            &["issuer"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(jwks_keys.clone()))
-            .expect("metric registered once");
+        let jwks_last_success = registered(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "claimgate_jwks_last_success_timestamp_seconds",
+                    "When each issuer's keys were last fetched successfully (Unix time); stale keys \
+                     mean new signing keys at the IdP go unseen.",
+                ),
+                &["issuer"],
+            )
+            .expect("static metric definition"),
+        );
+        let jwks_keys = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "claimgate_jwks_keys",
+                    "Signing keys held for each issuer, from its last successful fetch.",
+                ),
+                &["issuer"],
+            )
+            .expect("static metric definition"),
+        );
         let denials = counter(
             &registry,
             "claimgate_denials_total",
@@ -209,14 +212,14 @@ impl Metrics {
             "claimgate_config_last_reload_successful",
             "1 when the last reload attempt succeeded (or none was made), 0 when it was refused.",
         );
-        let last_reload_success = Gauge::new(
-            "claimgate_config_last_reload_success_timestamp_seconds",
-            "When the config set in force was loaded (Unix time).",
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(last_reload_success.clone()))
-            .expect("metric registered once");
+        let last_reload_success = registered(
+            &registry,
+            Gauge::new(
+                "claimgate_config_last_reload_success_timestamp_seconds",
+                "When the config set in force was loaded (Unix time).",
+            )
+            .expect("static metric definition"),
+        );
         Metrics {
             limit_refusals,
             connections_open,
@@ -270,7 +273,7 @@ impl Metrics {
     }
 
     /// A successful JWKS fetch for `issuer` brought `n` keys.
-    pub fn jwks_keys(&self, issuer: &str, n: usize) {
+    pub fn jwks_loaded(&self, issuer: &str, n: usize) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());

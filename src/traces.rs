@@ -108,8 +108,8 @@ impl Exporting {
 impl Drop for Exporting {
     fn drop(&mut self) {
         if !self.shut.swap(true, Ordering::AcqRel) {
-            // Off the runtime: if the runtime is going away too, the export task goes with it
-            // and the shutdown returns at once.
+            // Off the runtime: if the runtime is going away too, a post in flight fails and
+            // the shutdown returns.
             let provider = self.provider.clone();
             let _ = std::thread::Builder::new()
                 .name("trace-shutdown".into())
@@ -119,12 +119,14 @@ impl Drop for Exporting {
 }
 
 impl Traces {
-    /// Reads the `OTEL_*` variables. Must run inside the Tokio runtime that will export.
+    /// Reads the `OTEL_*` variables. Must run inside the Tokio runtime that will post the
+    /// exports.
     pub fn from_env() -> Result<Traces, TraceConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Traces that are never exported (tests, and `claimgate check`).
+    /// Traces that are never exported: spans are recorded only under a caller's sampled
+    /// trace, and go nowhere.
     pub fn off() -> Traces {
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
@@ -136,7 +138,7 @@ impl Traces {
     }
 
     fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Traces, TraceConfigError> {
-        if !exporting(&env)? {
+        if !export_requested(&env)? {
             return Ok(Self::off());
         }
         for var in [
@@ -218,7 +220,7 @@ impl Traces {
 }
 
 /// Whether the environment asks for export.
-fn exporting(env: &impl Fn(&str) -> Option<String>) -> Result<bool, TraceConfigError> {
+fn export_requested(env: &impl Fn(&str) -> Option<String>) -> Result<bool, TraceConfigError> {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Ok(false);
     }
@@ -395,31 +397,34 @@ mod tests {
 
     #[test]
     fn export_follows_the_standard_variables() {
-        assert!(!exporting(&env(&[])).unwrap(), "no endpoint: nothing to post to");
-        assert!(exporting(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])).unwrap());
         assert!(
-            exporting(&env(&[(
+            !export_requested(&env(&[])).unwrap(),
+            "no endpoint: nothing to post to"
+        );
+        assert!(export_requested(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])).unwrap());
+        assert!(
+            export_requested(&env(&[(
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://c:4318/v1/traces"
             )]))
             .unwrap()
         );
-        assert!(exporting(&env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap());
+        assert!(export_requested(&env(&[("OTEL_TRACES_EXPORTER", "otlp")])).unwrap());
         assert!(
-            !exporting(&env(&[
+            !export_requested(&env(&[
                 ("OTEL_TRACES_EXPORTER", "none"),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
             ]))
             .unwrap()
         );
         assert!(
-            !exporting(&env(&[
+            !export_requested(&env(&[
                 ("OTEL_SDK_DISABLED", "true"),
                 ("OTEL_TRACES_EXPORTER", "otlp")
             ]))
             .unwrap()
         );
-        let err = exporting(&env(&[("OTEL_TRACES_EXPORTER", "zipkin")])).unwrap_err();
+        let err = export_requested(&env(&[("OTEL_TRACES_EXPORTER", "zipkin")])).unwrap_err();
         assert!(err.to_string().contains("\"zipkin\" is not supported"), "{err}");
     }
 

@@ -899,13 +899,8 @@ async fn an_upload_that_stops_arriving_is_refused_and_nothing_is_stored() {
     let head = format!(
         "PUT /datasets/stalled.bin HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\ncontent-length: 1000\r\n\r\n"
     );
-    let mut s = send_raw(p.addr, &head).await;
-    s.write_all(&[b'x'; 100]).await.unwrap();
-    // ... and nothing more
-    let r = timeout(BOUND, read_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .unwrap();
+    // 100 of the 1000 bytes ... and nothing more
+    let r = exchange(p.addr, &format!("{head}{}", "x".repeat(100))).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
     assert!(
@@ -938,14 +933,11 @@ async fn a_dripped_sts_call_is_audited_as_a_stalled_body() {
         .start()
         .await;
     let head = "POST / HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\n";
-    let mut s = send_raw(p.addr, head).await;
-    s.write_all(b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15")
-        .await
-        .unwrap();
-    let r = timeout(BOUND, read_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .unwrap();
+    let r = exchange(
+        p.addr,
+        &format!("{head}Action=AssumeRoleWithWebIdentity&Version=2011-06-15"),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("<Code>ValidationError</Code>"), "{}", r.text());
     let audit = p.audit(1).await;
@@ -971,12 +963,7 @@ async fn a_dripped_delete_list_or_form_is_cut_off_before_anything_is_forwarded()
         "POST /datasets?delete HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\ncontent-length: {}\r\n\r\n",
         xml.len()
     );
-    let mut s = send_raw(p.addr, &head).await;
-    s.write_all(&xml.as_bytes()[..10]).await.unwrap();
-    let r = timeout(BOUND, read_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .unwrap();
+    let r = exchange(p.addr, &format!("{head}{}", &xml[..10])).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
 
@@ -985,14 +972,11 @@ async fn a_dripped_delete_list_or_form_is_cut_off_before_anything_is_forwarded()
     let head = format!(
         "POST /datasets HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; boundary={boundary}\r\ncontent-length: 10000\r\n\r\n"
     );
-    let mut s = send_raw(p.addr, &head).await;
-    s.write_all(format!("--{boundary}\r\ncontent-disposition: form-data; name=\"key\"\r\n\r\nx").as_bytes())
-        .await
-        .unwrap();
-    let r = timeout(BOUND, read_response(&mut s))
-        .await
-        .expect("no answer in time")
-        .unwrap();
+    let r = exchange(
+        p.addr,
+        &format!("{head}--{boundary}\r\ncontent-disposition: form-data; name=\"key\"\r\n\r\nx"),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("<Code>RequestTimeout</Code>"), "{}", r.text());
 
@@ -1016,8 +1000,8 @@ async fn an_http_route_answers_a_throttled_identity_429_problem() {
     let s3 = TestS3::start(&["datasets"]).await;
     let feast = TestHttp::start().await;
     let route = format!(
-        "[limits]\nrequests_per_second_per_identity = 1\nburst_per_identity = 1\n\n[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"feast-service-token\" }}\n",
-        feast.url
+        "[limits]\nrequests_per_second_per_identity = 1\nburst_per_identity = 1\n\n{}",
+        feast.route()
     );
     let policy = format!(
         "{POLICY}\n[[roles]]\nname = \"features\"\nmembers = [ {{ claim = \"groups\", contains = \"ml-engineers\" }} ]\nallow = [ {{ actions = [\"http:POST\"], resources = [\"http://features/*\"] }} ]\n"

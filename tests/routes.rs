@@ -23,10 +23,7 @@ async fn http_routes_strip_the_prefix_swap_the_credential_and_answer_problems_in
     let idp = TestIdp::start().await;
     let s3 = TestS3::start(&["datasets"]).await;
     let feast = TestHttp::start().await;
-    let route = format!(
-        "[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"feast-service-token\" }}\n",
-        feast.url
-    );
+    let route = feast.route();
     let p = proxy(&idp, &s3)
         .policy(FEATURE_POLICY)
         .extra(&route)

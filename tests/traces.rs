@@ -250,10 +250,7 @@ async fn the_upstream_gets_a_child_of_claimgates_span_not_the_callers_header() {
     let idp = TestIdp::start().await;
     let s3 = TestS3::start(&["datasets"]).await;
     let feast = TestHttp::start().await;
-    let route = format!(
-        "[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"feast-service-token\" }}\n",
-        feast.url
-    );
+    let route = feast.route();
     let policy = r#"
 [[roles]]
 name = "trainer"

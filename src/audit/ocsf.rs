@@ -113,6 +113,10 @@ pub fn event(record: &AuditRecord) -> Value {
         _ => (1, "Informational"),
     };
 
+    // `email_addr` is typed (OCSF's email_t): a claim that is no address goes to `unmapped`
+    // rather than make the event invalid.
+    let email = record.identity.as_ref().and_then(|i| i.email.as_deref());
+    let email_ok = email.is_some_and(is_email);
     let mut actor = Map::new();
     match &record.identity {
         Some(id) => {
@@ -120,9 +124,7 @@ pub fn event(record: &AuditRecord) -> Value {
             user.insert("uid".into(), json!(id.sub));
             user.insert("type".into(), json!("User"));
             user.insert("type_id".into(), json!(1));
-            // `email_addr` is typed (OCSF's email_t): a claim that is no address goes to
-            // `unmapped` rather than make the event invalid.
-            if let Some(email) = id.email.as_deref().filter(|e| is_email(e)) {
+            if let Some(email) = email.filter(|_| email_ok) {
                 user.insert("email_addr".into(), json!(email));
             }
             if !id.roles.is_empty() {
@@ -228,12 +230,7 @@ pub fn event(record: &AuditRecord) -> Value {
     if !ocsf_method {
         unmapped.insert("http_method".into(), json!(record.method));
     }
-    if let Some(email) = record
-        .identity
-        .as_ref()
-        .and_then(|i| i.email.as_deref())
-        .filter(|e| !is_email(e))
-    {
+    if let Some(email) = email.filter(|_| !email_ok) {
         unmapped.insert("email".into(), json!(email));
     }
     unmapped.insert("bytes_in".into(), json!(record.bytes_in));

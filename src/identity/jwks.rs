@@ -238,7 +238,7 @@ impl IssuerKeys {
         match self.fetch().await {
             Ok((set, digest)) => {
                 self.metrics.jwks_fetch(&self.config.issuer, "ok");
-                self.metrics.jwks_keys(&self.config.issuer, set.keys.len());
+                self.metrics.jwks_loaded(&self.config.issuer, set.keys.len());
                 let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
                 if *fetched != Some(digest) {
                     self.install(set);

@@ -480,7 +480,7 @@ fn upstream_body(
 async fn send(
     proxy: &Proxy,
     route: &Route,
-    req: Request<UpstreamBody>,
+    mut req: Request<UpstreamBody>,
     ctx: &Ctx,
 ) -> Result<Response<Incoming>, Rejection> {
     // No data moves without a record it can be written to (unless the operator chose
@@ -492,7 +492,6 @@ async fn send(
     // The upstream's span is a child of this stage's: `traceparent` is replaced with ours.
     // It goes on after signing, unsigned, like any header S3 does not require signed.
     let stage = ctx.stage("upstream");
-    let mut req = req;
     stage.inject(req.headers_mut());
     let answer = forward(route, req, &proxy.metrics).await;
     match &answer {

@@ -971,6 +971,15 @@ impl TestHttp {
         TestHttp { url, seen }
     }
 
+    /// The `[[routes]]` table of an HTTP route `features` (prefix `/features/`) in front of
+    /// this upstream, whose requests carry `Bearer feast-service-token`.
+    pub fn route(&self) -> String {
+        format!(
+            "[[routes]]\nname = \"features\"\nkind = \"http\"\npath_prefix = \"/features/\"\nupstream = \"{}\"\ncredentials = {{ kind = \"bearer\", token = \"feast-service-token\" }}\n",
+            self.url
+        )
+    }
+
     /// Every request that reached this upstream.
     pub fn seen(&self) -> Vec<Value> {
         self.seen.lock().unwrap().clone()
